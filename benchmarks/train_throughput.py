@@ -1,0 +1,134 @@
+"""Training throughput (images/s) of diffprobe against the diffusers example loop, in one process.
+
+Baseline: the loop of diffusers' ``examples/unconditional_image_generation`` reduced to its core
+(UNet2DModel, DDPMScheduler.add_noise, MSE on eps, AdamW, EMAModel, bf16 autocast on GPU), fed
+from GPU-resident tensors. Candidates: diffprobe's ``DiffusionModule`` under Lightning's Trainer
+on ConceptShapes with the DataModule, eager and with ``channels_last`` + ``torch.compile``.
+Each number is the median over timed steps after warm-up; ratios are against the baseline.
+
+    python benchmarks/train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 60   # GPU
+    python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 20  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+
+from diffprobe import diffusion
+from diffprobe.data.module import ConceptShapesDataModule
+from diffprobe.module import DiffusionModule
+from diffprobe.unet import build_unet
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def baseline_loop(args, device: torch.device) -> float:
+    """The diffusers example loop; returns images/s."""
+    unet = build_unet(args.preset, conditional=False, image_size=args.image_size).to(device)
+    scheduler = diffusion.build_scheduler()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, foreach=True)
+    ema.to(device)
+    images = torch.rand(args.batch_size * 8, 3, args.image_size, args.image_size, device=device) * 2 - 1
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        x0 = images[(step % 8) * args.batch_size : (step % 8 + 1) * args.batch_size]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+        x_t = scheduler.add_noise(x0, noise, t)
+        with autocast:
+            loss = F.mse_loss(unet(x_t, t).sample.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+        _sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
+class StepTimer(pl.Callback):
+    """Per-step time inside the step hooks, and wall time over all timed steps (data loading included)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.times, self._start = warmup, [], None
+        self.wall_start = self.wall_end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        _sync(pl_module.device)
+        self._start = time.perf_counter()
+        if batch_idx == self.warmup:
+            self.wall_start = self._start
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _sync(pl_module.device)
+        if batch_idx >= self.warmup:
+            self.wall_end = time.perf_counter()
+            self.times.append(self.wall_end - self._start)
+
+
+def lightning_run(args, device: torch.device, compile: bool) -> tuple[float, float]:
+    """diffprobe's DiffusionModule under Lightning; returns images/s inside the step (data loading
+    excluded, as for the baseline) and over the wall clock (data loading included)."""
+    data = ConceptShapesDataModule(image_size=args.image_size, train_size=max(args.batch_size * 16, 2048), batch_size=args.batch_size, num_workers=args.workers)
+    module = DiffusionModule(preset=args.preset, image_size=args.image_size, warmup_steps=0, channels_last=compile, compile=compile)
+    timer = StepTimer(args.warmup)
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        max_steps=args.warmup + args.steps,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        log_every_n_steps=50,
+    )
+    trainer.fit(module, datamodule=data)
+    wall = len(timer.times) * args.batch_size / (timer.wall_end - timer.wall_start)
+    return args.batch_size / statistics.median(timer.times), wall
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="ddpm-cifar10")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled run (slow to compile on CPU)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "preset": args.preset, "batch_size": args.batch_size}
+    results["baseline_img_s"] = baseline_loop(args, device)
+    results["diffprobe_eager_img_s"], results["diffprobe_eager_wall_img_s"] = lightning_run(args, device, compile=False)
+    if not args.no_compile:
+        results["diffprobe_compiled_img_s"], results["diffprobe_compiled_wall_img_s"] = lightning_run(args, device, compile=True)
+    for key in [k for k in results if k.startswith("diffprobe_")]:
+        results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

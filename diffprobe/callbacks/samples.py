@@ -1,0 +1,83 @@
+"""SampleGrid: sample grids from a fixed seed every N steps, so TensorBoard's slider shows the
+model improving (``samples/ema``, ``samples/raw``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from diffprobe import tb, viz
+
+
+class SampleGrid(pl.Callback):
+    """Args:
+        every_n_steps: sample after every this many optimizer steps (and at the start and end).
+        num_images: images per grid; a conditional model uses the first held-out captions.
+        seed: the fixed seed; the same initial noise at every evaluation.
+        num_inference_steps, sampler: the reverse process (DDIM needs far fewer steps).
+        weights: which weights to sample with: ``ema``, ``raw`` or ``both``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_images: int = 16,
+        seed: int = 0,
+        num_inference_steps: int = 50,
+        sampler: Literal["ddpm", "ddim"] = "ddim",
+        weights: Literal["ema", "raw", "both"] = "ema",
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if weights not in ("ema", "raw", "both"):
+            raise ValueError(f"weights must be 'ema', 'raw' or 'both', got {weights!r}")
+        self.every_n_steps, self.num_images, self.seed = every_n_steps, num_images, seed
+        self.num_inference_steps, self.sampler, self.weights = num_inference_steps, sampler, weights
+        self._captions: list[str] | None = None
+        self._last_logged_step = -1
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if pl_module.caption_encoder is not None:
+            heldout = trainer.datamodule.heldout_dataset()
+            count = min(self.num_images, len(heldout))
+            self._captions = [heldout[i]["caption"] for i in range(count)]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._log(trainer, pl_module)
+        writer = tb.tensorboard_writer(trainer)
+        if writer is not None and self._captions is not None and trainer.is_global_zero:
+            writer.add_text("samples/captions", "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), trainer.global_step)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._log(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._log(trainer, pl_module)
+
+    @rank_zero_only
+    def _log(self, trainer: pl.Trainer, pl_module) -> None:
+        writer = tb.tensorboard_writer(trainer)
+        if writer is None or trainer.global_step == self._last_logged_step:
+            return
+        self._last_logged_step = trainer.global_step
+        kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
+        for kind in kinds:
+            images = pl_module.sample(
+                self.num_images,
+                seed=self.seed,
+                num_inference_steps=self.num_inference_steps,
+                sampler=self.sampler,
+                captions=self._captions,
+                use_ema=kind == "ema",
+            )
+            writer.add_image(tb.SAMPLES.format(weights=kind), viz.image_grid(images), trainer.global_step)

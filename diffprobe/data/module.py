@@ -1,0 +1,162 @@
+"""Lightning DataModules: ConceptShapes (default) and Hugging Face / local data sets.
+
+Both expose what the model and the callbacks need without reaching into each other:
+``image_size``, ``channels``, ``concepts`` (name -> value names), ``vocabulary`` (caption words),
+``train_dataloader()`` and ``heldout_dataset()`` (fixed held-out examples for sample grids and
+probes).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from diffprobe.data import hf
+from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Shared loader settings; subclasses provide the data sets."""
+
+    def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    concepts: dict[str, tuple[str, ...]]
+    vocabulary: list[str]
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def heldout_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset(),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=True,
+        )
+
+
+class ConceptShapesDataModule(ImageDataModule):
+    """ConceptShapes, made by the code: ``train_size`` training and ``heldout_size`` held-out images.
+
+    Args:
+        image_size: 16, 32 or 64.
+        train_size: images in the training split.
+        heldout_size: images in the held-out split (sample grids, probe sets).
+        seed: the data set's seed; sample i is a pure function of (seed, split, i).
+        batch_size: per device.
+        num_workers: DataLoader workers (0 is fastest on a laptop: the images are in memory).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        train_size: int = 10_000,
+        heldout_size: int = 1_000,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ):
+        super().__init__(image_size=image_size, channels=3, batch_size=batch_size, num_workers=num_workers)
+        if image_size not in SUPPORTED_SIZES:
+            raise ValueError(f"ConceptShapes image_size must be one of {SUPPORTED_SIZES}, got {image_size}")
+        if train_size < batch_size:
+            raise ValueError(f"train_size ({train_size}) must be at least batch_size ({batch_size})")
+        self.train_size, self.heldout_size, self.seed = train_size, heldout_size, seed
+        self.concepts = dict(CONCEPTS)
+        self.vocabulary = vocabulary()
+        self._datasets: dict[str, ConceptShapes] = {}
+
+    def _split(self, split: str, size: int) -> ConceptShapes:
+        if split not in self._datasets:
+            self._datasets[split] = ConceptShapes(size=size, image_size=self.image_size, split=split, seed=self.seed)
+        return self._datasets[split]
+
+    def train_dataset(self) -> ConceptShapes:
+        return self._split("train", self.train_size)
+
+    def heldout_dataset(self) -> ConceptShapes:
+        return self._split("test", self.heldout_size)
+
+
+class HFDataModule(ImageDataModule):
+    """Images and label columns from a Hugging Face data set (hub name or local path).
+
+    Args:
+        source: hub name (``cifar10``, ``nielsr/CelebA-faces``...) or a local save_to_disk folder,
+            parquet file/folder, or image folder.
+        image_column: the column holding images (``img`` for cifar10, ``image`` for imagefolder).
+        concept_columns: label columns to treat as concepts (ClassLabel, bool, int or string).
+        train_split: split to train on.
+        heldout_split: split for held-out examples; if the data set lacks it, ``heldout_fraction``
+            of the training split is held out instead (deterministically).
+        heldout_fraction: see ``heldout_split``.
+        config_name: the hub data set's configuration name, if it has several.
+        image_size: images are resized on the shorter side and centre-cropped to this.
+        channels: 3 converts to RGB, 1 to grayscale.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        image_column: str = "img",
+        concept_columns: list[str] | None = None,
+        train_split: str = "train",
+        heldout_split: str = "test",
+        heldout_fraction: float = 0.05,
+        config_name: str | None = None,
+        image_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        seed: int = 0,
+    ):
+        super().__init__(image_size=image_size, channels=channels, batch_size=batch_size, num_workers=num_workers)
+        if not 0 < heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+        self.source, self.image_column = source, image_column
+        self.concept_columns = list(concept_columns or [])
+        # Loaded now, not in setup(): a wrong name or column must fail before any training starts,
+        # and the model needs the caption vocabulary to be built.
+        splits = hf.load_source(source, config_name)
+        if train_split not in splits:
+            raise ValueError(f"split {train_split!r} not in data set {source!r}; it has {list(splits)}. Set --data.train_split.")
+        train = splits[train_split]
+        hf.validate_columns(train, image_column, self.concept_columns, source)
+        if heldout_split in splits:
+            heldout = splits[heldout_split]
+        else:
+            parts = train.train_test_split(test_size=heldout_fraction, seed=seed)
+            train, heldout = parts["train"], parts["test"]
+        if len(train) < batch_size:
+            raise ValueError(f"data set {source!r} has {len(train)} training images, fewer than batch_size {batch_size}")
+        self.columns = [hf.concept_column(train, c) for c in self.concept_columns]
+        self.concepts = {c.name: c.values for c in self.columns}
+        words: list[str] = []
+        for column in self.columns:
+            for value in column.values:
+                words += [w for w in value.lower().split() if w not in words]
+        self.vocabulary = words
+        self._train, self._heldout = train, heldout
+
+    def train_dataset(self) -> hf.HFImageDataset:
+        return hf.HFImageDataset(self._train, self.image_column, self.columns, self.image_size, self.channels)
+
+    def heldout_dataset(self) -> hf.HFImageDataset:
+        return hf.HFImageDataset(self._heldout, self.image_column, self.columns, self.image_size, self.channels)

@@ -1,0 +1,269 @@
+"""DiffusionModule: a diffusers UNet + DDPM scheduler trained with Lightning, with EMA weights.
+
+Thin by design: the noise maths lives in ``diffusion``, the UNets in ``unet``, the sampler in
+``sampling``; this file wires them to Lightning (optimizer, logging, checkpoint state).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from typing_extensions import override
+
+from diffprobe import diffusion, sampling, tb
+from diffprobe.captions import CaptionEncoder
+from diffprobe.metrics import TimestepBinnedMean
+from diffprobe.unet import build_unet, count_parameters, load_pretrained
+
+CHECKPOINT_MARKER = "diffprobe"
+
+
+class DiffusionModule(pl.LightningModule):
+    """Train or fine-tune a DDPM UNet.
+
+    Args:
+        preset: UNet preset (``tiny``, ``ddpm-cifar10``; conditional: ``tiny``, ``small``).
+        unet: inline UNet2DModel / UNet2DConditionModel config keys, overriding the preset.
+        pretrained: diffusers folder or hub id to fine-tune from (its scheduler too, if present).
+        conditional: train a caption-conditional UNet2DConditionModel with classifier-free guidance.
+        image_size, in_channels: set from the data (linked by the CLI).
+        vocabulary: caption words (linked from the data); used when conditional.
+        max_caption_tokens: caption length in tokens (padded).
+        condition_dropout: probability of training on the empty caption (for CFG).
+        guidance_scale: CFG weight w used when sampling.
+        num_train_timesteps, beta_schedule, prediction_type: the DDPM noise process.
+        loss_buckets: number of equal timestep buckets for the per-timestep loss.
+        learning_rate, weight_decay, adam_betas: AdamW.
+        warmup_steps, lr_schedule: linear warm-up, then cosine decay or constant.
+        ema_decay, ema_warmup, ema_inv_gamma, ema_power: diffusers EMAModel; with warm-up the
+            decay is ``min(ema_decay, 1 - (1 + step / inv_gamma) ** -power)``.
+        channels_last, compile, compile_mode: GPU speed options.
+        check_finite_every_n_steps: how often to stop on a NaN/inf loss (each check syncs the GPU).
+    """
+
+    def __init__(
+        self,
+        preset: str | None = "tiny",
+        unet: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        conditional: bool = False,
+        image_size: int = 32,
+        in_channels: int = 3,
+        vocabulary: list[str] | None = None,
+        max_caption_tokens: int = 16,
+        condition_dropout: float = 0.1,
+        guidance_scale: float = 3.0,
+        num_train_timesteps: int = 1000,
+        beta_schedule: diffusion.BetaSchedule = "linear",
+        prediction_type: diffusion.PredictionType = "epsilon",
+        loss_buckets: int = 10,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 500,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        ema_inv_gamma: float = 1.0,
+        ema_power: float = 0.75,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        check_finite_every_n_steps: int = 1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        if not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        if check_finite_every_n_steps < 1:
+            raise ValueError(f"check_finite_every_n_steps must be >= 1, got {check_finite_every_n_steps}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+
+        # 1. The UNet and its noise schedule.
+        self.scheduler = diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type)
+        if pretrained is not None:
+            loaded = load_pretrained(pretrained, conditional=conditional, in_channels=in_channels, image_size=image_size)
+            self.unet = loaded.unet
+            if loaded.scheduler is not None:  # keep the noise process the weights were trained with
+                self.scheduler = diffusion.build_scheduler_from_config(loaded.scheduler.config)
+        elif preset is None and not unet:
+            raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
+        else:
+            self.unet = build_unet(preset, conditional=conditional, image_size=image_size, in_channels=in_channels, overrides=unet)
+        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+
+        # 2. Captions -> cross-attention context (conditional models only).
+        self.caption_encoder: CaptionEncoder | None = None
+        if conditional:
+            if not vocabulary:
+                raise ValueError("a conditional model needs a caption vocabulary; the data module gives it (data.vocabulary)")
+            self.caption_encoder = CaptionEncoder(list(vocabulary), max_caption_tokens, self.unet.config.cross_attention_dim)
+
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        # 3. EMA of every trained weight (diffusers' EMAModel); training always continues from the raw weights.
+        self.ema = EMAModel(
+            self.trained_parameters(), decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power, foreach=True
+        )
+        self.loss_by_t = TimestepBinnedMean(loss_buckets)
+        self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, loss_buckets)
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.unet.parameters())
+        if self.caption_encoder is not None:
+            params += list(self.caption_encoder.parameters())
+        return params
+
+    @override
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.unet.compile(mode=self.hparams.compile_mode)  # in place: state_dict keys unchanged
+            self._compiled = True
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def encode_captions(self, captions: list[str], drop_probability: float = 0.0) -> torch.Tensor | None:
+        """(B, L, D) cross-attention context; each caption replaced by the empty one with
+        ``drop_probability`` (classifier-free guidance training)."""
+        if self.caption_encoder is None:
+            return None
+        ids = self.caption_encoder.tokenizer.encode(captions).to(self.device)
+        if drop_probability > 0:
+            keep = torch.rand(ids.shape[0], 1, device=self.device) >= drop_probability
+            ids = ids * keep
+        return self.caption_encoder(ids)
+
+    # ---- training -----------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # 1. Noise the clean images at uniformly drawn timesteps.
+        x0 = batch["image"]
+        if self.hparams.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        # 2. Predict and score against the prediction-type target, per sample.
+        context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
+        if context is None:
+            prediction = self.unet(x_t, t).sample
+        else:
+            prediction = self.unet(x_t, t, encoder_hidden_states=context).sample
+        losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
+        loss = losses.mean()
+        # 3. Stop on a non-finite loss before the optimizer can spread it into the weights.
+        if self.global_step % self.hparams.check_finite_every_n_steps == 0 and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at global step {self.global_step}; stopped before the "
+                "optimizer step, so the checkpoints on disk are untouched. Lower --model.learning_rate, set "
+                "--trainer.gradient_clip_val, or check the data for NaNs."
+            )
+        self.loss_by_t.update(losses, diffusion.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
+        self.log(tb.LOSS, loss, prog_bar=True)
+        return loss
+
+    @override
+    def on_before_zero_grad(self, optimizer) -> None:
+        # Called once per optimizer step (also with gradient accumulation): the EMA update point.
+        if self.ema.shadow_params[0].device != self.device:
+            self.ema.to(self.device)
+        self.ema.step(self.trained_parameters())
+
+    @override
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps != 0:
+            return
+        means = self.loss_by_t.compute()
+        self.loss_by_t.reset()
+        for (first, last), value in zip(self.bucket_bounds, means.tolist()):
+            if value == value:  # skip buckets without samples (NaN)
+                self.log(tb.LOSS_BY_T.format(bucket=tb.bucket_tag(first, last)), value)
+        self.log(tb.LEARNING_RATE, self.optimizers().param_groups[0]["lr"])
+        self.log(tb.EMA_DECAY, float(self.ema.cur_decay_value or 0.0))
+
+    @override
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.trained_parameters(), lr=self.hparams.learning_rate, betas=tuple(self.hparams.adam_betas), weight_decay=self.hparams.weight_decay
+        )
+        name = "cosine" if self.hparams.lr_schedule == "cosine" else "constant_with_warmup"
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        schedule = get_scheduler(name, optimizer, num_warmup_steps=self.hparams.warmup_steps, num_training_steps=max(total, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_MARKER] = {
+            "unet_class": type(self.unet).__name__,
+            "unet_config": dict(self.unet.config),
+            "scheduler_config": dict(self.scheduler.config),
+        }
+        checkpoint["ema"] = self.ema.state_dict()
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+            self.ema.to(self.device)
+
+    # ---- sampling -----------------------------------------------------------------------------
+    @contextmanager
+    def ema_weights(self):
+        """Swap the EMA weights in for the duration; the raw training weights come back exactly."""
+        params = self.trained_parameters()
+        if self.ema.shadow_params[0].device != self.device:
+            self.ema.to(self.device)
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_images: int = 16,
+        *,
+        seed: int = 0,
+        num_inference_steps: int = 50,
+        sampler: Literal["ddpm", "ddim"] = "ddim",
+        captions: list[str] | None = None,
+        guidance_scale: float | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after."""
+        if self.caption_encoder is not None and captions is None:
+            raise ValueError("a conditional model needs captions to sample")
+        if captions is not None:
+            num_images = len(captions)
+        was_training = self.training
+        self.eval()
+        try:
+            with self.ema_weights() if use_ema else nullcontext():
+                context = self.encode_captions(captions) if captions is not None else None
+                uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                return sampling.generate(
+                    self.unet,
+                    diffusion.sampling_scheduler(self.scheduler, sampler),
+                    batch_size=num_images,
+                    num_inference_steps=num_inference_steps,
+                    generator=generator,
+                    condition=context,
+                    uncondition=uncontext,
+                    guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
+                ).float()
+        finally:
+            self.train(was_training)
+
+    def describe(self) -> str:
+        return f"{type(self.unet).__name__} with {count_parameters(self.unet):,} parameters"

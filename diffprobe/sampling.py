@@ -1,0 +1,103 @@
+"""One reverse-process loop for every diffprobe tool: it yields a record per step.
+
+The loop is written to draw random numbers in exactly the order of diffusers' ``DDPMPipeline``
+(initial noise with ``randn_tensor``, then the scheduler's own noise), so the same seed gives the
+same image here and in an exported pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffprobe.unet import UNet
+
+
+@dataclass
+class StepRecord:
+    """One denoising step. Tensors are (B, C, H, W); ``t`` is the training timestep index."""
+
+    index: int
+    t: int
+    x_t: torch.Tensor
+    model_output: torch.Tensor
+    x0_hat: torch.Tensor
+    x_prev: torch.Tensor
+
+
+def initial_noise(unet: UNet, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    shape = (batch_size, unet.config.in_channels, height, width)
+    return randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
+
+
+def guided_output(
+    unet: UNet,
+    x_t: torch.Tensor,
+    t: torch.Tensor | int,
+    condition: torch.Tensor | None = None,
+    uncondition: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """UNet output at (x_t, t); classifier-free guided when both conditions are given:
+    out_u + w (out_c - out_u), in one UNet call on the doubled batch."""
+    if condition is None:
+        return unet(x_t, t).sample
+    if uncondition is None or guidance_scale == 1.0:
+        return unet(x_t, t, encoder_hidden_states=condition).sample
+    both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncondition, condition])).sample
+    out_u, out_c = both.chunk(2)
+    return out_u + guidance_scale * (out_c - out_u)
+
+
+@torch.no_grad()
+def denoise(
+    unet: UNet,
+    scheduler,
+    *,
+    batch_size: int | None = None,
+    noise: torch.Tensor | None = None,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    condition: torch.Tensor | None = None,
+    uncondition: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    timesteps: list[int] | None = None,
+) -> Iterator[StepRecord]:
+    """Run the reverse process, yielding a :class:`StepRecord` per step.
+
+    ``scheduler`` is modified (``set_timesteps``): pass a sampling copy, not the training one.
+    Give ``noise`` (B, C, H, W) or ``batch_size`` (noise drawn from ``generator``). ``timesteps``
+    overrides the scheduler's spacing (e.g. exponential schedules). ``condition`` /
+    ``uncondition``: (B, L, D) caption embeddings for conditional UNets.
+    """
+    device = unet.device
+    if noise is None:
+        if batch_size is None:
+            raise ValueError("give either noise or batch_size")
+        noise = initial_noise(unet, batch_size, generator, device)
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=timesteps, device=device)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    x_t = noise.to(device=device, dtype=unet.dtype)
+    for index, t in enumerate(scheduler.timesteps):
+        output = guided_output(unet, x_t, t, condition, uncondition, guidance_scale)
+        step = scheduler.step(output, t, x_t, generator=generator)
+        yield StepRecord(index=index, t=int(t), x_t=x_t, model_output=output, x0_hat=step.pred_original_sample, x_prev=step.prev_sample)
+        x_t = step.prev_sample
+
+
+def generate(unet: UNet, scheduler, **kwargs) -> torch.Tensor:
+    """Final samples (B, C, H, W) in [-1, 1]; keyword arguments as :func:`denoise`."""
+    records = denoise(unet, scheduler, **kwargs)
+    last = None
+    for record in records:
+        last = record
+    if last is None:
+        raise ValueError("the schedule has no steps")
+    return last.x_prev.clamp(-1, 1)

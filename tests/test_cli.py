@@ -1,0 +1,102 @@
+"""train.py / probe.py as a user runs them: the quickstart config, overrides, runs never overwritten."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+
+from conftest import TINY_UNET, read_events
+from diffprobe.cli import probe_main, train_main
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "--trainer.max_steps", "4",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--data.init_args.train_size", "32",
+    "--data.init_args.heldout_size", "8",
+    "--data.init_args.batch_size", "8",
+    "--model.unet", json.dumps(TINY_UNET),
+    "--model.warmup_steps", "1",
+]
+
+
+def quickstart(*extra):
+    return ["fit", "--config", str(REPO / "configs/quickstart.yaml"), *FAST, *extra]
+
+
+def _no_rich(args):
+    # The quickstart config adds a RichProgressBar; with the bar disabled the trainer refuses it.
+    return [a if a != "false" or args[i - 1] != "--trainer.enable_progress_bar" else "true" for i, a in enumerate(args)]
+
+
+def test_quickstart_config_makes_a_complete_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = train_main(_no_rich(quickstart()))
+    run = tmp_path / "runs/quickstart/version_0"
+    assert Path(cli.trainer.log_dir) == Path("runs/quickstart/version_0")
+    assert (run / "config.yaml").exists() and (run / "checkpoints/last.ckpt").exists()
+    pipeline = DDPMPipeline.from_pretrained(run / "export")
+    assert pipeline(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+    tags = read_events(run).Tags()
+    assert "train/loss" in tags["scalars"] and "samples/ema" in tags["images"]
+    # a second run gets a new version, never the old directory
+    train_main(_no_rich(quickstart()))
+    assert (tmp_path / "runs/quickstart/version_1/config.yaml").exists()
+
+
+def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_main(_no_rich(quickstart()))
+    run = tmp_path / "runs/quickstart/version_0"
+    first_config = (run / "config.yaml").read_text()
+    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "6", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
+    assert cli.trainer.global_step == 6
+    assert Path(cli.trainer.log_dir).resolve() == run.resolve()
+    assert (run / "config.yaml").read_text() == first_config
+    assert list(run.glob("config-resume-*.yaml"))
+    assert not (tmp_path / "runs/quickstart/version_1").exists()
+
+
+def test_existing_run_directory_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs/quickstart/mine"
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="never writes into an existing run"):
+        train_main(_no_rich(quickstart("--trainer.logger.init_args.version", "mine")))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_unknown_config_key_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train_main(_no_rich(quickstart("--model.learning_speed", "0.1")))
+    assert "learning_speed" in capsys.readouterr().err
+    config = tmp_path / "typo.yaml"
+    config.write_text((REPO / "configs/quickstart.yaml").read_text().replace("  warmup_steps:", "  warmup_stpes:"))
+    with pytest.raises(SystemExit):
+        train_main(["fit", "--config", str(config), *FAST])
+    assert "warmup_stpes" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_image_size_override_reaches_data_and_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = train_main(_no_rich(quickstart("--data.init_args.image_size", "32"))[1:], run=False)
+    assert cli.model.unet.config.sample_size == 32 and cli.datamodule.image_size == 32
+
+
+def test_probe_export_and_sample_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_main(_no_rich(quickstart()))
+    ckpt = tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt"
+    out = probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
+    assert DDPMPipeline.from_pretrained(out).unet.config.sample_size == 16
+    with pytest.raises(FileExistsError):
+        probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
+    png = probe_main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "grid.png"), "--num", "4", "--steps", "2"])
+    assert png.stat().st_size > 0
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 4

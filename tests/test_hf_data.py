@@ -1,0 +1,80 @@
+"""Real-data path, offline: the tests write small local data sets in each format and train on them."""
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_module, make_trainer
+from diffprobe.data.module import HFDataModule
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def _image(colour: str, size=(20, 12)) -> Image.Image:
+    return Image.fromarray(np.full((size[1], size[0], 3), COLOURS[colour], dtype=np.uint8))
+
+
+def write_imagefolder(root):
+    for colour in COLOURS:
+        (root / colour).mkdir(parents=True)
+        for i in range(6):
+            _image(colour).save(root / colour / f"{i}.png")
+    return root
+
+
+def in_memory_dataset(n=12) -> datasets.Dataset:
+    features = datasets.Features({"picture": datasets.Image(), "colour": datasets.ClassLabel(names=list(COLOURS)), "bright": datasets.Value("bool")})
+    rows = {"picture": [_image(list(COLOURS)[i % 2]) for i in range(n)], "colour": [i % 2 for i in range(n)], "bright": [i % 3 == 0 for i in range(n)]}
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def test_imagefolder_gives_rgb_in_range_resized_and_labelled(tmp_path):
+    data = HFDataModule(str(write_imagefolder(tmp_path / "folder")), image_column="image", concept_columns=["label"], image_size=16, batch_size=4, num_workers=0)
+    assert data.concepts == {"label": ("blue", "red")}
+    item = data.train_dataset()[0]
+    assert item["image"].shape == (3, 16, 16) and item["image"].min() >= -1 and item["image"].max() <= 1
+    colour = data.concepts["label"][item["labels"][0]]
+    expected = np.array(COLOURS[colour]) / 127.5 - 1
+    assert np.allclose(item["image"].mean(dim=(1, 2)).numpy(), expected, atol=0.02)
+    assert item["caption"] == colour
+    assert len(data.heldout_dataset()) >= 1, "a held-out part is carved out when there is no test split"
+
+
+def test_grayscale_conversion_keeps_one_channel(tmp_path):
+    data = HFDataModule(str(write_imagefolder(tmp_path / "folder")), image_column="image", image_size=16, channels=1, batch_size=4, num_workers=0)
+    assert data.train_dataset()[0]["image"].shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_local_formats_train_end_to_end(tmp_path, layout):
+    dataset = in_memory_dataset()
+    if layout == "save_to_disk":
+        datasets.DatasetDict(train=dataset, test=dataset.select(range(4))).save_to_disk(str(tmp_path / "data"))
+        source = tmp_path / "data"
+    else:
+        (tmp_path / "pq").mkdir()
+        dataset.to_parquet(str(tmp_path / "pq" / "train.parquet"))
+        source = tmp_path / "pq"
+    data = HFDataModule(str(source), image_column="picture", concept_columns=["colour", "bright"], image_size=16, batch_size=4, num_workers=0)
+    assert data.concepts == {"colour": ("red", "blue"), "bright": ("not_bright", "bright")}
+    assert set(data.vocabulary) == {"red", "blue", "not_bright", "bright"}
+    module = make_module(conditional=True, vocabulary=data.vocabulary)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2
+
+
+def test_missing_image_column_lists_the_columns(tmp_path):
+    with pytest.raises(ValueError, match=r"image column 'img' not in .*\['image', 'label'\].*--data.image_column"):
+        HFDataModule(str(write_imagefolder(tmp_path / "f")), image_column="img", batch_size=2)
+
+
+def test_missing_concept_column_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"concept columns \['smiling'\] not in"):
+        HFDataModule(str(write_imagefolder(tmp_path / "f")), image_column="image", concept_columns=["smiling"], batch_size=2)
+
+
+def test_unknown_data_set_says_what_to_give(tmp_path):
+    with pytest.raises(ValueError, match="(?s)could not load data set 'no-such-dataset-xyz'.*local folder"):
+        HFDataModule("no-such-dataset-xyz", batch_size=2)
