@@ -72,21 +72,29 @@ class StepTimer(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         _sync(pl_module.device)
         self._start = time.perf_counter()
-        if batch_idx == self.warmup:
+        if trainer.global_step == self.warmup:  # global_step, not batch_idx: epochs restart batch_idx
             self.wall_start = self._start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         _sync(pl_module.device)
-        if batch_idx >= self.warmup:
+        if trainer.global_step > self.warmup:
             self.wall_end = time.perf_counter()
             self.times.append(self.wall_end - self._start)
 
 
-def lightning_run(args, device: torch.device, compile: bool) -> tuple[float, float]:
+def lightning_run(args, device: torch.device, compile: bool, check_finite_every: int) -> tuple[float, float]:
     """diffprobe's DiffusionModule under Lightning; returns images/s inside the step (data loading
     excluded, as for the baseline) and over the wall clock (data loading included)."""
     data = ConceptShapesDataModule(image_size=args.image_size, train_size=max(args.batch_size * 16, 2048), batch_size=args.batch_size, num_workers=args.workers)
-    module = DiffusionModule(preset=args.preset, image_size=args.image_size, warmup_steps=0, channels_last=compile, compile=compile)
+    module = DiffusionModule(
+        preset=args.preset,
+        image_size=args.image_size,
+        warmup_steps=0,
+        channels_last=compile,
+        compile=compile,
+        compile_mode=args.compile_mode,
+        check_finite_every_n_steps=check_finite_every,
+    )
     timer = StepTimer(args.warmup)
     trainer = pl.Trainer(
         accelerator=device.type,
@@ -115,15 +123,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled run (slow to compile on CPU)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--check-finite-every", type=int, default=1, help="DiffusionModule.check_finite_every_n_steps")
+    parser.add_argument("--sync-variant", action="store_true", help="also time the compiled run without the NaN check")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "preset": args.preset, "batch_size": args.batch_size}
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **vars(args)}
     results["baseline_img_s"] = baseline_loop(args, device)
-    results["diffprobe_eager_img_s"], results["diffprobe_eager_wall_img_s"] = lightning_run(args, device, compile=False)
+    every = args.check_finite_every
+    results["diffprobe_eager_img_s"], results["diffprobe_eager_wall_img_s"] = lightning_run(args, device, False, every)
     if not args.no_compile:
-        results["diffprobe_compiled_img_s"], results["diffprobe_compiled_wall_img_s"] = lightning_run(args, device, compile=True)
+        results["diffprobe_compiled_img_s"], results["diffprobe_compiled_wall_img_s"] = lightning_run(args, device, True, every)
+        if args.sync_variant:  # the same without the per-step NaN check (one GPU sync a step)
+            results["diffprobe_compiled_nosync_img_s"], results["diffprobe_compiled_nosync_wall_img_s"] = lightning_run(args, device, True, 10**9)
     for key in [k for k in results if k.startswith("diffprobe_")]:
         results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
     print(json.dumps(results, indent=2))

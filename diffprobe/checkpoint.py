@@ -74,11 +74,15 @@ def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True) -
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"export folder {out} exists and is not empty; choose a new --out")
-    with module.ema_weights() if use_ema else nullcontext():
-        unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
-        encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
-    if hasattr(unet, "_compiled_call_impl"):
-        unet._compiled_call_impl = None  # an exported model is a plain eager module
+    # An exported model is a plain eager module: detach torch.compile's wrapper while copying.
+    compiled = getattr(module.unet, "_compiled_call_impl", None)
+    module.unet._compiled_call_impl = None
+    try:
+        with module.ema_weights() if use_ema else nullcontext():
+            unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
+            encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
+    finally:
+        module.unet._compiled_call_impl = compiled
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
     if encoder is None:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out)

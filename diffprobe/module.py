@@ -209,6 +209,11 @@ class DiffusionModule(pl.LightningModule):
         checkpoint["ema"] = self.ema.state_dict()
 
     @override
+    def teardown(self, stage: str) -> None:
+        # Lightning moves the module to the CPU after fit; the EMA copy (not a submodule) follows.
+        self.ema.to(self.device)
+
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])

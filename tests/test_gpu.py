@@ -1,0 +1,38 @@
+"""GPU-only paths (run with -m gpu on a CUDA machine): bf16-mixed, channels_last, torch.compile."""
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+
+from conftest import make_module, make_trainer, shapes_data
+from diffprobe import checkpoint
+from diffprobe.callbacks import SampleGrid
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_bf16_channels_last_compile_train_sample_export(tmp_path, compile):
+    data = shapes_data(image_size=16, train_size=256, batch_size=32)
+    module = make_module(channels_last=True, compile=compile)
+    trainer = make_trainer(
+        tmp_path, max_steps=6, accelerator="gpu", devices=1, precision="bf16-mixed",
+        callbacks=[SampleGrid(every_n_steps=3, num_images=4, num_inference_steps=3)],
+    )
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 6
+    # Lightning moves the module to the CPU at teardown; the EMA copy must follow it.
+    assert module.ema.shadow_params[0].device == next(module.unet.parameters()).device
+    assert all(torch.isfinite(p).all() for p in module.unet.parameters())
+    module.to("cuda")
+    images = module.sample(4, num_inference_steps=3)
+    assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+    out = checkpoint.export(module, tmp_path / "export")
+    pipeline = DDPMPipeline.from_pretrained(out).to("cuda")
+    generated = pipeline(batch_size=2, num_inference_steps=3, output_type="np").images
+    assert generated.shape == (2, 16, 16, 3)
+    reloaded = checkpoint.load_module(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
+    assert torch.equal(reloaded.unet.state_dict()["conv_in.weight"], module.unet.state_dict()["conv_in.weight"].cpu())
