@@ -39,7 +39,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     # Rebuild the exact architecture from the stored config, without re-reading pretrained weights.
     hparams.update(pretrained=None, preset=None, unet=stored["unet_config"], compile=False)
     module = DiffusionModule(**hparams)
-    module.scheduler = DDPMScheduler.from_config(stored["scheduler_config"])
+    module.use_scheduler(DDPMScheduler.from_config(stored["scheduler_config"]))
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     module.global_step_at_save = int(checkpoint.get("global_step", 0))

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb
@@ -88,17 +89,25 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
 
         # 1. The UNet and its noise schedule.
-        self.scheduler = diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type)
+        self.loss_by_t = TimestepBinnedMean(loss_buckets)
+        self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         if pretrained is not None:
+            if unet:
+                raise ValueError(
+                    "--model.unet cannot be combined with --model.pretrained: the architecture comes from the "
+                    "pretrained folder. Drop one of them."
+                )
             loaded = load_pretrained(pretrained, conditional=conditional, in_channels=in_channels, image_size=image_size)
             self.unet = loaded.unet
+            if self.unet.config.sample_size != image_size:
+                rank_zero_warn(f"pretrained UNet was made for {self.unet.config.sample_size}px images; fine-tuning at {image_size}px")
+                self.unet.register_to_config(sample_size=image_size)
             if loaded.scheduler is not None:  # keep the noise process the weights were trained with
-                self.scheduler = diffusion.build_scheduler_from_config(loaded.scheduler.config)
+                self.use_scheduler(diffusion.build_scheduler_from_config(loaded.scheduler.config))
         elif preset is None and not unet:
             raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
         else:
             self.unet = build_unet(preset, conditional=conditional, image_size=image_size, in_channels=in_channels, overrides=unet)
-        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
 
         # 2. Captions -> cross-attention context (conditional models only).
         self.caption_encoder: CaptionEncoder | None = None
@@ -113,8 +122,12 @@ class DiffusionModule(pl.LightningModule):
         self.ema = EMAModel(
             self.trained_parameters(), decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power, foreach=True
         )
-        self.loss_by_t = TimestepBinnedMean(loss_buckets)
-        self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, loss_buckets)
+
+    def use_scheduler(self, scheduler) -> None:
+        """Set the training noise process (and the timestep buckets that depend on its length)."""
+        self.scheduler = scheduler
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.unet.parameters())
@@ -239,8 +252,8 @@ class DiffusionModule(pl.LightningModule):
         num_images: int = 16,
         *,
         seed: int = 0,
-        num_inference_steps: int = 50,
-        sampler: Literal["ddpm", "ddim"] = "ddim",
+        num_inference_steps: int = 100,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
         captions: list[str] | None = None,
         guidance_scale: float | None = None,
         use_ema: bool = True,

@@ -158,6 +158,12 @@ def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int, i
         )
     try:
         unet = expected.from_pretrained(root, subfolder=subfolder)
+    except (ValueError, RuntimeError) as error:  # weights whose shapes do not fit the config
+        first_lines = "\n".join(str(error).splitlines()[:3])
+        raise ValueError(
+            f"the weights in {name_or_path} do not fit its UNet config (a UNet of another shape?):\n{first_lines}\n"
+            "Re-save the UNet with save_pretrained so config.json and the weights match."
+        ) from error
     except OSError as error:
         if subfolder is None:
             raise

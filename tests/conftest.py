@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import lightning.pytorch as pl
-import pytest
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+# Before any Hugging Face import: they read these once. Tests never touch the network.
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from diffprobe.data.module import ConceptShapesDataModule
-from diffprobe.module import DiffusionModule
+from pathlib import Path  # noqa: E402
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import datasets  # noqa: E402
+import lightning.pytorch as pl  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from diffprobe.data.module import ConceptShapesDataModule  # noqa: E402
+from diffprobe.module import DiffusionModule  # noqa: E402
+from diffprobe.unet import UNCONDITIONAL_PRESETS  # noqa: E402
+
 torch.set_num_threads(2)
 
 TINY_UNET = dict(
@@ -78,6 +86,27 @@ def read_events(log_dir: str | Path) -> EventAccumulator:
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
+
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def solid_image(colour: str, size=(20, 12)) -> Image.Image:
+    return Image.fromarray(np.full((size[1], size[0], 3), COLOURS[colour], dtype=np.uint8))
+
+
+def in_memory_dataset(n=12) -> datasets.Dataset:
+    features = datasets.Features({"picture": datasets.Image(), "colour": datasets.ClassLabel(names=list(COLOURS)), "bright": datasets.Value("bool")})
+    rows = {"picture": [solid_image(list(COLOURS)[i % 2]) for i in range(n)], "colour": [i % 2 for i in range(n)], "bright": [i % 3 == 0 for i in range(n)]}
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def write_ddpm_cifar10_folder(root):
+    """A folder shaped like google/ddpm-cifar10-32 (its real config, random weights)."""
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, **UNCONDITIONAL_PRESETS["ddpm-cifar10"])
+    unet.save_pretrained(root / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, variance_type="fixed_large").save_pretrained(root / "scheduler")
+    return unet
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from conftest import TINY_UNET, make_module, make_trainer
+from conftest import TINY_UNET, make_module, make_trainer, write_ddpm_cifar10_folder
 from diffprobe import checkpoint, sampling
-from diffprobe.unet import UNCONDITIONAL_PRESETS
 
 
 def test_export_loads_in_ddpm_pipeline_and_matches_our_sampler(tmp_path):
@@ -47,14 +46,6 @@ def test_conditional_export_round_trips(tmp_path, tiny_data):
     assert type(loaded.unet).__name__ == "UNet2DConditionModel"
 
 
-def write_ddpm_cifar10_folder(root):
-    """A folder shaped like google/ddpm-cifar10-32 (its real config, random weights)."""
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, **UNCONDITIONAL_PRESETS["ddpm-cifar10"])
-    unet.save_pretrained(root / "unet")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, variance_type="fixed_large").save_pretrained(root / "scheduler")
-    return unet
-
-
 def test_fine_tune_from_the_ddpm_cifar10_folder(tmp_path, tiny_data):
     written = write_ddpm_cifar10_folder(tmp_path / "ddpm-cifar10-32")
     from conftest import shapes_data
@@ -70,22 +61,22 @@ def test_fine_tune_from_the_ddpm_cifar10_folder(tmp_path, tiny_data):
 
 def test_pretrained_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        make_module(pretrained=str(tmp_path / "missing"))
+        make_module(unet=None, pretrained=str(tmp_path / "missing"))
     DDPMScheduler().save_pretrained(tmp_path / "sched")
     with pytest.raises(FileNotFoundError, match="no config.json.*not a diffusers UNet"):
-        make_module(pretrained=str(tmp_path / "sched"))
+        make_module(unet=None, pretrained=str(tmp_path / "sched"))
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(ValueError, match="holds a AutoencoderKL.*needs a UNet2DModel"):
-        make_module(pretrained=str(tmp_path / "vae"))
+        make_module(unet=None, pretrained=str(tmp_path / "vae"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        make_module(pretrained=str(tmp_path / "empty"))
+        make_module(unet=None, pretrained=str(tmp_path / "empty"))
     UNet2DModel(sample_size=16, in_channels=1, out_channels=1, **TINY_UNET).save_pretrained(tmp_path / "gray")
     with pytest.raises(ValueError, match="takes 1-channel images but the data gives 3"):
-        make_module(pretrained=str(tmp_path / "gray"))
+        make_module(unet=None, pretrained=str(tmp_path / "gray"))
     with pytest.raises(ValueError, match="needs a UNet2DConditionModel"):
-        make_module(conditional=True, pretrained=str(tmp_path / "gray"))
+        make_module(conditional=True, unet=None, pretrained=str(tmp_path / "gray"))
 
 
 def test_pretrained_of_another_shape_is_refused(tmp_path):
@@ -94,8 +85,10 @@ def test_pretrained_of_another_shape_is_refused(tmp_path):
     config = json.loads((tmp_path / "u" / "config.json").read_text())
     config["block_out_channels"] = [8, 32]  # config says one shape, weights hold another
     (tmp_path / "u" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="(?i)size|shape"):
-        make_module(pretrained=str(tmp_path / "u"))
+    with pytest.raises(ValueError, match="do not fit its UNet config"):
+        make_module(unet=None, pretrained=str(tmp_path / "u"))
+    with pytest.raises(ValueError, match="cannot be combined with --model.pretrained"):
+        make_module(unet={"block_out_channels": [8, 16]}, pretrained=str(tmp_path / "u"))
 
 
 def test_checkpoint_that_is_not_diffprobes_is_named(tmp_path):

@@ -3,30 +3,17 @@
 import datasets
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import make_module, make_trainer
+from conftest import COLOURS, solid_image, in_memory_dataset, make_module, make_trainer
 from diffprobe.data.module import HFDataModule
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-
-
-def _image(colour: str, size=(20, 12)) -> Image.Image:
-    return Image.fromarray(np.full((size[1], size[0], 3), COLOURS[colour], dtype=np.uint8))
 
 
 def write_imagefolder(root):
     for colour in COLOURS:
         (root / colour).mkdir(parents=True)
         for i in range(6):
-            _image(colour).save(root / colour / f"{i}.png")
+            solid_image(colour).save(root / colour / f"{i}.png")
     return root
-
-
-def in_memory_dataset(n=12) -> datasets.Dataset:
-    features = datasets.Features({"picture": datasets.Image(), "colour": datasets.ClassLabel(names=list(COLOURS)), "bright": datasets.Value("bool")})
-    rows = {"picture": [_image(list(COLOURS)[i % 2]) for i in range(n)], "colour": [i % 2 for i in range(n)], "bright": [i % 3 == 0 for i in range(n)]}
-    return datasets.Dataset.from_dict(rows, features=features)
 
 
 def test_imagefolder_gives_rgb_in_range_resized_and_labelled(tmp_path):

@@ -17,7 +17,9 @@ class SampleGrid(pl.Callback):
         every_n_steps: sample after every this many optimizer steps (and at the start and end).
         num_images: images per grid; a conditional model uses the first held-out captions.
         seed: the fixed seed; the same initial noise at every evaluation.
-        num_inference_steps, sampler: the reverse process (DDIM needs far fewer steps).
+        num_inference_steps, sampler: the reverse process. Ancestral DDPM is the default: early in
+            training DDIM's deterministic steps collapse samples to grey averages, while DDPM shows
+            what the model has learned (the right background colours already after a few hundred steps).
         weights: which weights to sample with: ``ema``, ``raw`` or ``both``.
     """
 
@@ -26,8 +28,8 @@ class SampleGrid(pl.Callback):
         every_n_steps: int = 500,
         num_images: int = 16,
         seed: int = 0,
-        num_inference_steps: int = 50,
-        sampler: Literal["ddpm", "ddim"] = "ddim",
+        num_inference_steps: int = 100,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
         weights: Literal["ema", "raw", "both"] = "ema",
     ):
         if every_n_steps < 1:
