@@ -4,7 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
-from conftest import COLOURS, solid_image, in_memory_dataset, make_module, make_trainer
+from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, solid_image
 from diffprobe.data.module import HFDataModule
 
 
