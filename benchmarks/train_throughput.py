@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
             results["diffprobe_compiled_nosync_img_s"], results["diffprobe_compiled_nosync_wall_img_s"] = lightning_run(args, device, True, 10**9)
     for key in [k for k in results if k.startswith("diffprobe_")]:
         results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results))  # one JSON line, last, so runs can be compared
     return results
 
 

@@ -17,6 +17,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
 from diffprobe.captions import CaptionEncoder
+from diffprobe.capture.eager import eager
 from diffprobe.module import CHECKPOINT_MARKER, DiffusionModule
 
 _STEP = re.compile(r"step=(\d+)")
@@ -74,15 +75,10 @@ def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True) -
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"export folder {out} exists and is not empty; choose a new --out")
-    # An exported model is a plain eager module: detach torch.compile's wrapper while copying.
-    compiled = getattr(module.unet, "_compiled_call_impl", None)
-    module.unet._compiled_call_impl = None
-    try:
-        with module.ema_weights() if use_ema else nullcontext():
-            unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
-            encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
-    finally:
-        module.unet._compiled_call_impl = compiled
+    # An exported model is a plain eager module: copy it without torch.compile's wrapper.
+    with eager(module.unet), module.ema_weights() if use_ema else nullcontext():
+        unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
+        encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
     if encoder is None:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out)

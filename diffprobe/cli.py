@@ -12,11 +12,12 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
 from diffprobe.data.module import ImageDataModule
 from diffprobe.module import DiffusionModule
+from diffprobe.offline import add_linear_parser
 
 
 class RunConfig(SaveConfigCallback):
@@ -28,23 +29,29 @@ class RunConfig(SaveConfigCallback):
     @override
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.resumed_from and trainer.log_dir and (Path(trainer.log_dir) / self.config_filename).exists():
-            self.config_filename = f"config-resume-{_checkpoint_step_for_name(self.resumed_from)}.yaml"
+            count = 1
+            while (Path(trainer.log_dir) / f"config-resume-{count}.yaml").exists():
+                count += 1
+            self.config_filename = f"config-resume-{count}.yaml"
         super().setup(trainer, pl_module, stage)
 
 
-def _checkpoint_step_for_name(path: str) -> str:
-    stem = Path(path).stem  # "step=000400" -> "step000400"; "last" -> "last"
-    return stem.replace("=", "")
-
-
 def _run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
-    """``runs/<name>/version_<k>`` for a checkpoint saved by diffprobe's default layout."""
+    """``runs/<name>/version_<k>`` when ``ckpt_path`` is that run's newest checkpoint (so training
+    can continue in place); None otherwise: resuming from an older checkpoint starts a new version,
+    so the run's later history is never overlapped."""
+    from diffprobe.checkpoint import checkpoint_step
+
     if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
         return None
     path = Path(ckpt_path).resolve()
-    if path.parent.name == "checkpoints":
-        return path.parent.parent
-    return None
+    if path.parent.name != "checkpoints" or not path.is_file():
+        return None
+    if path.name != "last.ckpt":
+        steps = [checkpoint_step(p) for p in path.parent.glob("step=*.ckpt")]
+        if steps and checkpoint_step(path) < max(steps):
+            return None
+    return path.parent.parent
 
 
 class DiffprobeCLI(LightningCLI):
@@ -71,6 +78,8 @@ class DiffprobeCLI(LightningCLI):
     @override
     def before_fit(self) -> None:
         # An existing run directory is never written into, unless we resume from one of its checkpoints.
+        if not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
+            return  # only versioned run directories are guarded (no logger: the working directory)
         log_dir = Path(self.trainer.log_dir) if self.trainer.log_dir else None
         ckpt_run = _run_dir_of_checkpoint(self.config.fit.get("ckpt_path"))
         if log_dir is None or not log_dir.exists() or not any(log_dir.iterdir()):
@@ -157,6 +166,7 @@ def probe_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG")
     sample.set_defaults(handler=_sample_command)
+    add_linear_parser(commands)
     return parser
 
 

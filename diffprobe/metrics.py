@@ -30,3 +30,26 @@ class TimestepBinnedMean(Metric):
 
     def compute(self) -> torch.Tensor:
         return torch.where(self.count > 0, self.total / self.count.clamp(min=1), torch.full_like(self.total, float("nan")))
+
+
+class CellAccuracy(Metric):
+    """Accuracy per (layer, timestep bucket, concept) cell, accumulated over steps.
+
+    ``update(correct (L, B, K) bool, buckets (B,) long)``; ``compute()`` -> (L, buckets, K), NaN
+    where a bucket saw no sample.
+    """
+
+    full_state_update = False
+
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.add_state("correct", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, correct: torch.Tensor, buckets: torch.Tensor) -> None:
+        correct = correct.detach().to(torch.float64)
+        self.correct.index_add_(1, buckets, correct)
+        self.count.index_add_(1, buckets, torch.ones_like(correct))
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.count > 0, self.correct / self.count.clamp(min=1), torch.full_like(self.correct, float("nan")))

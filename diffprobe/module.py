@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb
 from diffprobe.captions import CaptionEncoder
+from diffprobe.capture import capture_features
 from diffprobe.metrics import TimestepBinnedMean
 from diffprobe.unet import build_unet, count_parameters, load_pretrained
 
@@ -90,6 +91,8 @@ class DiffusionModule(pl.LightningModule):
 
         # 1. The UNet and its noise schedule.
         self.loss_by_t = TimestepBinnedMean(loss_buckets)
+        self._feature_request: tuple[list[str], str] | None = None
+        self._nonfinite_seen = torch.zeros((), dtype=torch.bool)
         self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         if pretrained is not None:
             if unet:
@@ -104,6 +107,10 @@ class DiffusionModule(pl.LightningModule):
                 self.unet.register_to_config(sample_size=image_size)
             if loaded.scheduler is not None:  # keep the noise process the weights were trained with
                 self.use_scheduler(diffusion.build_scheduler_from_config(loaded.scheduler.config))
+                ours = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
+                differ = {k: self.scheduler.config[k] for k, v in ours.items() if self.scheduler.config[k] != v}
+                if differ:
+                    rank_zero_warn(f"using the pretrained folder's noise process {differ} instead of the configured {ours}")
         elif preset is None and not unet:
             raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
         else:
@@ -165,26 +172,58 @@ class DiffusionModule(pl.LightningModule):
         x_t = self.scheduler.add_noise(x0, noise, t)
         # 2. Predict and score against the prediction-type target, per sample.
         context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
-        if context is None:
-            prediction = self.unet(x_t, t).sample
-        else:
-            prediction = self.unet(x_t, t, encoder_hidden_states=context).sample
+        with capture_features(self.unet, *self._feature_request) if self._feature_request else nullcontext({}) as features:
+            if context is None:
+                prediction = self.unet(x_t, t).sample
+            else:
+                prediction = self.unet(x_t, t, encoder_hidden_states=context).sample
         losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
         loss = losses.mean()
-        # 3. Stop on a non-finite loss before the optimizer can spread it into the weights.
-        if self.global_step % self.hparams.check_finite_every_n_steps == 0 and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at global step {self.global_step}; stopped before the "
-                "optimizer step, so the checkpoints on disk are untouched. Lower --model.learning_rate, set "
-                "--trainer.gradient_clip_val, or check the data for NaNs."
-            )
+        # 3. Stop on a non-finite loss before the optimizer can spread it into the weights. The flag
+        # accumulates on the device (no sync); it is read every N steps and before every checkpoint.
+        self._nonfinite_seen = self._nonfinite_seen.to(loss.device) | ~torch.isfinite(loss.detach())
+        if self.global_step % self.hparams.check_finite_every_n_steps == 0:
+            self._raise_if_nonfinite(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}")
         self.loss_by_t.update(losses, diffusion.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
+        if self._feature_request:  # detached features of this very forward, for online probes
+            return {"loss": loss, "features": dict(features), "t": t}
         return loss
 
+    def request_features(self, layers: list[str], pool: str = "mean") -> None:
+        """Ask training_step to return pooled, detached block outputs of its own forward pass
+        (used by OnlineProbes: no extra UNet forward)."""
+        if self.hparams.compile:
+            raise ValueError(
+                "online probes read block outputs through forward hooks, which do not fire reliably inside "
+                "torch.compile; set --model.compile false or drop the OnlineProbes callback (ProbeMonitor works with compile)"
+            )
+        self._feature_request = (list(layers), pool)
+
+    def _raise_if_nonfinite(self, what: str) -> None:
+        bad = bool(self._nonfinite_seen.item())
+        if self._trainer is not None:  # every rank must stop, or the others hang in the all-reduce
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise FloatingPointError(
+                f"{what}; stopped before the optimizer step and before any checkpoint of these weights, so the "
+                "checkpoints on disk are the last good ones. Lower --model.learning_rate, set "
+                "--trainer.gradient_clip_val, or check the data for NaNs."
+            )
+
     @override
-    def on_before_zero_grad(self, optimizer) -> None:
-        # Called once per optimizer step (also with gradient accumulation): the EMA update point.
+    def on_fit_start(self) -> None:
+        # seed_everything gives every rank the same seed: offset it so that ranks draw different
+        # timesteps, noise and caption dropout.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + 7919 * self.trainer.global_rank)
+        self.ema.to(self.device)
+
+    @override
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Right after the weights changed, once per optimizer step (also with gradient
+        # accumulation), before any callback samples or checkpoints them.
         if self.ema.shadow_params[0].device != self.device:
             self.ema.to(self.device)
         self.ema.step(self.trained_parameters())
@@ -214,6 +253,8 @@ class DiffusionModule(pl.LightningModule):
     # ---- checkpoint state ---------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Never write weights that went bad since the last check.
+        self._raise_if_nonfinite(f"a non-finite training loss was seen before the checkpoint at global step {self.global_step}")
         checkpoint[CHECKPOINT_MARKER] = {
             "unet_class": type(self.unet).__name__,
             "unet_config": dict(self.unet.config),
@@ -230,6 +271,9 @@ class DiffusionModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+            # The averaged weights and step count come from the checkpoint, the settings from this run.
+            hp = self.hparams
+            self.ema.decay, self.ema.use_ema_warmup, self.ema.inv_gamma, self.ema.power = hp.ema_decay, hp.ema_warmup, hp.ema_inv_gamma, hp.ema_power
             self.ema.to(self.device)
 
     # ---- sampling -----------------------------------------------------------------------------

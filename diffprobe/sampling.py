@@ -7,6 +7,7 @@ same image here and in an exported pipeline.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,6 +82,8 @@ def denoise(
             raise ValueError("give either noise or batch_size")
         noise = initial_noise(unet, batch_size, generator, device)
     if timesteps is not None:
+        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(f"{type(scheduler).__name__} cannot take custom timesteps; use a DDPMScheduler for them")
         scheduler.set_timesteps(timesteps=timesteps, device=device)
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)

@@ -31,3 +31,21 @@ def tensorboard_writer(trainer) -> SummaryWriter | None:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+PROBE_PREFIX = {"ema": "probe", "raw": "probe_raw", "online": "probe_online"}
+
+
+def probe_tag(prefix: str, concept: str, layer: str, t: int | str) -> str:
+    """``probe/<concept>/<layer>/t0500/acc``; ``t`` may be a bucket tag like ``t0000-0099``."""
+    t_part = t if isinstance(t, str) else t_tag(t)
+    return f"{prefix}/{concept}/{layer}/{t_part}/acc"
+
+
+def probe_layout(concepts: list[str], layers: list[str], prefix: str = "probe") -> dict:
+    """Custom-scalars layout: a category per concept, a chart per layer, one line per t."""
+    return {
+        f"{prefix}: {concept}": {
+            layer: ["Multiline", [rf"{prefix}/{concept}/{layer}/t\d+/acc"]] for layer in layers
+        }
+        for concept in concepts
+    }

@@ -122,7 +122,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
-def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int, image_size: int) -> PretrainedUNet:
+def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int | None = None, image_size: int | None = None) -> PretrainedUNet:
     """Load a diffusers UNet (and its scheduler config when present) for fine-tuning.
 
     Accepts a pipeline folder (with ``unet/`` and ``scheduler/``), a bare UNet folder, or a hub id
@@ -140,7 +140,8 @@ def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int, i
         class_name = json.loads(config_file.read_text()).get("_class_name")
         subfolder = None
         root = str(unet_dir)
-        scheduler_dir = path / "scheduler" if (path / "scheduler").is_dir() else None
+        # A pipeline folder keeps its scheduler in scheduler/; `hf download` of a bare repo at the root.
+        scheduler_dir = next((d for d in (path / "scheduler", path) if (d / "scheduler_config.json").exists()), None)
     elif _looks_like_hub_id(name_or_path):
         root, subfolder, class_name = name_or_path, "unet", None
         scheduler_dir = None
@@ -177,12 +178,13 @@ def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int, i
                 "and point --model.pretrained at that folder."
             ) from error
 
-    if unet.config.in_channels != in_channels:
+    if in_channels is not None and unet.config.in_channels != in_channels:
         raise ValueError(
             f"pretrained UNet {name_or_path} takes {unet.config.in_channels}-channel images but the data gives "
             f"{in_channels} channels; set --data.channels {unet.config.in_channels} or use another UNet."
         )
-    check_image_size(image_size, dict(unet.config))
+    if image_size is not None:
+        check_image_size(image_size, dict(unet.config))
 
     scheduler = None
     if scheduler_dir is not None:

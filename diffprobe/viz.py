@@ -42,3 +42,41 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def accuracy_heatmap(
+    values: torch.Tensor,
+    rows: list[str],
+    timesteps: list[int],
+    title: str,
+    chance: torch.Tensor | float | None = None,
+    significant: torch.Tensor | None = None,
+):
+    """A matplotlib Figure: rows x timesteps grid coloured by accuracy (0..1), each cell annotated.
+
+    ``chance`` (scalar or one per row) is written in the row label; cells that are not significant
+    are greyed out with a dot, so an above-chance colour is never mistaken for a result.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    values = values.detach().cpu().float()
+    figure, axis = plt.subplots(figsize=(1.0 + 0.55 * len(timesteps), 0.9 + 0.42 * len(rows)), dpi=100)
+    image = axis.imshow(values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    labels = list(rows)
+    if chance is not None:
+        chance_row = torch.as_tensor(chance, dtype=torch.float32).expand(len(rows))
+        labels = [f"{r} (chance {c:.2f})" for r, c in zip(rows, chance_row.tolist())]
+    axis.set_yticks(range(len(rows)), labels, fontsize=8)
+    axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps], fontsize=7, rotation=90)
+    axis.set_xlabel("timestep t (0 = clean)", fontsize=8)
+    axis.set_title(title, fontsize=9)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            dim = significant is not None and not bool(significant[i, j])
+            axis.text(j, i, "·" if dim else f"{values[i, j]:.2f}"[1:] if values[i, j] < 1 else "1", ha="center", va="center", fontsize=6, color="white" if values[i, j] < 0.6 else "black")
+    figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02, label="test accuracy")
+    figure.tight_layout()
+    return figure

@@ -56,8 +56,31 @@ def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch):
     assert cli.trainer.global_step == 6
     assert Path(cli.trainer.log_dir).resolve() == run.resolve()
     assert (run / "config.yaml").read_text() == first_config
-    assert list(run.glob("config-resume-*.yaml"))
+    assert (run / "config-resume-1.yaml").exists()
     assert not (tmp_path / "runs/quickstart/version_1").exists()
+    # resuming again from the newest checkpoint continues again, without clobbering anything
+    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "8", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
+    assert cli.trainer.global_step == 8 and (run / "config-resume-2.yaml").exists()
+
+
+def test_resume_from_an_older_checkpoint_starts_a_new_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # quickstart checkpoints every 100 steps; save every 2 here so there is an older one
+    train_main(_no_rich(quickstart("--trainer.max_steps", "4", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "--trainer.callbacks.filename=step={step:06d}", "--trainer.callbacks.auto_insert_metric_name=false",
+                                   "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1")))
+    run = tmp_path / "runs/quickstart/version_0"
+    older = sorted(run.glob("checkpoints/step=000002*.ckpt"))
+    assert older, sorted(p.name for p in (run / "checkpoints").iterdir())
+    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "5", "--ckpt_path", str(older[0]))))
+    assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.global_step == 5
+
+
+def test_no_logger_runs_in_a_non_empty_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    cli = train_main(_no_rich(quickstart("--trainer.logger", "false", "--trainer.max_steps", "2")))
+    assert cli.trainer.global_step == 2 and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_existing_run_directory_is_refused_before_training(tmp_path, monkeypatch):

@@ -39,3 +39,15 @@ def test_bad_scheduler_arguments_are_named():
         diffusion.build_scheduler(beta_schedule="quadratic")
     with pytest.raises(ValueError, match="prediction_type"):
         diffusion.build_scheduler(prediction_type="noise")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_predict_x0_matches_the_schedulers_own_estimate(prediction_type):
+    scheduler = diffusion.build_scheduler(1000, "linear", prediction_type)
+    scheduler = type(scheduler).from_config({**scheduler.config, "clip_sample": False})
+    scheduler.set_timesteps(1000)
+    x_t, output = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for t in (10, 500, 900):
+        ours = diffusion.predict_x0(scheduler, output, x_t, torch.tensor([t, t]))
+        theirs = scheduler.step(output, t, x_t).pred_original_sample
+        assert torch.allclose(ours, theirs, atol=1e-4), t

@@ -1,7 +1,5 @@
 """DiffusionModule: it learns, logs per timestep, keeps EMA apart, resumes, and stops on NaN."""
 
-import hashlib
-
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -49,24 +47,30 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_ema_differs_from_raw_and_training_continues_from_raw(tmp_path, tiny_data):
     module = make_module(ema_decay=0.99)
-    seen = []
+    left_by_optimizer, started_from = [], []
 
-    class RecordRawWeights(Callback):
+    class RecordBeforeSampling(Callback):  # runs before SampleGrid swaps EMA weights in and out
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            left_by_optimizer.append([p.detach().clone() for p in pl_module.unet.parameters()])
+
+    class RecordAtStart(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append(next(pl_module.unet.parameters()).detach().clone())
+            started_from.append([p.detach().clone() for p in pl_module.unet.parameters()])
 
-    trainer = make_trainer(tmp_path, max_steps=3, callbacks=[RecordRawWeights(), SampleGrid(every_n_steps=1, num_images=2, num_inference_steps=2)])
+    callbacks = [RecordAtStart(), RecordBeforeSampling(), SampleGrid(every_n_steps=1, num_images=2, num_inference_steps=2)]
+    trainer = make_trainer(tmp_path, max_steps=3, callbacks=callbacks)
     trainer.fit(module, datamodule=tiny_data)
     raw = next(module.unet.parameters()).detach()
     ema = module.ema.shadow_params[0]
     assert not torch.allclose(raw, ema), "EMA weights must differ from the raw ones"
-    # Sampling swapped EMA weights in after every step; each step must still start from the raw
-    # weights the optimizer left, never from the EMA copy.
-    for before, after in zip(seen[1:], seen[2:]):
-        assert not torch.equal(before, after)
+    # Every step starts from exactly the raw weights the previous optimizer step left, although
+    # SampleGrid sampled with the EMA weights in between.
+    for left, started in zip(left_by_optimizer, started_from[1:]):
+        assert all(torch.equal(a, b) for a, b in zip(left, started))
     with module.ema_weights():
         assert torch.equal(next(module.unet.parameters()), ema)
     assert torch.equal(next(module.unet.parameters()), raw)
+    assert module.ema.optimization_step == 3, "one EMA update per optimizer step"
 
 
 def test_resume_continues_step_count_ema_and_optimizer(tmp_path, tiny_data):
@@ -75,34 +79,55 @@ def test_resume_continues_step_count_ema_and_optimizer(tmp_path, tiny_data):
     ckpt = tmp_path / "runs/test/version_0/checkpoints/step=000004.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == 4 and saved["ema"]["optimization_step"] == 4
+    at_start = {}
 
-    module = make_module()
-    second = make_trainer(tmp_path, max_steps=6, version=0)
+    class RecordAtResume(Callback):
+        def on_train_start(self, trainer, pl_module):
+            at_start["unet"] = {k: v.detach().clone() for k, v in pl_module.unet.state_dict().items()}
+            at_start["ema"] = [p.clone() for p in pl_module.ema.shadow_params]
+
+    module = make_module(ema_decay=0.95)
+    second = make_trainer(tmp_path, max_steps=6, version=0, callbacks=[RecordAtResume()])
     second.fit(module, datamodule=tiny_data, ckpt_path=ckpt)
+    assert all(torch.equal(at_start["unet"][k], saved["state_dict"][f"unet.{k}"]) for k in at_start["unet"])
+    assert all(torch.equal(a, b) for a, b in zip(at_start["ema"], saved["ema"]["shadow_params"]))
     assert second.global_step == 6
     assert module.ema.optimization_step == 6
+    assert module.ema.decay == 0.95, "EMA settings come from this run, the averages from the checkpoint"
     assert second.optimizers[0].state[next(iter(second.optimizers[0].state))]["step"].item() == 6
     steps = [e.step for e in read_events(second.log_dir).Scalars("train/loss")]
     assert steps[-1] >= 5, "the resumed run logs into the same run directory, continuing its step axis"
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, tiny_data):
-    class PoisonAtStep3(Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 3:
-                with torch.no_grad():
-                    next(pl_module.unet.parameters()).fill_(float("nan"))
+class PoisonAtStep3(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            with torch.no_grad():
+                next(pl_module.unet.parameters()).fill_(float("nan"))
 
+
+def _all_finite(path) -> bool:
+    module = load_module(path)
+    return all(torch.isfinite(p).all() for p in module.unet.parameters()) and all(torch.isfinite(p).all() for p in module.ema.shadow_params)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, tiny_data):
     trainer = make_trainer(tmp_path, max_steps=6, callbacks=[PoisonAtStep3()])
-    module = make_module()
     with pytest.raises(FloatingPointError, match="global step 3"):
-        trainer.fit(module, datamodule=tiny_data)
+        trainer.fit(make_module(), datamodule=tiny_data)
     ckpts = find_checkpoints(trainer.log_dir)
     assert [p.name for p in ckpts if "=" in p.name] == ["step=000002.ckpt"]
-    digest = hashlib.sha256(ckpts[0].read_bytes()).hexdigest()
-    reloaded = load_module(ckpts[0])
-    assert all(torch.isfinite(p).all() for p in reloaded.unet.parameters())
-    assert hashlib.sha256(ckpts[0].read_bytes()).hexdigest() == digest
+    assert _all_finite(ckpts[0]) and _all_finite(ckpts[0].parent / "last.ckpt")
+
+
+def test_a_rarer_nan_check_still_never_checkpoints_bad_weights(tmp_path, tiny_data):
+    # The loss is only read every 5 steps, but the checkpoint at step 4 must not save NaN weights.
+    trainer = make_trainer(tmp_path, max_steps=8, callbacks=[PoisonAtStep3()])
+    with pytest.raises(FloatingPointError, match="before the checkpoint at global step 4"):
+        trainer.fit(make_module(check_finite_every_n_steps=5), datamodule=tiny_data)
+    names = sorted(p.name for p in (tmp_path / "runs/test/version_0/checkpoints").iterdir())
+    assert names == ["last.ckpt", "step=000002.ckpt"]
+    assert _all_finite(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
 
 
 def test_conditional_model_trains_and_samples_with_guidance(tmp_path, tiny_data):
@@ -127,3 +152,19 @@ def test_condition_dropout_replaces_captions_with_the_empty_one():
     empty = module.caption_encoder.unconditional(1)[0]
     is_empty = torch.tensor([torch.allclose(row, empty) for row in dropped])
     assert 10 < is_empty.sum() < 54
+
+
+def test_ddpm_and_ddim_sampling_are_seeded_and_custom_timesteps_need_ddpm():
+    from diffprobe import sampling
+    from diffprobe.diffusion import sampling_scheduler
+
+    module = make_module()
+    for sampler in ("ddpm", "ddim"):
+        a = module.sample(2, seed=5, num_inference_steps=4, sampler=sampler)
+        b = module.sample(2, seed=5, num_inference_steps=4, sampler=sampler)
+        c = module.sample(2, seed=6, num_inference_steps=4, sampler=sampler)
+        assert torch.equal(a, b) and not torch.equal(a, c) and a.abs().max() <= 1
+    records = list(sampling.denoise(module.unet, sampling_scheduler(module.scheduler, "ddpm"), batch_size=1, timesteps=[90, 40, 5]))
+    assert [r.t for r in records] == [90, 40, 5]
+    with pytest.raises(ValueError, match="cannot take custom timesteps"):
+        list(sampling.denoise(module.unet, sampling_scheduler(module.scheduler, "ddim"), batch_size=1, timesteps=[90, 40, 5]))

@@ -1,6 +1,8 @@
 """Callbacks decide WHEN to observe or write; the core modules decide HOW."""
 
 from diffprobe.callbacks.export import ExportDiffusers
+from diffprobe.callbacks.online_probes import OnlineProbes
+from diffprobe.callbacks.probe_monitor import ProbeMonitor
 from diffprobe.callbacks.samples import SampleGrid
 
-__all__ = ["ExportDiffusers", "SampleGrid"]
+__all__ = ["ExportDiffusers", "OnlineProbes", "ProbeMonitor", "SampleGrid"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from diffprobe import checkpoint
@@ -24,9 +24,11 @@ class ExportDiffusers(pl.Callback):
         self.exported_to: Path | None = None
 
     @override
-    @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # trainer.log_dir broadcasts, so every rank asks for it; only rank zero writes.
         target = Path(trainer.log_dir or trainer.default_root_dir) / self.folder
+        if not trainer.is_global_zero:
+            return
         if target.exists() and any(target.iterdir()):  # a resumed run: keep the earlier export too
             target = target.with_name(f"{self.folder}-step{trainer.global_step:06d}")
         self.exported_to = checkpoint.export(pl_module, target, use_ema=self.use_ema)

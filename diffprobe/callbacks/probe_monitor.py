@@ -1,0 +1,184 @@
+"""ProbeMonitor: every N steps, linear probes for every (layer, t, concept) on the fixed probe set.
+
+Writes ``probe/<concept>/<layer>/t<tttt>/acc`` scalars (EMA weights; ``probe_raw/...`` for the raw
+ones), one heatmap per concept (layer x t) and per layer (concept x t) under ``probe_heatmap/``, and
+a custom-scalars layout with one chart per (concept, layer) and one line per t. The probe set is
+saved as ``probe_set.pt`` in the run, and reused when the run is resumed.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from diffprobe import tb, viz
+from diffprobe.capture import default_layers, eager
+from diffprobe.data.probe_set import ProbeSet, default_timesteps
+from diffprobe.probes.pipeline import ProbeTable, probe_unet
+
+PROBE_SET_FILE = "probe_set.pt"
+
+
+class ProbeMonitor(pl.Callback):
+    """Args:
+        every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
+        num_images: probe-set size (held-out images; 2/3 fit the probes, 1/3 score them).
+        timesteps: the t grid; default 15 values over [0, T), dense at small t.
+        layers: UNet module names; default each down block, the mid block, each up block.
+        pool: ``mean`` (global average) or ``grid2`` / ``grid4`` (spatial cells).
+        method: ``logistic`` (scikit-learn's objective, batched L-BFGS) or ``ridge`` (closed form).
+        weights: probe the ``ema`` weights, the ``raw`` ones, or ``both``.
+        batch_size: UNet batch for feature extraction.
+        heatmaps: also log the heatmap figures.
+        probe_set: path of a saved probe set to use instead of building one.
+        seed: seed of the probe set's noise, split and control labels.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_images: int = 300,
+        timesteps: list[int] | None = None,
+        layers: list[str] | None = None,
+        pool: Literal["mean", "grid2", "grid4"] = "mean",
+        method: Literal["logistic", "ridge"] = "logistic",
+        weights: Literal["ema", "raw", "both"] = "ema",
+        batch_size: int = 128,
+        heatmaps: bool = True,
+        probe_set: str | None = None,
+        seed: int = 0,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if num_images < 10:
+            raise ValueError(f"num_images must be >= 10 (probes need a train and a test part), got {num_images}")
+        if weights not in ("ema", "raw", "both"):
+            raise ValueError(f"weights must be 'ema', 'raw' or 'both', got {weights!r}")
+        if probe_set is not None and not Path(probe_set).is_file():
+            raise FileNotFoundError(f"probe set {probe_set} does not exist")
+        self.every_n_steps, self.num_images, self.timesteps = every_n_steps, num_images, timesteps
+        self.layers, self.pool, self.method, self.weights = layers, pool, method, weights
+        self.batch_size, self.heatmaps, self.probe_set_path, self.seed = batch_size, heatmaps, probe_set, seed
+        self.probe_set: ProbeSet | None = None
+        self.history: list[dict[str, Any]] = []
+        self._layout_written = False
+
+    # ---- setup --------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        layers = self.layers or default_layers(pl_module.unet)
+        modules = dict(pl_module.unet.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing:  # fail before training starts, not at the first evaluation
+            raise ValueError(f"ProbeMonitor: UNet has no module(s) {missing}; block names are {default_layers(pl_module.unet)}")
+        self.layers = layers
+        saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
+        if self.probe_set is None:
+            if self.probe_set_path is not None:
+                self.probe_set = ProbeSet.load(self.probe_set_path)
+            elif saved.is_file():  # a resumed run keeps its probe set
+                self.probe_set = ProbeSet.load(saved)
+            else:
+                datamodule = trainer.datamodule
+                self.probe_set = ProbeSet.from_dataset(
+                    datamodule.heldout_dataset(),
+                    datamodule.concepts,
+                    size=self.num_images,
+                    timesteps=self.timesteps or default_timesteps(pl_module.num_train_timesteps),
+                    seed=self.seed,
+                )
+        if trainer.is_global_zero and not saved.exists():
+            self.probe_set.save(saved)
+            self.probe_set_path = str(saved)
+
+    # ---- when ---------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module)
+
+    # ---- what ---------------------------------------------------------------------------------
+    def probe(self, pl_module, use_ema: bool) -> ProbeTable:
+        """The probe table of the module's current raw or EMA weights (eager UNet, fp32)."""
+        with eager(pl_module.unet), pl_module.ema_weights() if use_ema else nullcontext():
+            # A conditional UNet gets the empty caption: probes read what it sees in the image,
+            # not what a caption tells it.
+            condition = pl_module.caption_encoder.unconditional(1) if pl_module.caption_encoder is not None else None
+            return probe_unet(pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition)
+
+    @rank_zero_only
+    def _evaluate(self, trainer: pl.Trainer, pl_module) -> None:
+        step = trainer.global_step
+        if self.history and self.history[-1]["step"] == step:
+            return
+        writer = tb.tensorboard_writer(trainer)
+        kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
+        for kind in kinds:
+            with torch.no_grad():
+                table = self.probe(pl_module, use_ema=kind == "ema")
+            self.history.append(
+                {
+                    "step": step,
+                    "weights": kind,
+                    "accuracy": table.accuracy,
+                    "control_accuracy": table.control_accuracy,
+                    "p_value": table.p_value,
+                    "layers": table.layers,
+                    "timesteps": table.timesteps,
+                    "concepts": table.concepts,
+                }
+            )
+            if writer is not None:
+                self._log(writer, table, step, tb.PROBE_PREFIX[kind])
+        if writer is not None and not self._layout_written:
+            writer.add_custom_scalars(tb.probe_layout(self.probe_set.concept_names, self.layers))
+            self._layout_written = True
+
+    def _log(self, writer, table: ProbeTable, step: int, prefix: str) -> None:
+        for i, layer in enumerate(table.layers):
+            for j, t in enumerate(table.timesteps):
+                for k, concept in enumerate(table.concepts):
+                    writer.add_scalar(tb.probe_tag(prefix, concept, layer, t), float(table.accuracy[i, j, k]), step)
+        if not self.heatmaps:
+            return
+        for k, concept in enumerate(table.concepts):
+            figure = viz.accuracy_heatmap(
+                table.accuracy[:, :, k], table.layers, table.timesteps, f"{concept}: probe accuracy (step {step})",
+                chance=float(table.chance[k]), significant=table.significant[:, :, k],
+            )
+            writer.add_figure(f"{prefix}_heatmap/concept/{concept}", figure, step)
+        for i, layer in enumerate(table.layers):
+            figure = viz.accuracy_heatmap(
+                table.accuracy[i].T, table.concepts, table.timesteps, f"{layer}: probe accuracy (step {step})",
+                chance=table.chance, significant=table.significant[i].T,
+            )
+            writer.add_figure(f"{prefix}_heatmap/layer/{layer}", figure, step)
+
+    # ---- state --------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "probe_set_path": self.probe_set_path, "layers": self.layers}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.probe_set_path = state_dict.get("probe_set_path") or self.probe_set_path
+        self.layers = state_dict.get("layers") or self.layers
+        if self.probe_set is None and self.probe_set_path and Path(self.probe_set_path).is_file():
+            self.probe_set = ProbeSet.load(self.probe_set_path)

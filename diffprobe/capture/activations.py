@@ -1,0 +1,78 @@
+"""Pooled block outputs of a UNet, through forward hooks that are always removed.
+
+    with capture_features(unet, ["mid_block", "up_blocks.1"]) as features:
+        unet(x_t, t)
+    features["mid_block"]  # (B, D) detached, pooled
+
+Pooling: ``"mean"`` (global average, D = channels) or ``"grid2"`` / ``"grid4"`` (average over a
+2x2 / 4x4 grid of cells, D = channels * cells, keeps coarse position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pool = Literal["mean", "grid2", "grid4"]
+DEFAULT_POOL: Pool = "mean"
+
+
+def default_layers(unet: nn.Module) -> list[str]:
+    """Each down block, the mid block, each up block: the UNet's resolution stages."""
+    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    if getattr(unet, "mid_block", None) is not None:
+        names.append("mid_block")
+    return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+
+
+def pool_features(hidden: torch.Tensor, pool: Pool = DEFAULT_POOL) -> torch.Tensor:
+    """(B, C, H, W) -> (B, D) float32."""
+    hidden = hidden.float()
+    if pool == "mean":
+        return hidden.mean(dim=(2, 3))
+    cells = {"grid2": 2, "grid4": 4}.get(pool)
+    if cells is None:
+        raise ValueError(f"pool must be 'mean', 'grid2' or 'grid4', got {pool!r}")
+    return nn.functional.adaptive_avg_pool2d(hidden, cells).flatten(1)
+
+
+def _find(unet: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(unet.named_modules())
+    missing = [n for n in names if n not in modules or n == ""]
+    if missing:
+        valid = default_layers(unet)
+        raise ValueError(f"UNet has no module(s) {missing}; block names are {valid} (any name from unet.named_modules() works)")
+    return {n: modules[n] for n in names}
+
+
+@contextmanager
+def capture_features(unet: nn.Module, layers: Sequence[str] | None = None, pool: Pool = DEFAULT_POOL) -> Iterator[dict[str, torch.Tensor]]:
+    """Record pooled, detached outputs of ``layers`` for every forward inside the block.
+
+    A block called several times (e.g. a CFG batch run twice) keeps its last output. Hooks only
+    read: the UNet's output is bit-identical with and without capture, and no gradient flows back
+    through a captured feature.
+    """
+    pool_features(torch.zeros(1, 1, 4, 4), pool)  # validate before hooking anything
+    targets = _find(unet, list(layers) if layers is not None else default_layers(unet))
+    features: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output  # down blocks return (h, skips)
+            features[name] = pool_features(hidden.detach(), pool)
+
+        return hook
+
+    try:
+        for name, module in targets.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield features
+    finally:
+        for handle in handles:
+            handle.remove()

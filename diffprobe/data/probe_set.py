@@ -1,0 +1,104 @@
+"""The fixed probe set: held-out images, their concept labels, a timestep grid and fixed noise.
+
+Fixed once per run and saved with it, so every later measurement (live or on checkpoints) uses
+exactly the same inputs and a change between checkpoints comes from the weights alone. The noise
+for timestep index j is drawn from a generator seeded with ``(seed, j)``, so it is fixed without
+storing N x T noise tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+# Dense at small t, where fine detail is decided; spans [0, T).
+DEFAULT_TIMESTEPS_1000 = (0, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+
+
+def default_timesteps(num_train_timesteps: int) -> list[int]:
+    scaled = {min(num_train_timesteps - 1, round(t * num_train_timesteps / 1000)) for t in DEFAULT_TIMESTEPS_1000}
+    return sorted(scaled)
+
+
+@dataclass
+class ProbeSet:
+    """images (N, C, H, W) in [-1, 1]; labels and control_labels (N, K) long; timesteps (T,) long;
+    masks (N, 1, H, W) bool or None; concepts: name -> value names (K entries, labels' order)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    control_labels: torch.Tensor
+    timesteps: torch.Tensor
+    concepts: dict[str, tuple[str, ...]]
+    seed: int
+    masks: torch.Tensor | None = None
+    captions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def concept_names(self) -> list[str]:
+        return list(self.concepts)
+
+    def noise(self, t_index: int) -> torch.Tensor:
+        """The fixed noise (N, C, H, W) of timestep ``timesteps[t_index]``."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + int(t_index))
+        return torch.randn(self.images.shape, generator=generator)
+
+    def split(self, train_fraction: float = 2 / 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed train / test index split for fitting probes (a seeded permutation)."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed + 1))
+        cut = int(round(train_fraction * len(self)))
+        return order[:cut], order[cut:]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": "diffprobe.ProbeSet/1", **self.__dict__}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeSet:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(stored, dict) or stored.get("format") != "diffprobe.ProbeSet/1":
+            raise ValueError(f"{path} is not a diffprobe probe set (probe_set.pt written by ProbeMonitor or probe.py)")
+        stored.pop("format")
+        return cls(**stored)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Dataset,
+        concepts: dict[str, tuple[str, ...]],
+        *,
+        size: int,
+        timesteps: list[int],
+        seed: int = 0,
+    ) -> ProbeSet:
+        """The first ``size`` items of a held-out data set (items as diffprobe data sets give them)."""
+        if not concepts:
+            raise ValueError("a probe set needs concept labels; this data set has none (set --data.concept_columns)")
+        size = min(size, len(dataset))
+        if size < 10:
+            raise ValueError(f"a probe set needs at least 10 images, the held-out data has {len(dataset)}")
+        items = [dataset[i] for i in range(size)]
+        labels = torch.stack([item["labels"] for item in items])
+        masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+        # Control task (Hewitt & Liang 2019): each image keeps one random label per concept, drawn by
+        # permuting the real labels across images (same class frequencies, no visual meaning).
+        generator = torch.Generator().manual_seed(seed + 2)
+        control = torch.stack([labels[torch.randperm(size, generator=generator), k] for k in range(labels.shape[1])], dim=1)
+        return cls(
+            images=torch.stack([item["image"] for item in items]),
+            labels=labels,
+            control_labels=control,
+            timesteps=torch.tensor(sorted(set(int(t) for t in timesteps)), dtype=torch.long),
+            concepts={k: tuple(v) for k, v in concepts.items()},
+            seed=seed,
+            masks=masks,
+            captions=[item.get("caption", "") for item in items],
+        )

@@ -1,0 +1,160 @@
+"""From a UNet and a probe set to a table of probe results per (layer, t, concept).
+
+No Lightning here: works on any diffusers UNet in a notebook, in the ProbeMonitor callback and in
+``probe.py linear``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from diffprobe.capture import capture_features, default_layers
+from diffprobe.capture.activations import Pool
+from diffprobe.data.probe_set import ProbeSet
+from diffprobe.probes.fit import Method, fit_probes
+from diffprobe.probes.stats import binomial_p_value, majority_chance, wilson_interval
+
+
+@dataclass
+class ProbeTable:
+    """Results for one set of weights. Tensors are (L, T, K) = (layers, timesteps, concepts)
+    unless noted; ``chance`` is (K,)."""
+
+    layers: list[str]
+    timesteps: list[int]
+    concepts: list[str]
+    accuracy: torch.Tensor
+    control_accuracy: torch.Tensor
+    chance: torch.Tensor
+    p_value: torch.Tensor
+    ci_low: torch.Tensor
+    ci_high: torch.Tensor
+    n_test: int
+    alpha: float = 0.05
+
+    @property
+    def selectivity(self) -> torch.Tensor:
+        """Accuracy minus control-task accuracy (Hewitt & Liang 2019)."""
+        return self.accuracy - self.control_accuracy
+
+    @property
+    def significant(self) -> torch.Tensor:
+        """Above chance at level alpha, Bonferroni-corrected over all cells of the table."""
+        return self.p_value < self.alpha / self.p_value.numel()
+
+    def rows(self, **extra) -> list[dict]:
+        """One dict per (layer, t, concept), for CSV / JSON."""
+        rows = []
+        for i, layer in enumerate(self.layers):
+            for j, t in enumerate(self.timesteps):
+                for k, concept in enumerate(self.concepts):
+                    rows.append(
+                        {
+                            **extra,
+                            "layer": layer,
+                            "t": t,
+                            "concept": concept,
+                            "accuracy": round(float(self.accuracy[i, j, k]), 6),
+                            "chance": round(float(self.chance[k]), 6),
+                            "control_accuracy": round(float(self.control_accuracy[i, j, k]), 6),
+                            "selectivity": round(float(self.selectivity[i, j, k]), 6),
+                            "p_value": float(self.p_value[i, j, k]),
+                            "significant": bool(self.significant[i, j, k]),
+                            "ci_low": round(float(self.ci_low[i, j, k]), 6),
+                            "ci_high": round(float(self.ci_high[i, j, k]), 6),
+                            "n": self.n_test,
+                        }
+                    )
+        return rows
+
+
+@torch.no_grad()
+def extract_features(
+    unet,
+    scheduler,
+    probe_set: ProbeSet,
+    layers: Sequence[str],
+    pool: Pool = "mean",
+    batch_size: int = 128,
+    condition: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pooled features of every probe image noised to every t of the grid: layer -> (T, N, D).
+
+    ``condition``: (1, L, D) context for a conditional UNet (the empty caption, so that probes read
+    what the UNet sees in the image, not what the caption tells it).
+    """
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for j, t in enumerate(probe_set.timesteps.tolist()):
+        noise = probe_set.noise(j)
+        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        for start in range(0, len(probe_set), batch_size):
+            x0 = probe_set.images[start : start + batch_size].to(device)
+            timesteps = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
+            x_t = scheduler.add_noise(x0, noise[start : start + batch_size].to(device), timesteps)
+            with capture_features(unet, layers, pool) as features:
+                if condition is None:
+                    unet(x_t.to(dtype), timesteps)
+                else:
+                    unet(x_t.to(dtype), timesteps, encoder_hidden_states=condition.expand(x0.shape[0], -1, -1).to(dtype))
+            for name in layers:
+                chunks[name].append(features[name])
+        for name in layers:
+            per_layer[name].append(torch.cat(chunks[name]))
+    return {name: torch.stack(values) for name, values in per_layer.items()}
+
+
+def probe_features(features: dict[str, torch.Tensor], probe_set: ProbeSet, method: Method = "logistic", alpha: float = 0.05) -> ProbeTable:
+    """Fit every probe on the fixed train/test split of the probe set."""
+    train, test = probe_set.split()
+    num_classes = [len(v) for v in probe_set.concepts.values()]
+    labels = torch.cat([probe_set.labels, probe_set.control_labels], dim=1)
+    k = len(num_classes)
+    accuracy, control, correct = [], [], []
+    for values in features.values():
+        fit = fit_probes(values[:, train], labels[train], values[:, test], labels[test], num_classes * 2, method=method)
+        accuracy.append(fit.accuracy[:, :k])
+        control.append(fit.accuracy[:, k:])
+        correct.append(fit.correct[:, :k])
+    correct_all = torch.stack(correct)
+    n = len(test)
+    chance = majority_chance(probe_set.labels[train], probe_set.labels[test], num_classes)
+    low, high = wilson_interval(correct_all, n)
+    return ProbeTable(
+        layers=list(features),
+        timesteps=probe_set.timesteps.tolist(),
+        concepts=probe_set.concept_names,
+        accuracy=torch.stack(accuracy),
+        control_accuracy=torch.stack(control),
+        chance=chance,
+        p_value=binomial_p_value(correct_all, n, chance),
+        ci_low=low,
+        ci_high=high,
+        n_test=n,
+        alpha=alpha,
+    )
+
+
+def probe_unet(
+    unet,
+    scheduler,
+    probe_set: ProbeSet,
+    layers: Sequence[str] | None = None,
+    pool: Pool = "mean",
+    method: Method = "logistic",
+    batch_size: int = 128,
+    condition: torch.Tensor | None = None,
+) -> ProbeTable:
+    """Features + probes in one call: the whole per-(layer, t, concept) table for these weights."""
+    layers = list(layers) if layers is not None else default_layers(unet)
+    was_training = unet.training
+    unet.eval()
+    try:
+        features = extract_features(unet, scheduler, probe_set, layers, pool, batch_size, condition)
+    finally:
+        unet.train(was_training)
+    return probe_features(features, probe_set, method)

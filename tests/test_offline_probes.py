@@ -1,0 +1,59 @@
+"""probe.py linear on a run: CSV/JSON rows, heatmaps, emergence, TensorBoard at checkpoint steps,
+idempotent reruns, and clear errors."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import make_module, make_trainer, read_events, shapes_data
+from diffprobe.callbacks import ProbeMonitor
+from diffprobe.cli import probe_main
+
+LAYERS = ["down_blocks.1", "mid_block"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    monitor = ProbeMonitor(every_n_steps=100, num_images=24, timesteps=[0, 50, 99], layers=LAYERS, method="ridge", heatmaps=False)
+    trainer = make_trainer(tmp_path, max_steps=4, every_n_steps=2, callbacks=[monitor])
+    trainer.fit(make_module(), datamodule=shapes_data(heldout_size=30))
+    return tmp_path / "runs/test/version_0"
+
+
+def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
+    args = ["linear", "--ckpt", str(run), "--layers", *LAYERS, "--method", "ridge", "--device", "cpu"]
+    out = probe_main(args)
+    assert out == run / "probes"
+    rows = list(csv.DictReader((out / "probes.csv").open()))
+    # step=2 and step=4 (last.ckpt repeats step 4 and is skipped) x 2 layers x 3 t x 6 concepts
+    assert len(rows) == 2 * 2 * 3 * 6
+    assert {r["step"] for r in rows} == {"2", "4"}
+    assert set(rows[0]) >= {"accuracy", "chance", "control_accuracy", "selectivity", "p_value", "significant", "ci_low", "ci_high", "n"}
+    assert json.loads((out / "probes.json").read_text())[0]["concept"] == rows[0]["concept"]
+    assert (out / "heatmaps" / "step000002_ema_shape.png").exists()
+    summary = json.loads((out / "emergence.json").read_text())
+    assert set(summary) == {"background_colour", "object_colour", "shape", "size", "position", "texture"}
+    assert set(summary["shape"]["first_step_decodable_by_t"]) == {"0", "50", "99"}
+    steps = sorted({e.step for e in read_events(run).Scalars("probe_ckpt/shape/mid_block/t0050/acc")})
+    assert steps == [2, 4]
+    # the run's own probe set was used, not a new one
+    assert not (out / "probe_set.pt").exists()
+
+    before = (out / "probes.csv").read_text()
+    mtime = (out / "probes.csv").stat().st_mtime_ns
+    probe_main(args)
+    assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
+    probe_main([*args, "--overwrite"])
+    assert len(list(csv.DictReader((out / "probes.csv").open()))) == len(rows)
+    assert (out / "probes.csv").read_text().splitlines()[0] == before.splitlines()[0]
+
+
+def test_linear_errors_are_clear(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        probe_main(["linear", "--ckpt", str(tmp_path / "nothing")])
+    with pytest.raises(ValueError, match=r"no module\(s\) \['middle'\]"):
+        probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--layers", "middle", "--device", "cpu"])
+    (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="(?i)diffprobe checkpoint|pickle|load"):
+        probe_main(["linear", "--ckpt", str(tmp_path / "foreign.ckpt"), "--device", "cpu"])

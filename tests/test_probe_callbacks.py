@@ -1,0 +1,98 @@
+"""Live probes during training: ProbeMonitor and OnlineProbes write their tags, keep state, and
+never touch the UNet's gradients."""
+
+import torch
+from lightning.pytorch import Callback
+
+from conftest import make_module, make_trainer, read_events, shapes_data
+from diffprobe.callbacks import OnlineProbes, ProbeMonitor
+from diffprobe.data.probe_set import ProbeSet
+
+LAYERS = ["down_blocks.1", "mid_block"]
+
+
+def test_probe_monitor_logs_scalars_heatmaps_layout_and_saves_the_probe_set(tmp_path):
+    data = shapes_data(heldout_size=40)
+    monitor = ProbeMonitor(every_n_steps=2, num_images=30, timesteps=[0, 50, 99], layers=LAYERS, method="ridge")
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=[monitor])
+    trainer.fit(make_module(), datamodule=data)
+    events = read_events(trainer.log_dir)
+    scalars = set(events.Tags()["scalars"])
+    expected = {f"probe/{c}/{layer}/t{t:04d}/acc" for c in data.concepts for layer in LAYERS for t in (0, 50, 99)}
+    assert expected <= scalars
+    assert [e.step for e in events.Scalars("probe/shape/mid_block/t0050/acc")] == [0, 2]
+    images = set(events.Tags()["images"])
+    assert "probe_heatmap/concept/background_colour" in images and "probe_heatmap/layer/mid_block" in images
+    assert (tmp_path / "runs/test/version_0/probe_set.pt").exists()
+    assert ProbeSet.load(tmp_path / "runs/test/version_0/probe_set.pt").timesteps.tolist() == [0, 50, 99]
+    assert [h["step"] for h in monitor.history] == [0, 2] and monitor.history[0]["accuracy"].shape == (2, 3, 6)
+    layout_events = list((tmp_path / "runs/test/version_0").glob("events.*"))
+    assert any(b"custom_scalars" in p.read_bytes() for p in layout_events)
+
+
+def test_probe_monitor_history_survives_resume(tmp_path):
+    data = shapes_data(heldout_size=40)
+    first = make_trainer(tmp_path, max_steps=2, callbacks=[ProbeMonitor(every_n_steps=2, num_images=20, timesteps=[10, 90], layers=["mid_block"], method="ridge")])
+    first.fit(make_module(), datamodule=data)
+    resumed = ProbeMonitor(every_n_steps=2, num_images=20, timesteps=[10, 90], layers=["mid_block"], method="ridge")
+    second = make_trainer(tmp_path, max_steps=4, version=0, callbacks=[resumed])
+    second.fit(make_module(), datamodule=data, ckpt_path=tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
+    assert [h["step"] for h in resumed.history] == [0, 2, 4]
+
+
+def test_online_probes_log_per_bucket_and_leave_unet_gradients_alone(tmp_path):
+    data = shapes_data(train_size=64, batch_size=16)
+    grads = {}
+
+    class RecordGrads(Callback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads.setdefault(self.key, []).append([p.grad.clone() for p in pl_module.unet.parameters()])
+
+    def run(with_probes: bool, root):
+        torch.manual_seed(0)
+        module = make_module()
+        callbacks = [RecordGrads(with_probes)] + ([OnlineProbes(layers=LAYERS, num_buckets=2, log_every_n_steps=2)] if with_probes else [])
+        trainer = make_trainer(root, max_steps=4, callbacks=callbacks)
+        torch.manual_seed(1)
+        trainer.fit(module, datamodule=data)
+        return trainer
+
+    run(False, tmp_path / "a")
+    trainer = run(True, tmp_path / "b")
+    for without, with_ in zip(grads[False], grads[True]):
+        assert all(torch.equal(a, b) for a, b in zip(without, with_))
+    scalars = set(read_events(trainer.log_dir).Tags()["scalars"])
+    assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/texture/down_blocks.1/t0050-0099/acc"} <= scalars
+    online = next(c for c in trainer.callbacks if isinstance(c, OnlineProbes))
+    assert set(online.state_dict()["heads"]) == {"down_blocks_1.weight", "down_blocks_1.bias", "mid_block.weight", "mid_block.bias"}
+
+
+def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
+    from types import SimpleNamespace
+
+    probes = OnlineProbes(layers=["mid_block"], num_buckets=2, learning_rate=0.05, log_every_n_steps=10**6)
+    probes.layers = ["mid_block"]
+    probes.concepts = {"colour": ("a", "b", "c"), "noise": ("x", "y")}
+    probes.num_classes, probes.width = [3, 2], 3
+    probes.class_mask = torch.tensor([[True, True, True], [True, True, False]])
+    probes.bounds = [(0, 49), (50, 99)]
+    from diffprobe.metrics import CellAccuracy
+
+    probes.accuracy = CellAccuracy((1, 2, 2))
+    module = SimpleNamespace(num_train_timesteps=100)
+    trainer = SimpleNamespace(global_step=1)
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn(3, 8, generator=g) * 2
+    for step in range(150):
+        labels = torch.stack([torch.randint(0, 3, (32,), generator=g), torch.randint(0, 2, (32,), generator=g)], 1)
+        features = {"mid_block": directions[labels[:, 0]] + torch.randn(32, 8, generator=g)}
+        if step == 100:
+            probes.accuracy.reset()
+        probes.on_train_batch_end(trainer, module, {"features": features, "t": torch.randint(0, 100, (32,), generator=g)}, {"labels": labels}, step)
+    accuracy = probes.accuracy.compute()  # (1 layer, 2 buckets, 2 concepts), last 50 batches
+    assert (accuracy[0, :, 0] > 0.9).all(), "the planted concept is decoded in both buckets"
+    assert (accuracy[0, :, 1] < 0.7).all(), "the noise concept stays near chance (0.5)"
+    assert isinstance(probes.heads["mid_block"], torch.nn.Linear) and probes.heads["mid_block"].out_features == 2 * 2 * 3
