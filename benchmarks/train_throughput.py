@@ -20,17 +20,13 @@ import time
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from _timing import StepTimer, sync
 from diffusers.training_utils import EMAModel
 
 from diffprobe import diffusion
 from diffprobe.data.module import ConceptShapesDataModule
 from diffprobe.module import DiffusionModule
 from diffprobe.unet import build_unet
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def baseline_loop(args, device: torch.device) -> float:
@@ -56,30 +52,10 @@ def baseline_loop(args, device: torch.device) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(unet.parameters())
-        _sync(device)
+        sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     return args.batch_size / statistics.median(times)
-
-
-class StepTimer(pl.Callback):
-    """Per-step time inside the step hooks, and wall time over all timed steps (data loading included)."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.times, self._start = warmup, [], None
-        self.wall_start = self.wall_end = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        _sync(pl_module.device)
-        self._start = time.perf_counter()
-        if trainer.global_step == self.warmup:  # global_step, not batch_idx: epochs restart batch_idx
-            self.wall_start = self._start
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        _sync(pl_module.device)
-        if trainer.global_step > self.warmup:
-            self.wall_end = time.perf_counter()
-            self.times.append(self.wall_end - self._start)
 
 
 def lightning_run(args, device: torch.device, compile: bool, check_finite_every: int) -> tuple[float, float]:
@@ -110,8 +86,7 @@ def lightning_run(args, device: torch.device, compile: bool, check_finite_every:
         log_every_n_steps=50,
     )
     trainer.fit(module, datamodule=data)
-    wall = len(timer.times) * args.batch_size / (timer.wall_end - timer.wall_start)
-    return args.batch_size / statistics.median(timer.times), wall
+    return args.batch_size / statistics.median(timer.times), timer.wall_images_per_second(args.batch_size)
 
 
 def main(argv=None) -> dict:

@@ -167,7 +167,29 @@ def run_linear(args) -> Path:
     rows = _load_rows(out / "probes.csv")
     if rows:
         (out / "emergence.json").write_text(json.dumps(emergence(rows), indent=1))
+        _curves(rows, out)
     return out
+
+
+def _curves(rows: list[dict], out: Path) -> None:
+    """``decodability_<weights>.png``: per concept, the best layer's accuracy over t, at the last step."""
+    import matplotlib.pyplot as plt
+
+    for weights in sorted({r["weights"] for r in rows}):
+        mine = [r for r in rows if r["weights"] == weights]
+        step = max(int(r["step"]) for r in mine)
+        last = [r for r in mine if int(r["step"]) == step]
+        timesteps = sorted({int(r["t"]) for r in last})
+        concepts = list(dict.fromkeys(r["concept"] for r in last))
+        best = torch.zeros(len(timesteps), len(concepts))
+        chance = torch.zeros(len(concepts))
+        for r in last:
+            j, k = timesteps.index(int(r["t"])), concepts.index(r["concept"])
+            best[j, k] = max(best[j, k], float(r["accuracy"]))
+            chance[k] = float(r["chance"])
+        figure = viz.decodability_curves(best, chance, timesteps, concepts, f"concept decodability by timestep ({weights} weights, step {step})")
+        figure.savefig(out / f"decodability_{weights}.png")
+        plt.close(figure)
 
 
 def _writer(logdir: Path):

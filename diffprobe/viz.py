@@ -80,3 +80,28 @@ def accuracy_heatmap(
     figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02, label="test accuracy")
     figure.tight_layout()
     return figure
+
+
+def decodability_curves(best_accuracy: torch.Tensor, chance: torch.Tensor, timesteps: list[int], concepts: list[str], title: str):
+    """A matplotlib Figure: for each concept, the best layer's probe accuracy over t, as the share
+    of the way from chance (0) to perfect (1). best_accuracy: (T, K); chance: (K,)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    above = ((best_accuracy - chance) / (1 - chance).clamp_min(1e-6)).clamp(min=-0.1)
+    figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    positions = list(range(len(timesteps)))
+    for k, concept in enumerate(concepts):
+        axis.plot(positions, above[:, k].numpy(), marker="o", markersize=3, label=concept)
+    axis.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+    axis.text(positions[-1], 0.02, "chance", ha="right", va="bottom", fontsize=7, color="grey")
+    axis.set_xticks(positions, [str(t) for t in timesteps], fontsize=7, rotation=90)
+    axis.set_xlabel("timestep t of the noised input (0 = clean)", fontsize=8)
+    axis.set_ylabel("(accuracy - chance) / (1 - chance)", fontsize=8)
+    axis.set_ylim(-0.1, 1.02)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure

@@ -16,7 +16,7 @@ FAST = [
     "--trainer.log_every_n_steps", "1",
     "--trainer.enable_progress_bar", "false",
     "--data.init_args.train_size", "32",
-    "--data.init_args.heldout_size", "8",
+    "--data.init_args.heldout_size", "16",
     "--data.init_args.batch_size", "8",
     "--model.unet", json.dumps(TINY_UNET),
     "--model.warmup_steps", "1",

@@ -18,7 +18,7 @@ def build(config: str, *overrides: str):
 
 def test_quickstart_config_is_cpu_sized():
     cli = build("quickstart.yaml")
-    assert cli.trainer.max_steps <= 800 and cli.datamodule.image_size == 16
+    assert cli.trainer.max_steps <= 600 and cli.datamodule.image_size == 16
     assert type(cli.model.unet).__name__ == "UNet2DModel"
 
 

@@ -36,3 +36,25 @@ def test_bf16_channels_last_compile_train_sample_export(tmp_path, compile):
     assert generated.shape == (2, 16, 16, 3)
     reloaded = checkpoint.load_module(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
     assert torch.equal(reloaded.unet.state_dict()["conv_in.weight"], module.unet.state_dict()["conv_in.weight"].cpu())
+
+
+def test_live_probes_on_gpu_with_bf16(tmp_path):
+    from conftest import read_events
+    from diffprobe.callbacks import OnlineProbes, ProbeMonitor
+
+    data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
+    callbacks = [OnlineProbes(layers=["mid_block"], log_every_n_steps=2), ProbeMonitor(every_n_steps=4, num_images=30, timesteps=[10, 90], layers=["mid_block"])]
+    trainer = make_trainer(tmp_path, max_steps=4, accelerator="gpu", devices=1, precision="bf16-mixed", callbacks=callbacks)
+    trainer.fit(make_module(), datamodule=data)
+    tags = set(read_events(trainer.log_dir).Tags()["scalars"])
+    assert "probe/shape/mid_block/t0010/acc" in tags and any(t.startswith("probe_online/") for t in tags)
+
+
+def test_probe_monitor_runs_eager_beside_a_compiled_unet(tmp_path):
+    from diffprobe.callbacks import ProbeMonitor
+
+    data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
+    monitor = ProbeMonitor(every_n_steps=3, num_images=30, timesteps=[10, 90], layers=["mid_block"], method="ridge")
+    trainer = make_trainer(tmp_path, max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed", callbacks=[monitor])
+    trainer.fit(make_module(compile=True), datamodule=data)
+    assert [h["step"] for h in monitor.history] == [0, 3]

@@ -31,7 +31,7 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
     assert {r["step"] for r in rows} == {"2", "4"}
     assert set(rows[0]) >= {"accuracy", "chance", "control_accuracy", "selectivity", "p_value", "significant", "ci_low", "ci_high", "n"}
     assert json.loads((out / "probes.json").read_text())[0]["concept"] == rows[0]["concept"]
-    assert (out / "heatmaps" / "step000002_ema_shape.png").exists()
+    assert (out / "heatmaps" / "step000002_ema_shape.png").exists() and (out / "decodability_ema.png").exists()
     summary = json.loads((out / "emergence.json").read_text())
     assert set(summary) == {"background_colour", "object_colour", "shape", "size", "position", "texture"}
     assert set(summary["shape"]["first_step_decodable_by_t"]) == {"0", "50", "99"}

@@ -1,6 +1,7 @@
 """Live probes during training: ProbeMonitor and OnlineProbes write their tags, keep state, and
 never touch the UNet's gradients."""
 
+import pytest
 import torch
 from lightning.pytorch import Callback
 
@@ -96,3 +97,11 @@ def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
     assert (accuracy[0, :, 0] > 0.9).all(), "the planted concept is decoded in both buckets"
     assert (accuracy[0, :, 1] < 0.7).all(), "the noise concept stays near chance (0.5)"
     assert isinstance(probes.heads["mid_block"], torch.nn.Linear) and probes.heads["mid_block"].out_features == 2 * 2 * 3
+
+
+def test_probe_monitor_refuses_timesteps_beyond_the_models_T(tmp_path):
+    monitor = ProbeMonitor(every_n_steps=2, num_images=20, timesteps=[10, 500], layers=["mid_block"])
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=[monitor])
+    with pytest.raises(ValueError, match=r"timesteps \[500\] are outside \[0, 100\)"):
+        trainer.fit(make_module(), datamodule=shapes_data(heldout_size=30))
+    assert not list((tmp_path / "runs").rglob("*.ckpt")), "it fails before any training step"

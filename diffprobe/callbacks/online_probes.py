@@ -76,6 +76,9 @@ class OnlineProbes(pl.Callback):
             torch.manual_seed(0)
             self.heads = nn.ModuleDict({_key(n): nn.Linear(features[n].shape[1], outputs) for n in self.layers}).to(device)
         self.optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.learning_rate)
+        # Moved to the device once: a host-to-device copy every step would stall the GPU queue.
+        self.class_mask = self.class_mask.to(device)
+        self.accuracy.to(device)
         if self._pending_state is not None:  # resumed: continue the heads where they were
             self.heads.load_state_dict(self._pending_state["heads"])
             self.optimizer.load_state_dict(self._pending_state["optimizer"])
@@ -86,8 +89,7 @@ class OnlineProbes(pl.Callback):
         features, t, labels = outputs["features"], outputs["t"], batch["labels"]
         if self.heads is None:
             self._build(features, labels.device)
-        self.accuracy.to(labels.device)
-        mask = self.class_mask.to(labels.device)
+        mask = self.class_mask
         bucket = diffusion.timestep_buckets(t, pl_module.num_train_timesteps, self.num_buckets)
         rows = torch.arange(labels.shape[0], device=labels.device)
         # 1. One matmul per layer gives every head's logits; keep each sample's own bucket.

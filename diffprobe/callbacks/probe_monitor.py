@@ -95,6 +95,9 @@ class ProbeMonitor(pl.Callback):
                     timesteps=self.timesteps or default_timesteps(pl_module.num_train_timesteps),
                     seed=self.seed,
                 )
+        too_late = [t for t in self.probe_set.timesteps.tolist() if not 0 <= t < pl_module.num_train_timesteps]
+        if too_late:
+            raise ValueError(f"ProbeMonitor timesteps {too_late} are outside [0, {pl_module.num_train_timesteps}), the model's T")
         if trainer.is_global_zero and not saved.exists():
             self.probe_set.save(saved)
             self.probe_set_path = str(saved)

@@ -86,6 +86,12 @@ def extract_features(
     ``condition``: (1, L, D) context for a conditional UNet (the empty caption, so that probes read
     what the UNet sees in the image, not what the caption tells it).
     """
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    if int(probe_set.timesteps.max()) >= num_train_timesteps or int(probe_set.timesteps.min()) < 0:
+        raise ValueError(
+            f"probe-set timesteps {probe_set.timesteps.tolist()} must lie in [0, {num_train_timesteps}) for this "
+            f"scheduler (T = {num_train_timesteps}); build the probe set with timesteps below T"
+        )
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
