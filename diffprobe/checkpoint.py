@@ -31,7 +31,10 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # truncated file, another format: say so plainly
+        raise ValueError(f"{path} is not a diffprobe checkpoint (torch.load failed: {type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or CHECKPOINT_MARKER not in checkpoint:
         raise ValueError(f"{path} is not a diffprobe checkpoint (no '{CHECKPOINT_MARKER}' entry); train one with train.py")
     stored = checkpoint[CHECKPOINT_MARKER]
@@ -51,7 +54,10 @@ def checkpoint_step(path: Path) -> int:
     match = _STEP.search(path.name)
     if match:
         return int(match.group(1))
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
+    except Exception:  # not a checkpoint at all: load_module will say so clearly
+        return -1
 
 
 def find_checkpoints(run_or_file: str | Path) -> list[Path]:

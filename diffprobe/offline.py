@@ -95,7 +95,10 @@ def _build_probe_set(args, image_size: int, num_train_timesteps: int) -> ProbeSe
     if args.data in (None, "shapes"):
         data = ConceptShapesDataModule(image_size=image_size, heldout_size=args.num_images, batch_size=1)
     else:
-        data = HFDataModule(args.data, image_column=args.image_column, concept_columns=args.concept_columns, image_size=image_size, batch_size=1, num_workers=0)
+        data = HFDataModule(
+            args.data, image_column=args.image_column, concept_columns=args.concept_columns, image_size=image_size,
+            heldout_fraction=args.heldout_fraction, batch_size=1, num_workers=0,
+        )
     timesteps = args.timesteps or default_timesteps(num_train_timesteps)
     return ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=args.num_images, timesteps=timesteps, seed=args.seed)
 
@@ -230,4 +233,5 @@ def add_linear_parser(commands) -> None:
     linear.add_argument("--data", help="for a diffusers folder: 'shapes' or a Hugging Face data set / local path")
     linear.add_argument("--image-column", default="img")
     linear.add_argument("--concept-columns", nargs="+", default=["label"])
+    linear.add_argument("--heldout-fraction", type=float, default=0.05, help="share held out when the data set has no test split")
     linear.set_defaults(handler=run_linear)

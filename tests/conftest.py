@@ -95,6 +95,14 @@ def solid_image(colour: str, size=(20, 12)) -> Image.Image:
     return Image.fromarray(np.full((size[1], size[0], 3), COLOURS[colour], dtype=np.uint8))
 
 
+def write_imagefolder(root):
+    for colour in COLOURS:
+        (root / colour).mkdir(parents=True)
+        for i in range(6):
+            solid_image(colour).save(root / colour / f"{i}.png")
+    return root
+
+
 def in_memory_dataset(n=12) -> datasets.Dataset:
     features = datasets.Features({"picture": datasets.Image(), "colour": datasets.ClassLabel(names=list(COLOURS)), "bright": datasets.Value("bool")})
     rows = {"picture": [solid_image(list(COLOURS)[i % 2]) for i in range(n)], "colour": [i % 2 for i in range(n)], "bright": [i % 3 == 0 for i in range(n)]}

@@ -53,3 +53,10 @@ def test_every_config_is_covered(config):
         f"add a build test for {config}"
     )
 
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "shapes_conditional.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml"])
+def test_every_training_config_probes_while_it_trains(config):
+    text = (REPO / "configs" / config).read_text()
+    assert "diffprobe.callbacks.ProbeMonitor" in text
+    assert ("diffprobe.callbacks.OnlineProbes" in text) != ("compile: true" in text), "online heads need an eager UNet"

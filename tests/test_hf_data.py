@@ -4,16 +4,8 @@ import datasets
 import numpy as np
 import pytest
 
-from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, solid_image
+from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, write_imagefolder
 from diffprobe.data.module import HFDataModule
-
-
-def write_imagefolder(root):
-    for colour in COLOURS:
-        (root / colour).mkdir(parents=True)
-        for i in range(6):
-            solid_image(colour).save(root / colour / f"{i}.png")
-    return root
 
 
 def test_imagefolder_gives_rgb_in_range_resized_and_labelled(tmp_path):
