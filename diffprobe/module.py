@@ -206,8 +206,8 @@ class DiffusionModule(pl.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             raise FloatingPointError(
-                f"{what}; stopped before the optimizer step and before any checkpoint of these weights, so the "
-                "checkpoints on disk are the last good ones. Lower --model.learning_rate, set "
+                f"{what}; training stopped before any checkpoint of these weights was written, so the checkpoints "
+                "on disk are the last good ones. Lower --model.learning_rate, set "
                 "--trainer.gradient_clip_val, or check the data for NaNs."
             )
 

@@ -9,6 +9,7 @@ probes).
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
@@ -48,7 +49,7 @@ class ImageDataModule(pl.LightningDataModule):
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
         )
 
 
