@@ -105,3 +105,41 @@ def decodability_curves(best_accuracy: torch.Tensor, chance: torch.Tensor, times
     axis.legend(fontsize=7, frameon=False)
     figure.tight_layout()
     return figure
+
+
+def metric_curves(curves: dict[str, list[float]], timesteps: list[int], title: str):
+    """A matplotlib Figure with one small panel per metric, each a curve over t."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), dpi=90, squeeze=False)
+    for axis, name in zip(axes.flat, names):
+        axis.plot(timesteps, curves[name], marker="o", markersize=3)
+        axis.set_title(name, fontsize=8)
+        axis.set_xlabel("t", fontsize=7)
+        axis.tick_params(labelsize=6)
+    for axis in list(axes.flat)[len(names) :]:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def heat_overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
+    """A (h, w) map, min-max normalised, upsampled to the (C, H, W) image in [-1, 1], coloured with
+    matplotlib's ``jet`` and blended over the image. Returns (3, H, W) in [-1, 1]."""
+    from matplotlib import colormaps
+
+    heat = heat.detach().float().cpu()
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-8)
+    size = image.shape[-2:]
+    heat = torch.nn.functional.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    coloured = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    base = to_unit(image.detach().cpu())
+    base = base.repeat(3, 1, 1) if base.shape[0] == 1 else base
+    return ((1 - alpha) * base + alpha * coloured) * 2 - 1

@@ -1,8 +1,10 @@
 """Callbacks decide WHEN to observe or write; the core modules decide HOW."""
 
+from diffprobe.callbacks.attention_recorder import AttentionRecorder
 from diffprobe.callbacks.export import ExportDiffusers
 from diffprobe.callbacks.online_probes import OnlineProbes
+from diffprobe.callbacks.prediction_evolution import PredictionEvolution
 from diffprobe.callbacks.probe_monitor import ProbeMonitor
 from diffprobe.callbacks.samples import SampleGrid
 
-__all__ = ["ExportDiffusers", "OnlineProbes", "ProbeMonitor", "SampleGrid"]
+__all__ = ["AttentionRecorder", "ExportDiffusers", "OnlineProbes", "PredictionEvolution", "ProbeMonitor", "SampleGrid"]

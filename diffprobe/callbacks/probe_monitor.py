@@ -19,10 +19,8 @@ from typing_extensions import override
 
 from diffprobe import tb, viz
 from diffprobe.capture import default_layers, eager
-from diffprobe.data.probe_set import ProbeSet, default_timesteps
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, default_timesteps
 from diffprobe.probes.pipeline import ProbeTable, probe_unet
-
-PROBE_SET_FILE = "probe_set.pt"
 
 
 class ProbeMonitor(pl.Callback):

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+PROBE_SET_FILE = "probe_set.pt"  # its name inside a run directory
+
 # Dense at small t, where fine detail is decided; spans [0, T).
 DEFAULT_TIMESTEPS_1000 = (0, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 

@@ -1,0 +1,204 @@
+"""AttentionRecorder: where the UNet's attention goes at each timestep, on fixed inputs, over training.
+
+Every N steps, for a few fixed images noised to each t of a grid (fixed noise):
+- ``attention/<layer>/t<tttt>`` (images): per image, the self-attention map of a query at the
+  object's centre and of one on the background (known from ConceptShapes' masks; the image centre
+  and a corner otherwise), overlaid on the image;
+- ``attention_entropy/<layer>/t<tttt>``, ``attention_distance/<layer>/t<tttt>`` (how local attention
+  is, in image widths) and ``attention_object_mass/<layer>/t<tttt>`` (the share of the object
+  query's attention that falls on the object mask);
+- conditional models: ``cross_attention/<k>_<word>/t<tttt>`` (the first image's cross-attention
+  map of each caption token, averaged over cross-attention layers) and ``cross_attention_mass/...``
+  (each token's share of attention, over all queries and images), plus one curve figure.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from diffprobe import tb, viz
+from diffprobe.capture import attention_modules, eager, query_indices, record_attention
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
+
+DEFAULT_T_1000 = (50, 200, 500, 800)
+
+
+def query_points_from_masks(masks: torch.Tensor | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (x, y) of each image's object centre and of a background point (the corner
+    farthest from the object). (N, 2) each. Without masks: image centre and top-left corner."""
+    if masks is None:
+        return torch.full((count, 2), 0.5), torch.full((count, 2), 0.05)
+    size = masks.shape[-1]
+    objects, backgrounds = [], []
+    corners = torch.tensor([[0.05, 0.05], [0.95, 0.05], [0.05, 0.95], [0.95, 0.95]])
+    for mask in masks[:count, 0]:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        centre = torch.stack([xs.float().mean() + 0.5, ys.float().mean() + 0.5]) / size
+        objects.append(centre)
+        backgrounds.append(corners[(corners - centre).norm(dim=1).argmax()])
+    return torch.stack(objects), torch.stack(backgrounds)
+
+
+def attention_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention (N, Q, K) over a square grid -> mean entropy (nats) and mean attention
+    distance (in image widths) over all queries and images."""
+    side = int(round(probs.shape[-1] ** 0.5))
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).view(-1, 2).float() / side
+    distance = torch.cdist(coords, coords).to(probs.device)  # (Q, K)
+    return entropy, (probs * distance).sum(-1).mean()
+
+
+class AttentionRecorder(pl.Callback):
+    """Args:
+        every_n_steps: record after every this many optimizer steps (and at the start and end).
+        num_images: fixed images recorded (rows of each grid).
+        timesteps: t grid (default 50, 200, 500, 800 scaled to T).
+        layers: self-attention module names (default: all of them).
+        weights: record with the ``ema`` or the ``raw`` weights.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_images: int = 4,
+        timesteps: list[int] | None = None,
+        layers: list[str] | None = None,
+        weights: Literal["ema", "raw"] = "ema",
+    ):
+        if every_n_steps < 1 or num_images < 1:
+            raise ValueError("every_n_steps and num_images must be >= 1")
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        self.every_n_steps, self.num_images, self.timesteps, self.layers, self.weights = every_n_steps, num_images, timesteps, layers, weights
+        self.images: torch.Tensor | None = None
+        self._last_step = -1
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self.images is not None:
+            return
+        available = attention_modules(pl_module.unet, "self")
+        self.layers = self.layers or list(available)
+        missing = [n for n in self.layers if n not in available]
+        if missing:
+            raise ValueError(f"AttentionRecorder: no self-attention module(s) {missing}; this UNet has {sorted(available)}")
+        self.cross_layers = list(attention_modules(pl_module.unet, "cross"))
+        T = pl_module.num_train_timesteps
+        self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
+        if any(not 0 <= t < T for t in self.timesteps):
+            raise ValueError(f"AttentionRecorder timesteps {self.timesteps} must lie in [0, {T})")
+        saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
+        if saved.is_file():  # share the run's probe set
+            base = ProbeSet.load(saved)
+            images, masks, captions = base.images, base.masks, base.captions
+        else:
+            heldout = trainer.datamodule.heldout_dataset()
+            items = [heldout[i] for i in range(min(self.num_images, len(heldout)))]
+            images = torch.stack([item["image"] for item in items])
+            masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+            captions = [item.get("caption", "") for item in items]
+        count = min(self.num_images, len(images))
+        self.images, self.captions = images[:count], list(captions[:count])
+        self.masks = masks[:count] if masks is not None else None
+        self.object_points, self.background_points = query_points_from_masks(self.masks, count)
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._record(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._record(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._record(trainer, pl_module)
+
+    @torch.no_grad()
+    def maps(self, pl_module, t_index: int) -> dict[str, torch.Tensor]:
+        """Head-mean attention (N, Q, K) of every recorded layer at ``timesteps[t_index]``."""
+        device, unet = pl_module.device, pl_module.unet
+        x0 = self.images.to(device)
+        t = torch.full((len(x0),), self.timesteps[t_index], device=device, dtype=torch.long)
+        noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(4321 + t_index))  # fixed per t
+        x_t = pl_module.scheduler.add_noise(x0, noise.to(device), t)
+        context = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
+        with record_attention(unet, self.layers + self.cross_layers) as recorded:
+            if context is None:
+                unet(x_t, t)
+            else:
+                unet(x_t, t, encoder_hidden_states=context)
+        return {name: calls[-1] for name, calls in recorded.items()}
+
+    @rank_zero_only
+    def _record(self, trainer, pl_module) -> None:
+        writer = tb.tensorboard_writer(trainer)
+        if writer is None or trainer.global_step == self._last_step:
+            return
+        step = self._last_step = trainer.global_step
+        was_training = pl_module.training
+        pl_module.eval()
+        token_mass: dict[str, list[float]] = {}
+        try:
+            with eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
+                for j, t in enumerate(self.timesteps):
+                    maps = self.maps(pl_module, j)
+                    for layer in self.layers:
+                        self._log_self_attention(writer, layer, maps[layer].cpu(), t, step)
+                    if self.cross_layers:
+                        self._log_cross_attention(writer, pl_module, [maps[n].cpu() for n in self.cross_layers], t, step, token_mass)
+        finally:
+            pl_module.train(was_training)
+        if token_mass:
+            writer.add_figure("cross_attention/mass_curves", viz.metric_curves(token_mass, self.timesteps, f"token attention mass by t (step {step})"), step)
+
+    def _log_self_attention(self, writer, layer: str, probs: torch.Tensor, t: int, step: int) -> None:
+        side = int(round(probs.shape[-1] ** 0.5))
+        obj = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.object_points]]
+        bg = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.background_points]]
+        entropy, distance = attention_statistics(probs)
+        writer.add_scalar(f"attention_entropy/{layer}/{tb.t_tag(t)}", float(entropy), step)
+        writer.add_scalar(f"attention_distance/{layer}/{tb.t_tag(t)}", float(distance), step)
+        if self.masks is not None:
+            small = torch.nn.functional.adaptive_avg_pool2d(self.masks.float(), side).flatten(1)  # (N, K) share of each key on the object
+            writer.add_scalar(f"attention_object_mass/{layer}/{tb.t_tag(t)}", float((obj * small).sum(-1).mean()), step)
+        cells = []
+        for i, image in enumerate(self.images):
+            cells += [image, viz.heat_overlay(image, obj[i].view(side, side)), viz.heat_overlay(image, bg[i].view(side, side))]
+        writer.add_image(f"attention/{layer}/{tb.t_tag(t)}", viz.image_grid(torch.stack(cells), columns=3), step)
+
+    def _log_cross_attention(self, writer, pl_module, probs: list[torch.Tensor], t: int, step: int, token_mass: dict) -> None:
+        words = pl_module.caption_encoder.tokenizer.decode(pl_module.caption_encoder.tokenizer.encode(self.captions[:1]))[0]
+        side = max(int(round(p.shape[1] ** 0.5)) for p in probs)
+        # DAAM-style aggregation: every layer's (Q, tokens) map upsampled to one grid and averaged.
+        upsampled = []
+        for p in probs:
+            s = int(round(p.shape[1] ** 0.5))
+            grid = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], s, s)
+            upsampled.append(torch.nn.functional.interpolate(grid, size=side, mode="bilinear", align_corners=False))
+        mean_map = torch.stack(upsampled).mean(0)  # (N, tokens, side, side)
+        mass = torch.stack([p.mean(dim=(0, 1)) for p in probs]).mean(0)  # (tokens,)
+        for k, word in enumerate(words):
+            name = f"{k:02d}_{word}"
+            writer.add_image(f"cross_attention/{name}/{tb.t_tag(t)}", viz.image_grid(viz.heat_overlay(self.images[0], mean_map[0, k])[None], columns=1), step)
+            writer.add_scalar(f"cross_attention_mass/{name}/{tb.t_tag(t)}", float(mass[k]), step)
+            token_mass.setdefault(name, []).append(float(mass[k]))
+
+    # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
+    @override
+    def state_dict(self) -> dict:
+        return {"timesteps": self.timesteps, "last_step": self._last_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.timesteps = state_dict.get("timesteps", self.timesteps)
+        self._last_step = state_dict.get("last_step", self._last_step)

@@ -1,0 +1,196 @@
+"""PredictionEvolution: what the model predicts at each timestep, on fixed inputs, over training.
+
+Every N steps, with fixed images and fixed noise (the run's probe set when ProbeMonitor saved one):
+- ``pred/x0_hat`` and ``pred/x_t``: grids with one row per t and one column per image, so the step
+  slider plays how the one-shot prediction at each timestep improves;
+- ``pred/trajectory``: a reverse process from fixed noise (x_t and x0_hat every k steps);
+- ``denoise/<metric>/t<tttt>`` for mse, psnr, ssim (torchmetrics) and the relative error in the low
+  and high frequency bands, plus one curve figure per evaluation (``denoise/curves``);
+- ConceptShapes (images with object masks): ``recovery/object_colour_error/t<tttt>`` (mean colour
+  inside the true mask vs the truth) and ``recovery/mask_iou/t<tttt>`` (object mask of x0_hat).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from typing_extensions import override
+
+from diffprobe import diffusion, sampling, tb, viz
+from diffprobe.capture import eager
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
+from diffprobe.metrics import frequency_band_errors
+
+DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
+
+
+def concept_recovery(x0_hat: torch.Tensor, x0: torch.Tensor, masks: torch.Tensor, threshold: float = 0.3) -> dict[str, torch.Tensor]:
+    """Per-sample (B,) object-colour error inside the true mask, and IoU of the object mask read
+    off x0_hat (pixels farther than ``threshold`` from the true background colour)."""
+    inside = masks.float()
+    area = inside.sum(dim=(1, 2, 3)).clamp_min(1)
+    colour_true = (x0 * inside).sum(dim=(2, 3)) / area.view(-1, 1)
+    colour_hat = (x0_hat * inside).sum(dim=(2, 3)) / area.view(-1, 1)
+    outside = 1 - inside
+    background = (x0 * outside).sum(dim=(2, 3)) / outside.sum(dim=(1, 2, 3)).clamp_min(1).view(-1, 1)
+    predicted = (x0_hat - background.view(*background.shape, 1, 1)).abs().amax(1, keepdim=True) > threshold
+    intersection = (predicted & masks).sum(dim=(1, 2, 3)).float()
+    union = (predicted | masks).sum(dim=(1, 2, 3)).float().clamp_min(1)
+    return {"object_colour_error": (colour_hat - colour_true).abs().mean(1), "mask_iou": intersection / union}
+
+
+class PredictionEvolution(pl.Callback):
+    """Args:
+        every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
+        num_images: fixed probe images shown (columns).
+        timesteps: the t of each row (default 8 values from 10 to 950, scaled to T).
+        trajectory_steps: sampling steps of the trajectory (DDPM, EMA weights); 0 turns it off.
+        trajectory_every: keep every k-th step of the trajectory.
+        weights: predict with the ``ema`` or the ``raw`` weights.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_images: int = 8,
+        timesteps: list[int] | None = None,
+        trajectory_steps: int = 50,
+        trajectory_every: int = 10,
+        weights: Literal["ema", "raw"] = "ema",
+    ):
+        if every_n_steps < 1 or num_images < 1 or trajectory_every < 1 or trajectory_steps < 0:
+            raise ValueError("every_n_steps, num_images, trajectory_every must be >= 1 and trajectory_steps >= 0")
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        self.every_n_steps, self.num_images, self.timesteps = every_n_steps, num_images, timesteps
+        self.trajectory_steps, self.trajectory_every, self.weights = trajectory_steps, trajectory_every, weights
+        self.inputs: ProbeSet | None = None
+        self._last_step = -1
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self.inputs is not None:
+            return
+        T = pl_module.num_train_timesteps
+        self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
+        if any(not 0 <= t < T for t in self.timesteps):
+            raise ValueError(f"PredictionEvolution timesteps {self.timesteps} must lie in [0, {T})")
+        saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
+        if saved.is_file():
+            base = ProbeSet.load(saved)
+            images, masks = base.images, base.masks
+        else:
+            heldout = trainer.datamodule.heldout_dataset()
+            items = [heldout[i] for i in range(min(self.num_images, len(heldout)))]
+            images = torch.stack([item["image"] for item in items])
+            masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+        count = min(self.num_images, len(images))
+        self.images = images[:count]
+        self.masks = masks[:count] if masks is not None else None
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def predictions(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t and x0_hat, each (T, N, C, H, W) on the CPU, with the chosen weights."""
+        device, unet = pl_module.device, pl_module.unet
+        x0 = self.images.to(device)
+        noisy, predicted = [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
+                condition = pl_module.caption_encoder.unconditional(len(x0)) if pl_module.caption_encoder is not None else None
+                for j, t in enumerate(self.timesteps):
+                    timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
+                    noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
+                    x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
+                    output = sampling.guided_output(unet, x_t, timesteps, condition)
+                    noisy.append(x_t.cpu())
+                    predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).cpu())
+        finally:
+            pl_module.train(was_training)
+        return torch.stack(noisy), torch.stack(predicted)
+
+    @rank_zero_only
+    def _evaluate(self, trainer, pl_module) -> None:
+        writer = tb.tensorboard_writer(trainer)
+        if writer is None or trainer.global_step == self._last_step:
+            return
+        step = self._last_step = trainer.global_step
+        noisy, predicted = self.predictions(pl_module)
+        columns = len(self.images)
+        writer.add_image("pred/x0_hat", viz.image_grid(predicted.flatten(0, 1), columns=columns), step)
+        writer.add_image("pred/x_t", viz.image_grid(noisy.flatten(0, 1), columns=columns), step)
+        curves: dict[str, list[float]] = {}
+        truth = viz.to_unit(self.images)
+        for j, t in enumerate(self.timesteps):
+            estimate = viz.to_unit(predicted[j])
+            low, high = frequency_band_errors(estimate, truth)
+            values = {
+                "mse": float((estimate - truth).square().mean()),
+                "psnr": float(peak_signal_noise_ratio(estimate, truth, data_range=1.0)),
+                "ssim": float(structural_similarity_index_measure(estimate, truth, data_range=1.0)),
+                "low_band_error": float(low.mean()),
+                "high_band_error": float(high.mean()),
+            }
+            if self.masks is not None:
+                recovery = concept_recovery(predicted[j], self.images, self.masks)
+                values.update({f"recovery_{k}": float(v.mean()) for k, v in recovery.items()})
+            for name, value in values.items():
+                group = "recovery" if name.startswith("recovery_") else "denoise"
+                writer.add_scalar(f"{group}/{name.removeprefix('recovery_')}/{tb.t_tag(t)}", value, step)
+                curves.setdefault(name, []).append(value)
+        writer.add_figure("denoise/curves", viz.metric_curves(curves, self.timesteps, f"x0_hat vs x0 by timestep (step {step})"), step)
+        if self.trajectory_steps:
+            writer.add_image("pred/trajectory", self._trajectory(pl_module), step)
+
+    def _trajectory(self, pl_module) -> torch.Tensor:
+        """Rows: x_t and x0_hat every k steps of one reverse process from fixed noise (EMA weights)."""
+        count = min(4, len(self.images))
+        captions = None
+        if pl_module.caption_encoder is not None:
+            captions = [""] * count  # unconditional: the trajectory shows what the model does alone
+        generator = torch.Generator(device=pl_module.device).manual_seed(0)
+        scheduler = diffusion.sampling_scheduler(pl_module.scheduler, "ddpm")
+        rows_t, rows_x0 = [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), eager(pl_module.unet), pl_module.ema_weights():
+                condition = pl_module.encode_captions(captions) if captions else None
+                for record in sampling.denoise(pl_module.unet, scheduler, batch_size=count, num_inference_steps=self.trajectory_steps, generator=generator, condition=condition):
+                    if record.index % self.trajectory_every == 0 or record.index == self.trajectory_steps - 1:
+                        rows_t.append(record.x_t.float().cpu())
+                        rows_x0.append(record.x0_hat.float().clamp(-1, 1).cpu())
+        finally:
+            pl_module.train(was_training)
+        both = torch.stack([torch.stack(rows_t), torch.stack(rows_x0)], dim=2)  # (steps, count, 2, C, H, W)
+        return viz.image_grid(both.flatten(0, 2), columns=2 * count)
+
+    # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
+    @override
+    def state_dict(self) -> dict:
+        return {"timesteps": self.timesteps, "last_step": self._last_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.timesteps = state_dict.get("timesteps", self.timesteps)
+        self._last_step = state_dict.get("last_step", self._last_step)

@@ -1,0 +1,117 @@
+"""Attention probabilities of a diffusers UNet, recorded at the attention-processor seam.
+
+    with record_attention(unet, query_points=torch.tensor([[0.5, 0.5]])) as maps:
+        unet(x_t, t)
+    maps["mid_block.attentions.0"]  # list over calls of (B, P, K): head-mean probabilities
+
+How it stays faithful and cheap:
+- the module's ORIGINAL processor (SDPA by default) still computes the output, so the UNet's
+  output is bit-identical with recording on and off;
+- the probabilities come from diffusers' own classic ``AttnProcessor`` run beside it, whose
+  ``attn.get_attention_scores`` call is intercepted: no attention body is copied here;
+- only recorded layers pay for the second pass, and only inside the ``with`` block; on exit every
+  module gets its original processor object back (also on exceptions);
+- memory is bounded on the device: head-mean by default, and only the query positions asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor
+from torch import nn
+
+Kind = Literal["self", "cross", "all"]
+
+
+def attention_modules(unet: nn.Module, kind: Kind = "all") -> dict[str, Attention]:
+    """Every diffusers ``Attention`` module of the UNet by name (self-, cross- or all)."""
+    found = {name: m for name, m in unet.named_modules() if isinstance(m, Attention)}
+    if kind == "self":
+        return {n: m for n, m in found.items() if not m.is_cross_attention}
+    if kind == "cross":
+        return {n: m for n, m in found.items() if m.is_cross_attention}
+    return found
+
+
+def query_indices(points: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """Normalised (x, y) points in [0, 1) -> flat indices into a square grid of ``num_queries``."""
+    side = int(round(num_queries**0.5))
+    if side * side != num_queries:
+        raise ValueError(f"cannot place query points on {num_queries} positions (not a square grid)")
+    cells = (points.clamp(0, 1 - 1e-6) * side).long()
+    return cells[:, 1] * side + cells[:, 0]
+
+
+class _RecordingProcessor:
+    """Output from the original processor; probabilities from diffusers' classic one."""
+
+    def __init__(self, original, store: list, keep_heads: bool, query_points: torch.Tensor | None):
+        self.original, self.store, self.keep_heads, self.query_points = original, store, keep_heads, query_points
+        self.classic = AttnProcessor()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        output = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        batch = hidden_states.shape[0]
+        scores = attn.get_attention_scores
+
+        def recording_scores(query, key, mask=None):
+            probs = scores(query, key, mask)  # (B * heads, Q, K)
+            kept = probs.detach().float().view(batch, attn.heads, *probs.shape[1:])
+            if self.query_points is not None:
+                kept = kept[:, :, query_indices(self.query_points, kept.shape[2]).to(kept.device)]
+            self.store.append(kept if self.keep_heads else kept.mean(1))
+            return probs
+
+        # The side pass must not move the random stream (dropout) or build a graph.
+        devices = [hidden_states.device] if hidden_states.device.type == "cuda" else []
+        attn.get_attention_scores = recording_scores
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        finally:
+            del attn.get_attention_scores  # back to the class method
+        return output
+
+
+@contextmanager
+def record_attention(
+    unet: nn.Module,
+    layers: Sequence[str] | None = None,
+    *,
+    kind: Kind = "all",
+    keep_heads: bool = False,
+    query_points: torch.Tensor | None = None,
+) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record attention probabilities of ``layers`` (default: every Attention of ``kind``).
+
+    Yields name -> list (one entry per call) of float32 tensors (B, [heads,] Q or P, K): softmax
+    probabilities over keys, head-mean unless ``keep_heads``, only at ``query_points`` (P, 2)
+    normalised (x, y) image coordinates when given.
+    """
+    available = attention_modules(unet, kind)
+    if layers is None:
+        targets = available
+    else:
+        missing = [n for n in layers if n not in available]
+        if missing:
+            raise ValueError(f"no {kind} attention module(s) {missing}; this UNet has {sorted(available)}")
+        targets = {n: available[n] for n in layers}
+    if query_points is not None:
+        query_points = torch.as_tensor(query_points, dtype=torch.float32)
+        if query_points.ndim != 2 or query_points.shape[1] != 2:
+            raise ValueError(f"query_points must be (P, 2) normalised (x, y); got shape {tuple(query_points.shape)}")
+        if (query_points < 0).any() or (query_points >= 1).any():
+            raise ValueError(f"query points {query_points.tolist()} lie outside the image: coordinates must be in [0, 1)")
+    records: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
+    originals = {name: module.processor for name, module in targets.items()}
+    try:
+        for name, module in targets.items():
+            module.set_processor(_RecordingProcessor(originals[name], records[name], keep_heads, query_points))
+        yield records
+    finally:
+        for name, module in targets.items():
+            module.set_processor(originals[name])

@@ -1,0 +1,50 @@
+"""PredictionEvolution writes its tags; its measures behave on inputs with a known answer."""
+
+import torch
+
+from conftest import make_module, make_trainer, read_events, shapes_data
+from diffprobe.callbacks import PredictionEvolution
+from diffprobe.callbacks.prediction_evolution import concept_recovery
+from diffprobe.metrics import frequency_band_errors
+
+
+def test_blur_costs_high_band_not_low_band():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 32, 32, generator=g)
+    kernel = torch.ones(3, 1, 5, 5) / 25
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(image, (2, 2, 2, 2), mode="circular"), kernel, groups=3)
+    low, high = frequency_band_errors(blurred, image, cutoff=0.1)
+    assert (high > 0.5).all() and (low < 0.05).all()
+    low, high = frequency_band_errors(image, image)
+    assert torch.equal(low, torch.zeros(2)) and torch.equal(high, torch.zeros(2))
+    shifted = image + 0.3  # a colour cast is all low band (the mean)
+    low, high = frequency_band_errors(shifted, image)
+    assert (low > 0.01).all() and (high < 1e-6).all()
+
+
+def test_concept_recovery_scores_the_truth_perfectly_and_grey_badly():
+    data = shapes_data(heldout_size=8).heldout_dataset()
+    x0 = torch.stack([data[i]["image"] for i in range(8)])
+    masks = torch.stack([data[i]["mask"] for i in range(8)])
+    perfect = concept_recovery(x0, x0, masks)
+    assert torch.allclose(perfect["object_colour_error"], torch.zeros(8)) and (perfect["mask_iou"] > 0.7).all()
+    grey = concept_recovery(torch.zeros_like(x0), x0, masks)
+    assert (grey["object_colour_error"] > 0.1).all()
+
+
+def test_prediction_evolution_logs_grids_metrics_and_trajectory(tmp_path):
+    data = shapes_data(heldout_size=8)
+    callback = PredictionEvolution(every_n_steps=2, num_images=3, timesteps=[5, 50, 95], trajectory_steps=4, trajectory_every=2)
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=[callback])
+    module = make_module()
+    trainer.fit(module, datamodule=data)
+    tags = read_events(trainer.log_dir).Tags()
+    assert {"pred/x0_hat", "pred/x_t", "pred/trajectory", "denoise/curves"} <= set(tags["images"])
+    expected = {f"denoise/{m}/t{t:04d}" for m in ("mse", "psnr", "ssim", "low_band_error", "high_band_error") for t in (5, 50, 95)}
+    expected |= {f"recovery/{m}/t0050" for m in ("object_colour_error", "mask_iou")}
+    assert expected <= set(tags["scalars"])
+    noisy, predicted = callback.predictions(module)
+    assert noisy.shape == predicted.shape == (3, 3, 3, 16, 16)
+    module.train()
+    callback.predictions(module)
+    assert module.training, "train mode is restored after predicting"
