@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,11 +150,8 @@ def run_linear(args) -> Path:
         cells = {(target.name, args.weights, layer, str(t), c) for layer in layers for t in probe_set.timesteps.tolist() for c in probe_set.concept_names}
         if cells <= done and not args.overwrite:
             continue
-        if is_module and args.weights == "ema":
-            with loaded.ema_weights():
-                condition = loaded.caption_encoder.unconditional(1) if loaded.caption_encoder is not None else None
-                table = probe_unet(unet, scheduler, probe_set, layers, args.pool, args.method, args.batch_size, condition)
-        else:
+        with loaded.ema_weights() if is_module and args.weights == "ema" else nullcontext():
+            # A conditional UNet gets the empty caption: probes read the image, not the caption.
             condition = loaded.caption_encoder.unconditional(1) if is_module and loaded.caption_encoder is not None else None
             table = probe_unet(unet, scheduler, probe_set, layers, args.pool, args.method, args.batch_size, condition)
         new_rows = table.rows(step=step, checkpoint=target.name, weights=args.weights)
