@@ -1,0 +1,68 @@
+"""Exponential timestep schedules match the paper's definition and drive diffusers' sampler."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from conftest import make_module, make_trainer
+from diffprobe import diffusion
+from diffprobe.cli import probe_main
+from diffprobe.explain.schedules import compare_schedules
+
+
+def _strictly_descending(values):
+    return all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_early_schedule_is_packed_at_high_noise():
+    early = diffusion.early_timesteps(1000, 30, 60)
+    assert len(early) == 30 and early[0] == 999 and _strictly_descending(early)
+    assert early[1] == 1000 - 107  # 1000 - floor(alpha ** 61), alpha = 1000 ** (1 / 90)
+    assert early[-1] > 0, "the trailing 0 is dropped"
+    gaps = [a - b for a, b in zip(early[1:], early[2:])]
+    assert gaps[0] < gaps[-1], "dense at high t, sparse at low t"
+
+
+def test_latter_schedule_is_packed_at_low_noise():
+    latter = diffusion.latter_timesteps(1000, 30, 60)
+    assert len(latter) == 30 and latter[0] == 999 and latter[-1] == 107 and _strictly_descending(latter)
+    gaps = [a - b for a, b in zip(latter, latter[1:])]
+    assert gaps[0] > gaps[-1], "dense at low t"
+    assert max(diffusion.latter_timesteps(1000, 10, 5)) == 999, "a value equal to T becomes T - 1"
+
+
+def test_uniform_and_window_schedules():
+    scheduler = diffusion.build_scheduler()
+    assert diffusion.uniform_timesteps(scheduler, 10) == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    window = diffusion.window_timesteps(1000, uniform_steps=5, window_steps=11, start=300, width=100)
+    assert _strictly_descending(window) and {300, 310, 350, 400} <= set(window) and 999 in window and 0 in window
+    with pytest.raises(ValueError, match="must lie inside"):
+        diffusion.window_timesteps(1000, start=950, width=100)
+    with pytest.raises(ValueError, match="schedule must be"):
+        diffusion.schedule_timesteps("middle", scheduler)
+
+
+def test_schedules_drive_the_sampler_from_the_same_initial_noise():
+    module = make_module(num_train_timesteps=1000)
+    unet = module.unet.eval()
+    same = compare_schedules(unet, module.scheduler, [3, 4], {"a": [500, 100], "b": [500, 100]})
+    assert torch.equal(same["a"], same["b"]) and not torch.equal(same["a"][0], same["a"][1])
+    scheduler = DDPMScheduler.from_config(module.scheduler.config)
+    scheduler.set_timesteps(timesteps=diffusion.early_timesteps(1000, 6, 10))
+    assert scheduler.timesteps.tolist() == diffusion.early_timesteps(1000, 6, 10)
+
+
+def test_probe_schedules_command(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, every_n_steps=1)
+    from conftest import shapes_data
+
+    trainer.fit(make_module(num_train_timesteps=1000), datamodule=shapes_data())
+    ckpt = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
+    out = probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--seeds", "0", "1", "--steps", "4", "--lam", "4"])
+    info = json.loads((out / "schedules.json").read_text())
+    assert set(info["timesteps"]) == {"uniform", "early", "latter"} and info["timesteps"]["early"][0] == 999
+    assert torch.load(out / "early.pt").shape == (2, 3, 16, 16) and (out / "schedules.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not empty"):
+        probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(out)])
