@@ -161,7 +161,7 @@ def _schedules_command(ns: argparse.Namespace) -> Path:
     with torch.no_grad(), module.ema_weights():
         condition = module.encode_captions([ns.caption]) if ns.caption else None
         uncondition = module.caption_encoder.unconditional(1) if condition is not None else None
-        images = compare_schedules(module.unet.eval(), module.scheduler, ns.seeds, schedules, condition, uncondition, ns.guidance or module.hparams.guidance_scale)
+        images = compare_schedules(module.unet.eval(), module.scheduler, ns.seeds, schedules, condition, uncondition, module.hparams.guidance_scale if ns.guidance is None else ns.guidance)
     out.mkdir(parents=True, exist_ok=True)
     grid = torch.cat([images[name] for name in schedules])  # rows: uniform, early, latter
     viz.save_png(viz.image_grid(grid, columns=len(ns.seeds)), out / "schedules.png", scale=ns.scale)

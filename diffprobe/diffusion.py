@@ -139,8 +139,8 @@ def early_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: f
     value dropped, exactly as in ../shared/paper.md.
     """
     alpha = _exponential_base(num_train_timesteps, num_steps, lam)
-    values = [num_train_timesteps - math.floor(alpha ** (i + 1 + lam)) for i in range(num_steps)]
-    return [num_train_timesteps - 1, *values[:-1]]
+    values = [num_train_timesteps - _floor(alpha ** (i + 1 + lam)) for i in range(num_steps)]
+    return _checked([num_train_timesteps - 1, *values[:-1]], "early", num_steps, lam)
 
 
 def latter_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: float = 60) -> list[int]:
@@ -150,8 +150,22 @@ def latter_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: 
     replaced by T - 1.
     """
     alpha = _exponential_base(num_train_timesteps, num_steps, lam)
-    values = sorted((math.floor(alpha ** (i + 1 + lam)) for i in range(num_steps)), reverse=True)
-    return [min(v, num_train_timesteps - 1) for v in values]
+    values = sorted((_floor(alpha ** (i + 1 + lam)) for i in range(num_steps)), reverse=True)
+    return _checked([min(v, num_train_timesteps - 1) for v in values], "latter", num_steps, lam)
+
+
+def _floor(x: float) -> int:
+    """floor that keeps exact powers exact (1000 ** (1/3) ** 3 is 999.99999...)."""
+    return math.floor(x + 1e-9)
+
+
+def _checked(timesteps: list[int], kind: str, num_steps: int, lam: float) -> list[int]:
+    if any(a <= b for a, b in zip(timesteps, timesteps[1:])) or min(timesteps) < 0:
+        raise ValueError(
+            f"the {kind} schedule with N = {num_steps}, lambda = {lam} repeats timesteps ({timesteps}); "
+            "use fewer steps or a larger lambda (the paper: N = 30, lambda = 60)"
+        )
+    return timesteps
 
 
 def uniform_timesteps(scheduler, num_steps: int = 30) -> list[int]:

@@ -24,7 +24,7 @@ def test_outputs_identical_processors_restored_probabilities_sum_to_one(conditio
         during = unet(x, t, **kwargs).sample
     assert torch.equal(before.detach(), during)
     assert {n: m.processor for n, m in attention_modules(unet).items()} == processors
-    assert all(not hasattr(m, "get_attention_scores") or "get_attention_scores" not in m.__dict__ for m in attention_modules(unet).values())
+    assert all("get_attention_scores" not in m.__dict__ for m in attention_modules(unet).values())
     assert set(maps) == set(processors) and all(len(v) == 1 for v in maps.values())
     for name, (probs,) in maps.items():
         assert torch.allclose(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5), name
@@ -70,3 +70,20 @@ def test_bad_layer_and_query_point_are_named():
     with pytest.raises(ValueError, match="outside the image"):
         with record_attention(unet, query_points=torch.tensor([[0.5, 1.2]])):
             pass
+
+
+def test_recording_in_train_mode_with_dropout_leaves_the_random_stream_alone():
+    from conftest import TINY_UNET
+    from diffprobe.unet import build_unet
+
+    unet = build_unet(None, conditional=False, image_size=16, overrides={**TINY_UNET, "dropout": 0.5}).train()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 80])
+    torch.manual_seed(7)
+    before = unet(x, t).sample
+    after_plain = torch.rand(3)
+    torch.manual_seed(7)
+    with record_attention(unet) as maps:
+        during = unet(x, t).sample
+    after_recording = torch.rand(3)
+    assert torch.equal(before, during) and torch.equal(after_plain, after_recording)
+    assert maps

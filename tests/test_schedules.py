@@ -30,7 +30,11 @@ def test_latter_schedule_is_packed_at_low_noise():
     assert len(latter) == 30 and latter[0] == 999 and latter[-1] == 107 and _strictly_descending(latter)
     gaps = [a - b for a, b in zip(latter, latter[1:])]
     assert gaps[0] > gaps[-1], "dense at low t"
-    assert max(diffusion.latter_timesteps(1000, 10, 5)) == 999, "a value equal to T becomes T - 1"
+    # exact powers stay exact (alpha = 1000 ** (1/3)): floor(alpha ** 3) is 1000, clamped to T - 1
+    assert diffusion.latter_timesteps(1000, 3, 0) == [999, 100, 10]
+    assert diffusion.early_timesteps(1000, 3, 0) == [999, 990, 900]
+    with pytest.raises(ValueError, match="repeats timesteps"):
+        diffusion.latter_timesteps(1000, 50, 10)
 
 
 def test_uniform_and_window_schedules():
@@ -49,6 +53,13 @@ def test_schedules_drive_the_sampler_from_the_same_initial_noise():
     unet = module.unet.eval()
     same = compare_schedules(unet, module.scheduler, [3, 4], {"a": [500, 100], "b": [500, 100]})
     assert torch.equal(same["a"], same["b"]) and not torch.equal(same["a"][0], same["a"][1])
+    from diffprobe import sampling
+
+    def first_x_t(timesteps):
+        generator = torch.Generator().manual_seed(3)
+        return next(sampling.denoise(unet, DDPMScheduler.from_config(module.scheduler.config), batch_size=1, generator=generator, timesteps=timesteps)).x_t
+
+    assert torch.equal(first_x_t(diffusion.early_timesteps(1000, 5, 5)), first_x_t(diffusion.latter_timesteps(1000, 5, 5)))
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
     scheduler.set_timesteps(timesteps=diffusion.early_timesteps(1000, 6, 10))
     assert scheduler.timesteps.tolist() == diffusion.early_timesteps(1000, 6, 10)

@@ -9,7 +9,7 @@ Every N steps, for a few fixed images noised to each t of a grid (fixed noise):
   query's attention that falls on the object mask);
 - conditional models: ``cross_attention/<k>_<word>/t<tttt>`` (the first image's cross-attention
   map of each caption token, averaged over cross-attention layers) and ``cross_attention_mass/...``
-  (each token's share of attention, over all queries and images), plus one curve figure.
+  (each token's share of the first image's attention, over all its queries), plus one curve figure.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class AttentionRecorder(pl.Callback):
             grid = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], s, s)
             upsampled.append(torch.nn.functional.interpolate(grid, size=side, mode="bilinear", align_corners=False))
         mean_map = torch.stack(upsampled).mean(0)  # (N, tokens, side, side)
-        mass = torch.stack([p.mean(dim=(0, 1)) for p in probs]).mean(0)  # (tokens,)
+        mass = torch.stack([p[0].mean(0) for p in probs]).mean(0)  # (tokens,) of image 0, whose words name them
         for k, word in enumerate(words):
             name = f"{k:02d}_{word}"
             writer.add_image(f"cross_attention/{name}/{tb.t_tag(t)}", viz.image_grid(viz.heat_overlay(self.images[0], mean_map[0, k])[None], columns=1), step)

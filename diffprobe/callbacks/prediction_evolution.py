@@ -25,7 +25,7 @@ from typing_extensions import override
 from diffprobe import diffusion, sampling, tb, viz
 from diffprobe.capture import eager
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
-from diffprobe.metrics import frequency_band_errors
+from diffprobe.metrics import frequency_band_errors, mean_colour_error
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
 
@@ -84,14 +84,15 @@ class PredictionEvolution(pl.Callback):
         saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
         if saved.is_file():
             base = ProbeSet.load(saved)
-            images, masks = base.images, base.masks
+            images, masks, captions = base.images, base.masks, base.captions
         else:
             heldout = trainer.datamodule.heldout_dataset()
             items = [heldout[i] for i in range(min(self.num_images, len(heldout)))]
             images = torch.stack([item["image"] for item in items])
             masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+            captions = [item.get("caption", "") for item in items]
         count = min(self.num_images, len(images))
-        self.images = images[:count]
+        self.images, self.captions = images[:count], list(captions[:count])
         self.masks = masks[:count] if masks is not None else None
 
     @override
@@ -117,7 +118,8 @@ class PredictionEvolution(pl.Callback):
         pl_module.eval()
         try:
             with eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
-                condition = pl_module.caption_encoder.unconditional(len(x0)) if pl_module.caption_encoder is not None else None
+                # A conditional model predicts from each image's own caption (no guidance).
+                condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
                 for j, t in enumerate(self.timesteps):
                     timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
                     noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
@@ -148,6 +150,7 @@ class PredictionEvolution(pl.Callback):
                 "mse": float((estimate - truth).square().mean()),
                 "psnr": float(peak_signal_noise_ratio(estimate, truth, data_range=1.0)),
                 "ssim": float(structural_similarity_index_measure(estimate, truth, data_range=1.0)),
+                "mean_colour_error": float(mean_colour_error(estimate, truth).mean()),
                 "low_band_error": float(low.mean()),
                 "high_band_error": float(high.mean()),
             }
