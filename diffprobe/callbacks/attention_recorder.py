@@ -15,7 +15,6 @@ Every N steps, for a few fixed images noised to each t of a grid (fixed noise):
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -25,7 +24,7 @@ from typing_extensions import override
 
 from diffprobe import tb, viz
 from diffprobe.capture import attention_modules, eager, query_indices, record_attention
-from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
+from diffprobe.data.probe_set import fixed_examples
 
 DEFAULT_T_1000 = (50, 200, 500, 800)
 
@@ -95,20 +94,9 @@ class AttentionRecorder(pl.Callback):
         self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
         if any(not 0 <= t < T for t in self.timesteps):
             raise ValueError(f"AttentionRecorder timesteps {self.timesteps} must lie in [0, {T})")
-        saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
-        if saved.is_file():  # share the run's probe set
-            base = ProbeSet.load(saved)
-            images, masks, captions = base.images, base.masks, base.captions
-        else:
-            heldout = trainer.datamodule.heldout_dataset()
-            items = [heldout[i] for i in range(min(self.num_images, len(heldout)))]
-            images = torch.stack([item["image"] for item in items])
-            masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
-            captions = [item.get("caption", "") for item in items]
-        count = min(self.num_images, len(images))
-        self.images, self.captions = images[:count], list(captions[:count])
-        self.masks = masks[:count] if masks is not None else None
-        self.object_points, self.background_points = query_points_from_masks(self.masks, count)
+        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
+        self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
+        self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
 
     @override
     def on_train_start(self, trainer, pl_module) -> None:

@@ -13,7 +13,6 @@ Every N steps, with fixed images and fixed noise (the run's probe set when Probe
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -24,7 +23,7 @@ from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb, viz
 from diffprobe.capture import eager
-from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
+from diffprobe.data.probe_set import fixed_examples
 from diffprobe.metrics import frequency_band_errors, mean_colour_error
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
@@ -70,30 +69,19 @@ class PredictionEvolution(pl.Callback):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         self.every_n_steps, self.num_images, self.timesteps = every_n_steps, num_images, timesteps
         self.trajectory_steps, self.trajectory_every, self.weights = trajectory_steps, trajectory_every, weights
-        self.inputs: ProbeSet | None = None
+        self.images: torch.Tensor | None = None
         self._last_step = -1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if stage != "fit" or self.inputs is not None:
+        if stage != "fit" or self.images is not None:
             return
         T = pl_module.num_train_timesteps
         self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
         if any(not 0 <= t < T for t in self.timesteps):
             raise ValueError(f"PredictionEvolution timesteps {self.timesteps} must lie in [0, {T})")
-        saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
-        if saved.is_file():
-            base = ProbeSet.load(saved)
-            images, masks, captions = base.images, base.masks, base.captions
-        else:
-            heldout = trainer.datamodule.heldout_dataset()
-            items = [heldout[i] for i in range(min(self.num_images, len(heldout)))]
-            images = torch.stack([item["image"] for item in items])
-            masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
-            captions = [item.get("caption", "") for item in items]
-        count = min(self.num_images, len(images))
-        self.images, self.captions = images[:count], list(captions[:count])
-        self.masks = masks[:count] if masks is not None else None
+        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
+        self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
 
     @override
     def on_train_start(self, trainer, pl_module) -> None:

@@ -104,3 +104,29 @@ class ProbeSet:
             masks=masks,
             captions=[item.get("caption", "") for item in items],
         )
+
+
+@dataclass
+class FixedExamples:
+    """A few fixed held-out examples for recorders: images (N, C, H, W), masks (N, 1, H, W) or
+    None, captions."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    captions: list[str]
+
+
+def fixed_examples(run_dir: str | Path, heldout: Dataset, count: int) -> FixedExamples:
+    """The first ``count`` examples of the run's saved probe set (so recorders and probes look at
+    the same images), or of the held-out data when the run has none."""
+    saved = Path(run_dir) / PROBE_SET_FILE
+    if saved.is_file():
+        base = ProbeSet.load(saved)
+        images, masks, captions = base.images, base.masks, base.captions
+    else:
+        items = [heldout[i] for i in range(min(count, len(heldout)))]
+        images = torch.stack([item["image"] for item in items])
+        masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+        captions = [item.get("caption", "") for item in items]
+    count = min(count, len(images))
+    return FixedExamples(images[:count], masks[:count] if masks is not None else None, list(captions[:count]))
