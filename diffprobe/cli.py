@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
 from diffprobe.data.module import ImageDataModule
+from diffprobe.explain_cli import add_explain_parsers, apply_config
 from diffprobe.module import DiffusionModule
 from diffprobe.offline import add_linear_parser
 
@@ -208,9 +209,16 @@ def probe_parser() -> argparse.ArgumentParser:
     schedules.set_defaults(handler=_schedules_command)
 
     add_linear_parser(commands)
+    parser.explain_parsers = add_explain_parsers(commands)
     return parser
 
 
 def probe_main(args: list[str] | None = None):
-    ns = probe_parser().parse_args(args)
+    import sys
+
+    args = list(sys.argv[1:] if args is None else args)
+    parser = probe_parser()
+    if args and args[0] in parser.explain_parsers:
+        apply_config(parser.explain_parsers[args[0]], args)
+    ns = parser.parse_args(args)
     return ns.handler(ns)

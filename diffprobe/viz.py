@@ -143,3 +143,49 @@ def heat_overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -
     base = to_unit(image.detach().cpu())
     base = base.repeat(3, 1, 1) if base.shape[0] == 1 else base
     return ((1 - alpha) * base + alpha * coloured) * 2 - 1
+
+
+def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xlabel: str, ylabel: str, invert_x: bool = False):
+    """A Figure with one panel per key of ``panels``, a line (x, y) per inner key (legend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.9 * rows), dpi=90, squeeze=False)
+    for axis, (name, lines) in zip(axes.flat, panels.items()):
+        for label, (x, y) in lines.items():
+            axis.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, label=label)
+        if invert_x:
+            axis.invert_xaxis()  # timesteps run from noisy (large t) to clean
+        axis.set_title(name, fontsize=8)
+        axis.set_xlabel(xlabel, fontsize=7)
+        axis.set_ylabel(ylabel, fontsize=7)
+        axis.tick_params(labelsize=6)
+        axis.legend(fontsize=5.5, frameon=False, ncol=2)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, ylabel: str):
+    """A Figure of bars: one group per label, one bar per key of ``values`` (e.g. a schedule)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) * max(1, len(values)) ** 0.5), 2.9), dpi=90)
+    width = 0.8 / max(1, len(values))
+    for offset, (name, heights) in enumerate(values.items()):
+        axis.bar(np.arange(len(labels)) + offset * width - 0.4 + width / 2, heights, width, label=name)
+    axis.set_xticks(np.arange(len(labels)), labels, fontsize=7, rotation=45, ha="right")
+    axis.set_ylabel(ylabel, fontsize=8)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure

@@ -12,12 +12,18 @@ How it stays faithful and cheap:
 - only recorded layers pay for the second pass, and only inside the ``with`` block; on exit every
   module gets its original processor object back (also on exceptions);
 - memory is bounded on the device: head-mean by default, and only the query positions asked for.
+
+Gradient methods (token relevance) need the probabilities that actually produced the output, in
+the autograd graph: ``differentiable=True`` lets the classic processor compute the output itself
+and keeps its probabilities as :class:`TracedAttention` (same seam, no copied body; the output then
+differs from SDPA's only by floating-point rounding).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -46,14 +52,47 @@ def query_indices(points: torch.Tensor, num_queries: int) -> torch.Tensor:
     return cells[:, 1] * side + cells[:, 0]
 
 
+@dataclass
+class TracedAttention:
+    """Softmax probabilities of one attention call, still in the autograd graph.
+
+    ``probs`` is the exact tensor the attention used, (batch * heads, Q, K), so
+    ``torch.autograd.grad(out, traced.probs)`` works; :meth:`split` views it (batch, heads, Q, K)."""
+
+    probs: torch.Tensor
+    batch: int
+    heads: int
+
+    def split(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        tensor = self.probs if tensor is None else tensor
+        return tensor.view(self.batch, self.heads, *tensor.shape[1:])
+
+
 class _RecordingProcessor:
     """Output from the original processor; probabilities from diffusers' classic one."""
 
-    def __init__(self, original, store: list, keep_heads: bool, query_points: torch.Tensor | None):
+    def __init__(self, original, store: list, keep_heads: bool, query_points: torch.Tensor | None, differentiable: bool = False):
         self.original, self.store, self.keep_heads, self.query_points = original, store, keep_heads, query_points
+        self.differentiable = differentiable
         self.classic = AttnProcessor()
 
+    def _traced_call(self, attn: Attention, hidden_states, encoder_hidden_states, attention_mask, temb):
+        scores = attn.get_attention_scores
+
+        def keeping_scores(query, key, mask=None):
+            probs = scores(query, key, mask)
+            self.store.append(TracedAttention(probs, hidden_states.shape[0], attn.heads))
+            return probs
+
+        attn.get_attention_scores = keeping_scores
+        try:
+            return self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        finally:
+            del attn.get_attention_scores
+
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if self.differentiable:
+            return self._traced_call(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         output = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         batch = hidden_states.shape[0]
         scores = attn.get_attention_scores
@@ -85,13 +124,17 @@ def record_attention(
     kind: Kind = "all",
     keep_heads: bool = False,
     query_points: torch.Tensor | None = None,
+    differentiable: bool = False,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record attention probabilities of ``layers`` (default: every Attention of ``kind``).
 
     Yields name -> list (one entry per call) of float32 tensors (B, [heads,] Q or P, K): softmax
     probabilities over keys, head-mean unless ``keep_heads``, only at ``query_points`` (P, 2)
-    normalised (x, y) image coordinates when given.
+    normalised (x, y) image coordinates when given. ``differentiable=True``: the entries are
+    :class:`TracedAttention` (all heads, all queries, in the graph) for gradient methods.
     """
+    if differentiable and (keep_heads or query_points is not None):
+        raise ValueError("differentiable recording keeps every head and query; leave keep_heads and query_points unset")
     available = attention_modules(unet, kind)
     if layers is None:
         targets = available
@@ -110,7 +153,7 @@ def record_attention(
     originals = {name: module.processor for name, module in targets.items()}
     try:
         for name, module in targets.items():
-            module.set_processor(_RecordingProcessor(originals[name], records[name], keep_heads, query_points))
+            module.set_processor(_RecordingProcessor(originals[name], records[name], keep_heads, query_points, differentiable))
         yield records
     finally:
         for name, module in targets.items():

@@ -1,0 +1,324 @@
+"""``probe.py rise|cam|relevance|lime|auc|correlation|groundtruth``: the explanation tools on a
+checkpoint, an exported diffusers folder, or a Stable Diffusion folder.
+
+Every command writes into a new ``--out`` folder: PNG overlays (the map in a colour map over the
+decoded x_t and over the final image, as in the paper), the raw maps (``.pt``), a JSON of numbers,
+and, with ``--run <run dir>``, the same images and numbers to that run's TensorBoard.
+``--config configs/probe/<tool>.yaml`` sets any flag's default (the paper's settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from diffprobe import viz
+from diffprobe.explain.model import ExplainModel, from_parts
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def load_explain_model(path: str | Path, *, device: str = "cpu", raw: bool = False, guidance: float | None = None) -> tuple[ExplainModel, int]:
+    """(model, global step) from a diffprobe .ckpt, a run directory (its newest checkpoint), a folder
+    written by ``probe.py export``, or a Stable Diffusion folder. EMA weights unless ``raw``."""
+    from diffprobe import checkpoint
+    from diffprobe.explain.stable_diffusion import DOWNLOAD_HINT, is_stable_diffusion_folder, load_stable_diffusion
+
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(
+            f"--ckpt {path} does not exist. Give a diffprobe .ckpt or run directory, a folder written by 'probe.py export', "
+            f"or a Stable Diffusion folder: {DOWNLOAD_HINT.format(folder=path)}"
+        )
+    if path.is_dir() and is_stable_diffusion_folder(path):
+        return load_stable_diffusion(path, guidance_scale=7.5 if guidance is None else guidance, device=device), 0
+    if path.is_dir() and (path / "unet" / "config.json").exists():
+        exported = checkpoint.load_exported(path)
+        model = from_parts(exported.unet.to(device), exported.scheduler.config, exported.caption_encoder, 3.0 if guidance is None else guidance)
+        if exported.caption_encoder is not None:
+            exported.caption_encoder.to(device)
+        return model, 0
+    ckpt = checkpoint.find_checkpoints(path)[-1] if path.is_dir() else path
+    module = checkpoint.load_module(ckpt).to(device)
+    weights = module.ema_weights() if not raw else _nothing()
+    with weights:  # copies taken inside the swap keep the EMA weights after it ends
+        unet = copy.deepcopy(module.unet)
+        encoder = copy.deepcopy(module.caption_encoder) if module.caption_encoder is not None else None
+    scale = module.hparams.guidance_scale if guidance is None else guidance
+    return from_parts(unet, module.scheduler.config, encoder, scale), module.global_step_at_save
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+
+class Outputs:
+    """A new output folder, plus the run's TensorBoard when ``--run`` is given."""
+
+    def __init__(self, out: str | Path, run: str | None, global_step: int, scale: int):
+        self.out = Path(out)
+        if self.out.exists() and any(self.out.iterdir()):
+            raise SystemExit(f"{self.out} exists and is not empty; choose another --out (diffprobe does not overwrite files)")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.scale, self.global_step = scale, global_step
+        self.writer = None
+        if run is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if not Path(run).is_dir():
+                raise SystemExit(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
+            self.writer = SummaryWriter(log_dir=str(run))
+
+    def image(self, name: str, image: torch.Tensor, tag: str | None = None) -> Path:
+        """(3, H, W) in [-1, 1]."""
+        path = viz.save_png(viz.to_unit(image), self.out / f"{name}.png", scale=self.scale)
+        if self.writer is not None:
+            self.writer.add_image(tag or f"explain/{name}", viz.to_unit(image), self.global_step)
+        return path
+
+    def overlays(self, name: str, heat: torch.Tensor, model: ExplainModel, step, tag: str) -> None:
+        """The map over the decoded x_t and over the final image (the paper's two views)."""
+        self.image(f"{name}_xt", viz.heat_overlay(model.decode(step.x_t)[0], heat), f"{tag}/x_t")
+        self.image(f"{name}_final", viz.heat_overlay(model.decode(step.final)[0], heat), f"{tag}/final")
+
+    def figure(self, name: str, figure, tag: str | None = None) -> None:
+        figure.savefig(self.out / f"{name}.png")
+        if self.writer is not None:
+            self.writer.add_figure(tag or f"explain/{name}", figure, self.global_step)
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, self.global_step)
+
+    def save(self, name: str, numbers: dict, tensors: dict | None = None) -> None:
+        (self.out / f"{name}.json").write_text(json.dumps(numbers, indent=1))
+        if tensors is not None:
+            torch.save(tensors, self.out / f"{name}.pt")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _step_tag(tool: str, step) -> str:
+    return f"explain/{tool}/step{step.index:02d}_t{step.t:04d}"
+
+
+def _prepare(ns: argparse.Namespace, validate=None):
+    """Model, the explained step and the outputs shared by rise / cam / lime; ``validate(model)``
+    checks tool settings against the model before the sampling run."""
+    from diffprobe.explain.run import check_step, explain_step
+
+    check_step(ns.step, ns.steps)  # before loading anything
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance)
+    prompt = _prompt(model, ns.prompt)
+    if validate is not None:
+        validate(model)
+    outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
+    step = explain_step(model, prompt=prompt, seed=ns.seed, num_inference_steps=ns.steps, step=ns.step)
+    return model, step, outputs
+
+
+def _prompt(model: ExplainModel, text):
+    try:
+        return model.prompt(text)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+
+
+def _step_numbers(step, seconds: float) -> dict:
+    return {"step": step.index, "t": step.t, "timesteps": step.timesteps, "seed": step.seed, "prompt": None if step.prompt is None else step.prompt.text, "seconds": round(seconds, 3)}
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def rise_command(ns: argparse.Namespace) -> Path:
+    from diffprobe.explain.rise import df_rise
+    from diffprobe.explain.run import normalise_map
+
+    model, step, outputs = _prepare(ns)
+    started = time.perf_counter()
+    result = df_rise(
+        model, step, num_masks=ns.masks, keep_probability=ns.keep, similarity=ns.similarity, grid=ns.grid, batch_size=ns.batch_size, window=ns.window, sigma=ns.sigma, seed=ns.seed, progress=True
+    )
+    seconds = time.perf_counter() - started
+    outputs.overlays("rise", normalise_map(result.saliency), model, step, _step_tag("rise", step))
+    settings = {"masks": ns.masks, "keep": ns.keep, "similarity": ns.similarity, "grid": ns.grid, "window": ns.window, "sigma": ns.sigma}
+    outputs.save("rise", {**_step_numbers(step, seconds), **settings}, {"saliency": result.saliency, "x_t": step.x_t.cpu(), "final": step.final.cpu()})
+    outputs.close()
+    print(f"DF-RISE of {step.describe()}: {ns.masks} masks in {seconds:.1f} s -> {outputs.out}")
+    return outputs.out
+
+
+def cam_command(ns: argparse.Namespace) -> Path:
+    from diffprobe.capture.gradients import block_layers
+    from diffprobe.explain.cam import df_cam
+
+    def validate(model):
+        unknown = sorted(set(ns.layers or []) - set(dict(model.unet.named_modules())) | ({""} & set(ns.layers or [])))
+        if unknown:
+            raise SystemExit(f"unknown layer(s) {unknown}; this UNet's block layers are {block_layers(model.unet)}")
+
+    model, step, outputs = _prepare(ns, validate)
+    started = time.perf_counter()
+    result = df_cam(model, step, layers=ns.layers)
+    seconds = time.perf_counter() - started
+    tag = _step_tag("cam", step)
+    outputs.overlays("cam", result.total, model, step, tag)
+    base = model.decode(step.x_t)[0]
+    grid = torch.stack([viz.heat_overlay(base, heat) for heat in result.layer_maps.values()])
+    outputs.image("cam_layers", viz.image_grid(grid, columns=min(8, len(grid))) * 2 - 1, f"{tag}/layers")
+    numbers = {**_step_numbers(step, seconds), "layers": list(result.layer_maps)}
+    outputs.save("cam", numbers, {"total": result.total, "layer_maps": result.layer_maps, "x_t": step.x_t.cpu(), "final": step.final.cpu()})
+    outputs.close()
+    print(f"DF-CAM of {step.describe()} over {len(result.layer_maps)} layers in {seconds:.1f} s -> {outputs.out} (cam_layers.png: one overlay per layer, in forward order)")
+    return outputs.out
+
+
+def lime_command(ns: argparse.Namespace) -> Path:
+    from diffprobe.explain.lime import lime_saliency
+    from diffprobe.explain.run import normalise_map
+
+    model, step, outputs = _prepare(ns)
+    started = time.perf_counter()
+    result = lime_saliency(model, step, num_samples=ns.samples, kernel_width=ns.kernel_width, response=ns.response, batch_size=ns.batch_size, seed=ns.seed, top_k=ns.top, progress=True)
+    seconds = time.perf_counter() - started
+    tag = _step_tag("lime", step)
+    outputs.overlays("lime", normalise_map(result.saliency), model, step, tag)
+    target = model.decode(step.x_prev)[0]
+    top = torch.isin(result.image_segments, torch.as_tensor(result.top_segments))
+    outputs.image("lime_top", torch.where(top, target, torch.full_like(target, -1)), f"{tag}/top_segments")
+    numbers = {**_step_numbers(step, seconds), "samples": ns.samples, "kernel_width": ns.kernel_width, "response": ns.response, "top_segments": [int(s) for s in result.top_segments]}
+    numbers["coefficients"] = [float(c) for c in result.coefficients]
+    outputs.save("lime", numbers, {"saliency": result.saliency, "segments": result.segments, "image_segments": result.image_segments, "coefficients": result.coefficients})
+    outputs.close()
+    print(f"LIME of {step.describe()}: {ns.samples} samples in {seconds:.1f} s -> {outputs.out}")
+    return outputs.out
+
+
+# ---- flags ------------------------------------------------------------------------------------
+
+
+def _common(single_prompt: bool = True) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ckpt", required=True, help="a diffprobe .ckpt or run directory, a 'probe.py export' folder, or a Stable Diffusion folder")
+    common.add_argument("--out", required=True, help="new folder for the PNGs, .pt maps and JSON")
+    common.add_argument("--config", help="YAML whose keys set these flags' defaults (configs/probe/*.yaml: the paper's settings)")
+    if single_prompt:
+        common.add_argument("--prompt", help="prompt of a conditional model (ConceptShapes caption or Stable Diffusion text)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the sampling run")
+    common.add_argument("--steps", type=int, default=20, help="DDIM sampling steps of the run (paper: 20)")
+    common.add_argument("--step", type=int, default=15, help="0-based index of the explained step in the run (paper: 15)")
+    common.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's; Stable Diffusion 7.5)")
+    common.add_argument("--raw", action="store_true", help="raw instead of EMA weights (diffprobe checkpoints)")
+    common.add_argument("--run", help="a run directory whose TensorBoard gets the images and numbers too")
+    common.add_argument("--device", default="cpu")
+    common.add_argument("--scale", type=int, default=8, help="upscale factor of the PNGs")
+    return common
+
+
+def _schedule_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedules", nargs="+", default=["uniform", "early", "latter"], choices=["uniform", "early", "latter"])
+    parser.add_argument("--schedule-steps", type=int, default=30, help="N, steps per schedule (paper: 30)")
+    parser.add_argument("--lam", type=float, default=60, help="lambda of the exponential schedules (paper: 60)")
+
+
+def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
+    """Add the explanation subcommands to probe.py's subparsers; returns them by name."""
+    from diffprobe import explain_runs
+    from diffprobe.explain.similarity import SIMILARITIES
+
+    parsers = {}
+    rise = parsers["rise"] = commands.add_parser("rise", parents=[_common()], help="DF-RISE: which regions of x_t the step recovers (R1)")
+    rise.add_argument("--masks", type=int, default=500, help="number of random masks N (paper: 500)")
+    rise.add_argument("--keep", type=float, default=0.5, help="probability p that a mask keeps a position")
+    rise.add_argument("--similarity", choices=SIMILARITIES, default="structure", help="per-position score vs x_{t-1} (paper: SSIM structure term)")
+    rise.add_argument("--grid", type=int, default=None, help="RISE grid masks of this many cells per side (default: per-position masks)")
+    rise.add_argument("--window", type=int, default=15, help="SSIM Gaussian window size")
+    rise.add_argument("--sigma", type=float, default=1.5, help="SSIM Gaussian sigma")
+    rise.add_argument("--batch-size", type=int, default=64, help="masked copies per UNet call")
+    rise.set_defaults(handler=rise_command)
+
+    cam = parsers["cam"] = commands.add_parser("cam", parents=[_common()], help="DF-CAM: Grad-CAM at every UNet block (R2)")
+    cam.add_argument("--layers", nargs="+", default=None, help="block layers to explain (default: every ResNet, attention and sampler)")
+    cam.set_defaults(handler=cam_command)
+
+    lime = parsers["lime"] = commands.add_parser("lime", parents=[_common()], help="LIME baseline on quickshift superpixels")
+    lime.add_argument("--samples", type=int, default=1000, help="K perturbations (paper: 1000)")
+    lime.add_argument("--kernel-width", type=float, default=0.25, help="width of LIME's cosine-distance kernel")
+    lime.add_argument("--response", choices=["mean", "similarity"], default="mean", help="'mean' of the predicted x_{t-1} (paper) or its similarity to the true one")
+    lime.add_argument("--top", type=int, default=5, help="superpixels shown in lime_top.png")
+    lime.add_argument("--batch-size", type=int, default=64)
+    lime.set_defaults(handler=lime_command)
+
+    relevance = parsers["relevance"] = commands.add_parser("relevance", parents=[_common()], help="token relevance per step under uniform / early / latter schedules")
+    _schedule_flags(relevance)
+    relevance.set_defaults(handler=explain_runs.relevance_command)
+
+    auc = parsers["auc"] = commands.add_parser("auc", parents=[_common(single_prompt=False)], help="insertion / deletion AUC of saliency methods vs random")
+    auc.add_argument("--prompt", action="append", help="prompt(s) of a conditional model, cycled over the inputs (repeat the flag)")
+    auc.add_argument("--shapes-captions", action="store_true", help="prompts: ConceptShapes test captions (conditional ConceptShapes models)")
+    auc.add_argument("--inputs", type=int, default=8, help="number of inputs (seeds from --seed) the curves are averaged over")
+    auc.add_argument("--methods", nargs="+", default=["rise", "cam", "lime", "random"], choices=["rise", "cam", "lime", "random"])
+    auc.add_argument("--score", choices=["mse", "ssim", "cosine"], default="mse", help="score of each state vs the true x_{t-1}")
+    auc.add_argument("--stride", type=int, default=None, help="positions moved per state (default: 1/32 of them)")
+    auc.add_argument("--masks", type=int, default=500, help="DF-RISE masks")
+    auc.add_argument("--samples", type=int, default=1000, help="LIME samples")
+    auc.add_argument("--batch-size", type=int, default=64)
+    auc.set_defaults(handler=explain_runs.auc_command)
+
+    correlation = parsers["correlation"] = commands.add_parser(
+        "correlation", parents=[_common(single_prompt=False)], help="relevance by subject / relation / object role; Spearman of t vs relevance / probe accuracy"
+    )
+    correlation.add_argument("--triple", nargs=3, action="append", metavar=("SUBJECT", "RELATION", "OBJECT"), help="one prompt as three phrases (repeat)")
+    correlation.add_argument("--probe-results", help="probes.csv written by 'probe.py linear': Spearman of t vs accuracy per concept and layer")
+    _schedule_flags(correlation)
+    correlation.set_defaults(handler=explain_runs.correlation_command)
+
+    truth = parsers["groundtruth"] = commands.add_parser(
+        "groundtruth", parents=[_common(single_prompt=False)], help="R1 / R2 against ConceptShapes' ground truth (conditional ConceptShapes models)"
+    )
+    truth.add_argument("--prompt", action="append", help="captions to sample (default: --inputs ConceptShapes test captions)")
+    truth.add_argument("--inputs", type=int, default=8, help="number of ConceptShapes test captions (one run each)")
+    truth.add_argument("--masks", type=int, default=200, help="DF-RISE masks per step")
+    truth.add_argument("--batch-size", type=int, default=64)
+    truth.add_argument("--mask-threshold", type=float, default=0.15, help="colour distance from the background that counts as object")
+    truth.set_defaults(handler=explain_runs.groundtruth_command)
+    return parsers
+
+
+def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> None:
+    """``--config file.yaml``: its keys (flag names, '-' or '_') become the parser's defaults."""
+    if "--config" not in args:
+        return
+    path = Path(args[args.index("--config") + 1])
+    if not path.is_file():
+        raise SystemExit(f"--config {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    known = {action.dest for action in parser._actions}
+    settings = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise SystemExit(f"{path}: unknown setting(s) {unknown}; valid: {sorted(known - {'help', 'handler'})}")
+    for action in parser._actions:  # a config may satisfy a required flag
+        if action.dest in settings:
+            action.required = False
+    parser.set_defaults(**settings)

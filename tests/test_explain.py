@@ -1,0 +1,203 @@
+"""DF-RISE, DF-CAM, insertion/deletion AUC and token relevance on planted and tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from planted import SCHEDULER_CONFIG, PlantedBlockUNet, PlantedStepUNet, planted_region
+
+from conftest import make_module
+from diffprobe.capture.attention import record_attention
+from diffprobe.capture.gradients import block_layers, capture_outputs
+from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc, random_saliency
+from diffprobe.explain.cam import df_cam
+from diffprobe.explain.model import Prompt, from_parts
+from diffprobe.explain.relevance import relevance_over_run, token_relevance
+from diffprobe.explain.rise import df_rise, random_masks
+from diffprobe.explain.run import explain_step, normalise_map, predict_prev
+from diffprobe.explain.similarity import similarity_map
+
+REGION = planted_region()
+CAPTION = "a large red solid circle at the top left on a navy background"
+
+
+@pytest.fixture(scope="module")
+def planted_step():
+    model = from_parts(PlantedStepUNet(), SCHEDULER_CONFIG)
+    return model, explain_step(model, seed=0, num_inference_steps=20, step=15)
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    torch.manual_seed(0)
+    module = make_module(conditional=True)
+    model = from_parts(module.unet, module.scheduler.config, module.caption_encoder, guidance_scale=3.0)
+    prompt = model.prompt(CAPTION)
+    return model, prompt, explain_step(model, prompt=prompt, num_inference_steps=6, step=3)
+
+
+def _state(unet):
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in unet.modules())
+    processors = {name: id(m.processor) for name, m in unet.named_modules() if hasattr(m, "processor")}
+    return hooks, processors, unet.training, [p.requires_grad for p in unet.parameters()], torch.is_grad_enabled()
+
+
+def test_explained_step_is_a_deterministic_ddim_step(planted_step):
+    model, step = planted_step
+    assert step.timesteps[step.index] == step.t == 200
+    assert torch.equal(predict_prev(model, step, step.x_t), step.x_prev)
+    assert torch.allclose(step.x_prev, model.unet.planted_prev(step.x_t), atol=1e-5)
+    again = explain_step(model, seed=0, num_inference_steps=20, step=15)
+    assert torch.equal(again.x_t, step.x_t) and torch.equal(again.final, step.final)
+
+
+def test_step_outside_the_run_and_prompt_errors(planted_step):
+    model, _ = planted_step
+    with pytest.raises(ValueError, match="step 20 is outside the run.*0..19"):
+        explain_step(model, num_inference_steps=20, step=20)
+    with pytest.raises(ValueError, match="takes no prompt"):
+        model.prompt("a red circle")
+
+
+def test_similarity_maps_are_one_for_identical_inputs_and_lower_for_noise():
+    target = torch.randn(1, 3, 16, 16)
+    for kind in ("structure", "contrast", "luminance", "ssim", "cosine"):
+        same = similarity_map(target, target, kind)
+        assert same.shape == (1, 16, 16)
+        expected = 2.0 if kind == "structure" else 1.0  # the paper's structure term carries a factor 2
+        assert torch.allclose(same, torch.full_like(same, expected), atol=0.02), kind
+    noisy = similarity_map(target + 2 * torch.randn(4, 3, 16, 16), target, "ssim")
+    assert noisy.mean() < 0.6
+
+
+def test_masks_keep_the_asked_fraction_and_grid_masks_are_smooth():
+    generator = torch.Generator().manual_seed(0)
+    masks = random_masks(200, (16, 16), 0.3, generator)
+    assert masks.shape == (200, 1, 16, 16) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert abs(masks.mean().item() - 0.3) < 0.02
+    grid = random_masks(50, (16, 16), 0.5, generator, grid=4)
+    assert grid.shape == (50, 1, 16, 16) and 0 < grid.mean() < 1
+    assert len(grid.unique()) > 2  # bilinear upsampling: soft masks
+
+
+@pytest.mark.parametrize("grid", [None, 4])
+def test_rise_concentrates_in_the_planted_region(planted_step, grid):
+    model, step = planted_step
+    before = _state(model.unet)
+    saliency = normalise_map(df_rise(model, step, num_masks=300, grid=grid, batch_size=64).saliency)
+    assert saliency.shape == (16, 16) and torch.isfinite(saliency).all()
+    assert saliency[REGION].mean() > saliency[~REGION].mean() + 0.08
+    assert _state(model.unet) == before
+
+
+def test_rise_is_batched_without_changing_the_result(planted_step):
+    model, step = planted_step
+    one = df_rise(model, step, num_masks=20, batch_size=1, seed=3).saliency
+    many = df_rise(model, step, num_masks=20, batch_size=20, seed=3).saliency
+    assert torch.allclose(one, many, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown similarity"):
+        df_rise(model, step, similarity="psnr")
+
+
+def test_cam_lights_up_the_planted_block_region():
+    model = from_parts(PlantedBlockUNet(), SCHEDULER_CONFIG)
+    step = explain_step(model, seed=0, num_inference_steps=20, step=15)
+    before = _state(model.unet)
+    result = df_cam(model, step)
+    assert list(result.layer_maps) == ["down_blocks.0.resnets.0"]
+    assert result.total[REGION].min() > 0.5 and result.total[~REGION].max() == 0
+    assert _state(model.unet) == before
+    assert all(p.grad is None for p in model.unet.parameters())
+
+
+def test_cam_every_block_of_a_conditional_unet_with_cfg(conditional):
+    model, _, step = conditional
+    before = _state(model.unet)
+    result = df_cam(model, step)
+    assert list(result.layer_maps) == block_layers(model.unet)
+    kinds = {name.split(".")[-2] for name in result.layer_maps}
+    assert kinds == {"resnets", "attentions", "downsamplers", "upsamplers"} and len(result.layer_maps) == 14
+    assert all(m.shape == (16, 16) and torch.isfinite(m).all() and m.max() <= 1 for m in result.layer_maps.values())
+    assert any(m.max() > 0 for m in result.layer_maps.values())
+    assert _state(model.unet) == before
+    with pytest.raises(ValueError, match="unknown layer.*block layers are"):
+        df_cam(model, step, layers=["down_blocks.9"])
+
+
+def test_block_layers_run_in_forward_order(conditional):
+    model, prompt, step = conditional
+    names = block_layers(model.unet)
+    seen = []
+    with capture_outputs(model.unet, names) as outputs:
+        hooks = [dict(model.unet.named_modules())[n].register_forward_hook(lambda m, a, o, n=n: seen.append(n)) for n in names]
+        model.guided(step.x_t, step.t, prompt)
+        for hook in hooks:
+            hook.remove()
+    assert seen[: len(names)] == names and set(outputs) == set(names)
+
+
+def test_perfect_saliency_beats_random_on_the_planted_case(planted_step):
+    model, step = planted_step
+    perfect = REGION.float() + 0.01 * torch.rand(16, 16)
+    random = torch.stack([causal_curve(model, step, random_saliency((16, 16), seed), mode="insertion") for seed in range(3)])
+    insertion_perfect = normalised_auc(causal_curve(model, step, perfect, mode="insertion")[None]).auc
+    assert better_auc("insertion", "mse") == "lower"
+    assert insertion_perfect < normalised_auc(random).auc - 0.2
+    deletion = causal_curve(model, step, perfect, mode="deletion", score="ssim")
+    deletion_random = causal_curve(model, step, random_saliency((16, 16), 0), mode="deletion", score="ssim")
+    assert better_auc("deletion", "ssim") == "lower"
+    assert normalised_auc(deletion[None]).auc < normalised_auc(deletion_random[None]).auc
+
+
+def test_causal_curve_ends_at_the_target_and_rejects_a_wrong_map(planted_step):
+    model, step = planted_step
+    curve = causal_curve(model, step, random_saliency((16, 16), 0), mode="insertion", stride=64)
+    assert curve.shape == (5,)  # 0, 64, 128, 192, 256 positions inserted
+    assert curve[-1] < 1e-10 < curve[0]  # all of x_t back in: exactly the true x_{t-1}
+    summary = normalised_auc(torch.stack([curve, curve]))
+    assert summary.curve[0] == 1 and summary.curve[-1] == 0 and 0 < summary.auc < 1
+    with pytest.raises(ValueError, match="resize the map"):
+        causal_curve(model, step, torch.rand(8, 8))
+
+
+def test_differentiable_attention_records_graph_probabilities(conditional):
+    model, prompt, step = conditional
+    plain = model.guided(step.x_t, step.t, prompt)
+    with torch.enable_grad(), record_attention(model.unet, differentiable=True) as records:
+        traced_out = model.guided(step.x_t.clone().requires_grad_(True), step.t, prompt)
+        traced = records["down_blocks.1.attentions.0.transformer_blocks.0.attn2"][-1]
+        (grad,) = torch.autograd.grad(traced_out.sum(), traced.probs)
+    assert torch.allclose(traced_out, plain, atol=1e-5)
+    assert traced.split().shape == (2, traced.heads, 64, 16)  # CFG batch, heads, 8x8 queries, 16 tokens
+    assert torch.allclose(traced.split().sum(-1), torch.ones(()), atol=1e-5)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differentiable recording"):
+        with record_attention(model.unet, differentiable=True, keep_heads=True):
+            pass
+
+
+def test_relevance_goes_to_the_only_token_that_carries_information(conditional):
+    model, prompt, step = conditional
+    condition = torch.zeros_like(prompt.condition)
+    condition[0, 4] = 3 * torch.randn(condition.shape[-1])  # only "circle" has a non-zero value vector
+    planted = Prompt(text=prompt.text, condition=condition, uncondition=torch.zeros_like(condition), tokens=prompt.tokens, words=prompt.words)
+    before = _state(model.unet)
+    result = token_relevance(model, step.x_t, step.t, planted)
+    assert result.words[4] == "circle"
+    assert result.scores[4] == 1 and result.scores.sum() == 1
+    assert _state(model.unet) == before
+
+
+def test_relevance_per_step_over_a_schedule(conditional):
+    model, prompt, _ = conditional
+    run = relevance_over_run(model, prompt, seed=0, timesteps=[80, 40, 10, 0])
+    assert run.timesteps == [80, 40, 10, 0]
+    assert run.scores.shape == (4, len(prompt.words)) == (4, 13)
+    assert torch.isfinite(run.scores).all() and (run.scores.amax(1) == 1).all() and (run.scores.amin(1) == 0).all()
+    assert torch.allclose(run.totals(), run.scores.sum(0))
+
+
+def test_relevance_needs_a_conditional_model(planted_step):
+    model, step = planted_step
+    with pytest.raises(ValueError, match="needs a conditional model"):
+        token_relevance(model, step.x_t, step.t, None)
