@@ -139,21 +139,6 @@ def auc_command(ns: argparse.Namespace) -> Path:
     return outputs.out
 
 
-def token_roles(tokens: list[str], word_roles: list[str]) -> list[str]:
-    """Roles of a prompt's word tokens: learned-token models have one token per word; a CLIP word
-    may be split into several tokens, the last of which ends in ``</w>``."""
-    if len(tokens) == len(word_roles):
-        return list(word_roles)
-    roles, word = [], 0
-    for token in tokens:
-        if word >= len(word_roles):
-            raise SystemExit(f"cannot align tokens {tokens} with {len(word_roles)} words")
-        roles.append(word_roles[word])
-        if token.endswith("</w>"):
-            word += 1
-    return roles
-
-
 def correlation_command(ns: argparse.Namespace) -> Path:
     from diffprobe.explain import correlation
     from diffprobe.explain.relevance import relevance_over_run
@@ -172,19 +157,23 @@ def correlation_command(ns: argparse.Namespace) -> Path:
         per_step = {name: {role: ([], []) for role in role_names} for name in schedules}
         prompts = []
         for subject, relation, obj in ns.triple:
-            text, word_roles = correlation.parse_triple(subject, relation, obj)
+            text = f"{subject} {relation} {obj}"
             prompt = _prompt(model, text)
-            roles = token_roles(prompt.word_tokens, word_roles)
+            try:
+                roles = correlation.parse_triple(text, subject, relation, obj, words=prompt.word_tokens).roles
+            except ValueError as error:
+                raise SystemExit(str(error)) from error
             prompts.append({"prompt": text, "roles": roles})
             for name, timesteps in schedules.items():
                 run = relevance_over_run(model, prompt, seed=ns.seed, timesteps=timesteps)
                 for role, value in correlation.role_totals(run.scores, roles).items():
-                    totals[name][role] += value
+                    if role in totals[name]:  # words outside the three phrases ("other") are not totalled
+                        totals[name][role] += value
                 for role in role_names:
                     columns = [i for i, r in enumerate(roles) if r == role]
                     per_step[name][role][0].extend(run.timesteps)
                     per_step[name][role][1].extend(run.scores[:, columns].sum(1).tolist())
-        spearman = {name: {role: asdict(correlation.spearman(*per_step[name][role])) for role in role_names} for name in schedules}
+        spearman = {name: {role: correlation.spearman(*per_step[name][role]) for role in role_names} for name in schedules}
         numbers.update(prompts=prompts, role_totals=totals, spearman_timestep_vs_role_relevance=spearman)
         bars = {name: [totals[name][role] for role in role_names] for name in schedules}
         outputs.figure("role_totals", viz.grouped_bars(bars, list(role_names), f"relevance by role, {len(prompts)} prompts", "summed relevance"), "explain/correlation/role_totals")
@@ -193,8 +182,8 @@ def correlation_command(ns: argparse.Namespace) -> Path:
                 outputs.scalar(f"explain/correlation/{name}/{role}_total", totals[name][role])
     if ns.probe_results:
         found = correlation.probe_accuracy_correlations(ns.probe_results)
-        numbers["spearman_timestep_vs_probe_accuracy"] = {f"{concept}/{layer}": asdict(value) for (concept, layer), value in found.items()}
-    outputs.save("correlation", numbers)
+        numbers["spearman_timestep_vs_probe_accuracy"] = found
+    outputs.save("correlation", correlation.jsonable(numbers))
     outputs.close()
     print(f"correlations -> {outputs.out}/correlation.json")
     return outputs.out

@@ -7,6 +7,8 @@ Each tool explains one step of a seeded sampling run (:func:`explain_step`) of a
 
 from diffprobe.explain.auc import causal_curve, normalised_auc, random_saliency
 from diffprobe.explain.cam import df_cam
+from diffprobe.explain.correlation import parse_triple, probe_accuracy_correlations, role_totals, spearman
+from diffprobe.explain.lime import lime_saliency
 from diffprobe.explain.model import ExplainModel, Prompt, from_parts
 from diffprobe.explain.relevance import relevance_over_run, token_relevance
 from diffprobe.explain.rise import df_rise
@@ -24,6 +26,11 @@ __all__ = [
     "explain_step",
     "explain_steps",
     "from_parts",
+    "lime_saliency",
+    "parse_triple",
+    "probe_accuracy_correlations",
+    "role_totals",
+    "spearman",
     "normalised_auc",
     "predict_prev",
     "random_saliency",
