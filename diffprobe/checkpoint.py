@@ -8,6 +8,7 @@ An exported unconditional model is a plain ``DDPMPipeline`` folder (``unet/``, `
 from __future__ import annotations
 
 import copy
+import json
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True) -
         unet.save_pretrained(out / "unet")
         scheduler.save_pretrained(out / "scheduler")
         encoder.save_pretrained(out / "caption_encoder")
+        # Sampling settings diffusers' folders have no place for (read back by load_exported).
+        (out / "diffprobe.json").write_text(json.dumps({"guidance_scale": module.hparams.guidance_scale}))
     return out
 
 
@@ -100,6 +103,7 @@ class ExportedModel:
     unet: UNet2DModel | UNet2DConditionModel
     scheduler: DDPMScheduler
     caption_encoder: CaptionEncoder | None
+    guidance_scale: float = 1.0  # the CFG weight the model was trained to sample with (conditional models)
 
 
 def load_exported(folder: str | Path) -> ExportedModel:
@@ -113,4 +117,7 @@ def load_exported(folder: str | Path) -> ExportedModel:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     else:
         unet = UNet2DModel.from_pretrained(folder / "unet")
-    return ExportedModel(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"), caption_encoder=encoder)
+    settings = json.loads((folder / "diffprobe.json").read_text()) if (folder / "diffprobe.json").exists() else {}
+    # Folders exported before diffprobe.json existed: shapes_conditional.yaml's CFG weight.
+    guidance = settings.get("guidance_scale", 3.0 if encoder is not None else 1.0)
+    return ExportedModel(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"), caption_encoder=encoder, guidance_scale=guidance)

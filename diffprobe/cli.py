@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
 from diffprobe.data.module import ImageDataModule
-from diffprobe.explain_cli import add_explain_parsers, apply_config
+from diffprobe.explain_cli import add_explain_parsers, apply_config, apply_repeated
 from diffprobe.module import DiffusionModule
 from diffprobe.offline import add_linear_parser
 
@@ -144,35 +144,6 @@ def _sample_command(ns: argparse.Namespace) -> Path:
     return out
 
 
-def _schedules_command(ns: argparse.Namespace) -> Path:
-    import json
-
-    import torch
-
-    from diffprobe import checkpoint, viz
-    from diffprobe.explain.schedules import compare_schedules, paper_schedules
-
-    module = checkpoint.load_module(ns.ckpt).to(ns.device)
-    out = Path(ns.out)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} exists and is not empty; choose another --out (diffprobe does not overwrite files)")
-    if module.caption_encoder is not None and not ns.caption:
-        raise SystemExit("this checkpoint is a conditional model: give --caption 'a large red solid circle ...'")
-    schedules = paper_schedules(module.scheduler, ns.steps, ns.lam)
-    with torch.no_grad(), module.ema_weights():
-        condition = module.encode_captions([ns.caption]) if ns.caption else None
-        uncondition = module.caption_encoder.unconditional(1) if condition is not None else None
-        images = compare_schedules(module.unet.eval(), module.scheduler, ns.seeds, schedules, condition, uncondition, module.hparams.guidance_scale if ns.guidance is None else ns.guidance)
-    out.mkdir(parents=True, exist_ok=True)
-    grid = torch.cat([images[name] for name in schedules])  # rows: uniform, early, latter
-    viz.save_png(viz.image_grid(grid, columns=len(ns.seeds)), out / "schedules.png", scale=ns.scale)
-    for name, batch in images.items():
-        torch.save(batch, out / f"{name}.pt")
-    (out / "schedules.json").write_text(json.dumps({"seeds": ns.seeds, "caption": ns.caption, "timesteps": schedules}, indent=1))
-    print(f"wrote {out}/schedules.png (rows: {', '.join(schedules)}; columns: seeds {ns.seeds})")
-    return out
-
-
 def probe_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe.py", description="diffprobe tools that run on checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -196,18 +167,6 @@ def probe_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG")
     sample.set_defaults(handler=_sample_command)
-    schedules = commands.add_parser("schedules", help="sample the same seeds under uniform / early / latter timestep schedules")
-    schedules.add_argument("--ckpt", required=True, help="a diffprobe .ckpt file")
-    schedules.add_argument("--out", required=True, help="new folder for schedules.png, .pt images and schedules.json")
-    schedules.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    schedules.add_argument("--steps", type=int, default=30, help="N, steps per schedule (paper: 30)")
-    schedules.add_argument("--lam", type=float, default=60, help="lambda of the exponential schedules (paper: 60)")
-    schedules.add_argument("--caption", help="caption for a conditional model")
-    schedules.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
-    schedules.add_argument("--device", default="cpu")
-    schedules.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG")
-    schedules.set_defaults(handler=_schedules_command)
-
     add_linear_parser(commands)
     parser.explain_parsers = add_explain_parsers(commands)
     return parser
@@ -218,7 +177,7 @@ def probe_main(args: list[str] | None = None):
 
     args = list(sys.argv[1:] if args is None else args)
     parser = probe_parser()
-    if args and args[0] in parser.explain_parsers:
-        apply_config(parser.explain_parsers[args[0]], args)
+    repeated = apply_config(parser.explain_parsers[args[0]], args) if args and args[0] in parser.explain_parsers else {}
     ns = parser.parse_args(args)
+    apply_repeated(ns, repeated)
     return ns.handler(ns)

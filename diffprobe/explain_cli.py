@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,9 +25,13 @@ from diffprobe.explain.model import ExplainModel, from_parts
 # ---- loading ----------------------------------------------------------------------------------
 
 
-def load_explain_model(path: str | Path, *, device: str = "cpu", raw: bool = False, guidance: float | None = None) -> tuple[ExplainModel, int]:
+def load_explain_model(
+    path: str | Path, *, device: str = "cpu", raw: bool = False, guidance: float | None = None, dtype: str = "float32"
+) -> tuple[ExplainModel, int]:
     """(model, global step) from a diffprobe .ckpt, a run directory (its newest checkpoint), a folder
-    written by ``probe.py export``, or a Stable Diffusion folder. EMA weights unless ``raw``."""
+    written by ``probe.py export``, or a Stable Diffusion folder. EMA weights unless ``raw``. The
+    modules loaded here are this command's own: eval mode, frozen. ``dtype``: Stable Diffusion's
+    weights (float16 / bfloat16 halve its memory on a GPU); diffprobe models stay float32."""
     from diffprobe import checkpoint
     from diffprobe.explain.stable_diffusion import DOWNLOAD_HINT, is_stable_diffusion_folder, load_stable_diffusion
 
@@ -37,29 +42,26 @@ def load_explain_model(path: str | Path, *, device: str = "cpu", raw: bool = Fal
             f"or a Stable Diffusion folder: {DOWNLOAD_HINT.format(folder=path)}"
         )
     if path.is_dir() and is_stable_diffusion_folder(path):
-        return load_stable_diffusion(path, guidance_scale=7.5 if guidance is None else guidance, device=device), 0
+        scale = 7.5 if guidance is None else guidance
+        return load_stable_diffusion(path, guidance_scale=scale, device=device, dtype=getattr(torch, dtype)), 0
     if path.is_dir() and (path / "unet" / "config.json").exists():
         exported = checkpoint.load_exported(path)
-        model = from_parts(exported.unet.to(device), exported.scheduler.config, exported.caption_encoder, 3.0 if guidance is None else guidance)
-        if exported.caption_encoder is not None:
-            exported.caption_encoder.to(device)
-        return model, 0
-    ckpt = checkpoint.find_checkpoints(path)[-1] if path.is_dir() else path
-    module = checkpoint.load_module(ckpt).to(device)
-    weights = module.ema_weights() if not raw else _nothing()
-    with weights:  # copies taken inside the swap keep the EMA weights after it ends
-        unet = copy.deepcopy(module.unet)
-        encoder = copy.deepcopy(module.caption_encoder) if module.caption_encoder is not None else None
-    scale = module.hparams.guidance_scale if guidance is None else guidance
-    return from_parts(unet, module.scheduler.config, encoder, scale), module.global_step_at_save
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        unet, encoder, scheduler_config = exported.unet, exported.caption_encoder, exported.scheduler.config
+        scale = exported.guidance_scale if guidance is None else guidance
+        global_step = 0
+    else:
+        ckpt = checkpoint.find_checkpoints(path)[-1] if path.is_dir() else path
+        module = checkpoint.load_module(ckpt)
+        with module.ema_weights() if not raw else nullcontext():  # copies taken inside keep the EMA weights
+            unet = copy.deepcopy(module.unet)
+            encoder = copy.deepcopy(module.caption_encoder) if module.caption_encoder is not None else None
+        scheduler_config = module.scheduler.config
+        scale = module.hparams.guidance_scale if guidance is None else guidance
+        global_step = module.global_step_at_save
+    for part in (unet, encoder):
+        if part is not None:
+            part.to(device).eval().requires_grad_(False)
+    return from_parts(unet, scheduler_config, encoder, scale), global_step
 
 
 # ---- outputs ----------------------------------------------------------------------------------
@@ -70,6 +72,8 @@ class Outputs:
 
     def __init__(self, out: str | Path, run: str | None, global_step: int, scale: int):
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise SystemExit(f"--out {self.out} is a file; give a new folder")
         if self.out.exists() and any(self.out.iterdir()):
             raise SystemExit(f"{self.out} exists and is not empty; choose another --out (diffprobe does not overwrite files)")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,7 @@ class Outputs:
 
     def image(self, name: str, image: torch.Tensor, tag: str | None = None) -> Path:
         """(3, H, W) in [-1, 1]."""
+        image = image.detach().float().cpu()
         path = viz.save_png(viz.to_unit(image), self.out / f"{name}.png", scale=self.scale)
         if self.writer is not None:
             self.writer.add_image(tag or f"explain/{name}", viz.to_unit(image), self.global_step)
@@ -124,16 +129,25 @@ def _step_tag(tool: str, step) -> str:
 def _prepare(ns: argparse.Namespace, validate=None):
     """Model, the explained step and the outputs shared by rise / cam / lime; ``validate(model)``
     checks tool settings against the model before the sampling run."""
-    from diffprobe.explain.run import check_step, explain_step
+    from diffprobe.explain.run import explain_step
 
-    check_step(ns.step, ns.steps)  # before loading anything
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance)
+    check_run_step(ns)  # before loading anything
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
     prompt = _prompt(model, ns.prompt)
     if validate is not None:
         validate(model)
     outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
     step = explain_step(model, prompt=prompt, seed=ns.seed, num_inference_steps=ns.steps, step=ns.step)
     return model, step, outputs
+
+
+def check_run_step(ns: argparse.Namespace) -> None:
+    from diffprobe.explain.run import check_step
+
+    try:
+        check_step(ns.step, ns.steps)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
 
 
 def _prompt(model: ExplainModel, text):
@@ -199,11 +213,14 @@ def lime_command(ns: argparse.Namespace) -> Path:
 
     model, step, outputs = _prepare(ns)
     started = time.perf_counter()
-    result = lime_saliency(model, step, num_samples=ns.samples, kernel_width=ns.kernel_width, response=ns.response, batch_size=ns.batch_size, seed=ns.seed, top_k=ns.top, progress=True)
+    result = lime_saliency(
+        model, step, num_samples=ns.samples, kernel_width=ns.kernel_width, response=ns.response, kernel_size=ns.kernel_size, max_dist=ns.max_dist,
+        ratio=ns.ratio, batch_size=ns.batch_size, seed=ns.seed, top_k=ns.top, progress=True,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     tag = _step_tag("lime", step)
     outputs.overlays("lime", normalise_map(result.saliency), model, step, tag)
-    target = model.decode(step.x_prev)[0]
+    target = model.decode(step.x_prev)[0].cpu()
     top = torch.isin(result.image_segments, torch.as_tensor(result.top_segments))
     outputs.image("lime_top", torch.where(top, target, torch.full_like(target, -1)), f"{tag}/top_segments")
     numbers = {**_step_numbers(step, seconds), "samples": ns.samples, "kernel_width": ns.kernel_width, "response": ns.response, "top_segments": [int(s) for s in result.top_segments]}
@@ -217,28 +234,42 @@ def lime_command(ns: argparse.Namespace) -> Path:
 # ---- flags ------------------------------------------------------------------------------------
 
 
-def _common(single_prompt: bool = True) -> argparse.ArgumentParser:
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _common(single_prompt: bool = True, run_flags: bool = True) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ckpt", required=True, help="a diffprobe .ckpt or run directory, a 'probe.py export' folder, or a Stable Diffusion folder")
     common.add_argument("--out", required=True, help="new folder for the PNGs, .pt maps and JSON")
     common.add_argument("--config", help="YAML whose keys set these flags' defaults (configs/probe/*.yaml: the paper's settings)")
     if single_prompt:
         common.add_argument("--prompt", help="prompt of a conditional model (ConceptShapes caption or Stable Diffusion text)")
-    common.add_argument("--seed", type=int, default=0, help="seed of the sampling run")
-    common.add_argument("--steps", type=int, default=20, help="DDIM sampling steps of the run (paper: 20)")
-    common.add_argument("--step", type=int, default=15, help="0-based index of the explained step in the run (paper: 15)")
+    if run_flags:
+        common.add_argument("--seed", type=int, default=0, help="seed of the sampling run")
+        common.add_argument("--steps", type=positive, default=20, help="DDIM sampling steps of the run (paper: 20)")
+        common.add_argument("--step", type=int, default=15, help="0-based index of the explained step in the run, 0 = most noisy (paper: 15)")
     common.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's; Stable Diffusion 7.5)")
     common.add_argument("--raw", action="store_true", help="raw instead of EMA weights (diffprobe checkpoints)")
     common.add_argument("--run", help="a run directory whose TensorBoard gets the images and numbers too")
     common.add_argument("--device", default="cpu")
+    common.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="Stable Diffusion weights' dtype (GPU: float16)")
     common.add_argument("--scale", type=int, default=8, help="upscale factor of the PNGs")
     return common
 
 
-def _schedule_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schedules", nargs="+", default=["uniform", "early", "latter"], choices=["uniform", "early", "latter"])
-    parser.add_argument("--schedule-steps", type=int, default=30, help="N, steps per schedule (paper: 30)")
+def _schedule_flags(parser: argparse.ArgumentParser, steps_alias: bool = False) -> None:
+    parser.add_argument("--schedules", nargs="+", default=["uniform", "early", "latter"], choices=["uniform", "early", "latter", "window"])
+    names = ["--schedule-steps", "--steps"] if steps_alias else ["--schedule-steps"]
+    parser.add_argument(*names, dest="schedule_steps", type=positive, default=30, help="N, steps of the uniform / early / latter schedules (paper: 30)")
     parser.add_argument("--lam", type=float, default=60, help="lambda of the exponential schedules (paper: 60)")
+    parser.add_argument("--window-start", type=int, default=400, help="window schedule: steps packed in [start, start + width]")
+    parser.add_argument("--window-width", type=int, default=200)
+    parser.add_argument("--window-steps", type=positive, default=20, help="window schedule: steps inside the window")
+    parser.add_argument("--window-uniform-steps", type=positive, default=10, help="window schedule: evenly spread steps besides the window")
 
 
 def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
@@ -248,13 +279,13 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
 
     parsers = {}
     rise = parsers["rise"] = commands.add_parser("rise", parents=[_common()], help="DF-RISE: which regions of x_t the step recovers (R1)")
-    rise.add_argument("--masks", type=int, default=500, help="number of random masks N (paper: 500)")
+    rise.add_argument("--masks", type=positive, default=500, help="number of random masks N (paper: 500)")
     rise.add_argument("--keep", type=float, default=0.5, help="probability p that a mask keeps a position")
     rise.add_argument("--similarity", choices=SIMILARITIES, default="structure", help="per-position score vs x_{t-1} (paper: SSIM structure term)")
     rise.add_argument("--grid", type=int, default=None, help="RISE grid masks of this many cells per side (default: per-position masks)")
     rise.add_argument("--window", type=int, default=15, help="SSIM Gaussian window size")
     rise.add_argument("--sigma", type=float, default=1.5, help="SSIM Gaussian sigma")
-    rise.add_argument("--batch-size", type=int, default=64, help="masked copies per UNet call")
+    rise.add_argument("--batch-size", type=positive, default=64, help="masked copies per UNet call")
     rise.set_defaults(handler=rise_command)
 
     cam = parsers["cam"] = commands.add_parser("cam", parents=[_common()], help="DF-CAM: Grad-CAM at every UNet block (R2)")
@@ -262,12 +293,23 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     cam.set_defaults(handler=cam_command)
 
     lime = parsers["lime"] = commands.add_parser("lime", parents=[_common()], help="LIME baseline on quickshift superpixels")
-    lime.add_argument("--samples", type=int, default=1000, help="K perturbations (paper: 1000)")
+    lime.add_argument("--samples", type=positive, default=1000, help="K perturbations (paper: 1000)")
     lime.add_argument("--kernel-width", type=float, default=0.25, help="width of LIME's cosine-distance kernel")
     lime.add_argument("--response", choices=["mean", "similarity"], default="mean", help="'mean' of the predicted x_{t-1} (paper) or its similarity to the true one")
     lime.add_argument("--top", type=int, default=5, help="superpixels shown in lime_top.png")
-    lime.add_argument("--batch-size", type=int, default=64)
+    lime.add_argument("--kernel-size", type=float, default=None, help="quickshift kernel size (default: min(H, W) / 16 in [1, 4])")
+    lime.add_argument("--max-dist", type=float, default=10.0, help="quickshift max_dist (LIME's own 200 suits 512-px images)")
+    lime.add_argument("--ratio", type=float, default=0.2, help="quickshift colour/space ratio (LIME's 0.2)")
+    lime.add_argument("--batch-size", type=positive, default=64)
     lime.set_defaults(handler=lime_command)
+
+    schedules = parsers["schedules"] = commands.add_parser(
+        "schedules", parents=[_common(run_flags=False)], help="sample the same seeds under uniform / early / latter (/ window) timestep schedules"
+    )
+    schedules.add_argument("--caption", dest="prompt", help="alias of --prompt")
+    schedules.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one image per seed and schedule")
+    _schedule_flags(schedules, steps_alias=True)
+    schedules.set_defaults(handler=explain_runs.schedules_command)
 
     relevance = parsers["relevance"] = commands.add_parser("relevance", parents=[_common()], help="token relevance per step under uniform / early / latter schedules")
     _schedule_flags(relevance)
@@ -276,13 +318,13 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     auc = parsers["auc"] = commands.add_parser("auc", parents=[_common(single_prompt=False)], help="insertion / deletion AUC of saliency methods vs random")
     auc.add_argument("--prompt", action="append", help="prompt(s) of a conditional model, cycled over the inputs (repeat the flag)")
     auc.add_argument("--shapes-captions", action="store_true", help="prompts: ConceptShapes test captions (conditional ConceptShapes models)")
-    auc.add_argument("--inputs", type=int, default=8, help="number of inputs (seeds from --seed) the curves are averaged over")
+    auc.add_argument("--inputs", type=positive, default=8, help="number of inputs (seeds from --seed) the curves are averaged over")
     auc.add_argument("--methods", nargs="+", default=["rise", "cam", "lime", "random"], choices=["rise", "cam", "lime", "random"])
     auc.add_argument("--score", choices=["mse", "ssim", "cosine"], default="mse", help="score of each state vs the true x_{t-1}")
-    auc.add_argument("--stride", type=int, default=None, help="positions moved per state (default: 1/32 of them)")
-    auc.add_argument("--masks", type=int, default=500, help="DF-RISE masks")
-    auc.add_argument("--samples", type=int, default=1000, help="LIME samples")
-    auc.add_argument("--batch-size", type=int, default=64)
+    auc.add_argument("--stride", type=positive, default=None, help="positions moved per state (default: 1/32 of them)")
+    auc.add_argument("--masks", type=positive, default=500, help="DF-RISE masks")
+    auc.add_argument("--samples", type=positive, default=1000, help="LIME samples")
+    auc.add_argument("--batch-size", type=positive, default=64)
     auc.set_defaults(handler=explain_runs.auc_command)
 
     correlation = parsers["correlation"] = commands.add_parser(
@@ -297,28 +339,50 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
         "groundtruth", parents=[_common(single_prompt=False)], help="R1 / R2 against ConceptShapes' ground truth (conditional ConceptShapes models)"
     )
     truth.add_argument("--prompt", action="append", help="captions to sample (default: --inputs ConceptShapes test captions)")
-    truth.add_argument("--inputs", type=int, default=8, help="number of ConceptShapes test captions (one run each)")
-    truth.add_argument("--masks", type=int, default=200, help="DF-RISE masks per step")
-    truth.add_argument("--batch-size", type=int, default=64)
+    truth.add_argument("--inputs", type=positive, default=8, help="number of ConceptShapes test captions (one run each)")
+    truth.add_argument("--masks", type=positive, default=200, help="DF-RISE masks per step")
+    truth.add_argument("--batch-size", type=positive, default=64)
     truth.add_argument("--mask-threshold", type=float, default=0.15, help="colour distance from the background that counts as object")
     truth.set_defaults(handler=explain_runs.groundtruth_command)
     return parsers
 
 
-def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> None:
-    """``--config file.yaml``: its keys (flag names, '-' or '_') become the parser's defaults."""
-    if "--config" not in args:
-        return
-    path = Path(args[args.index("--config") + 1])
+def _config_path(args: list[str]) -> Path | None:
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return Path(args[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> dict:
+    """``--config file.yaml``: its keys (flag names, '-' or '_') become the parser's defaults.
+
+    Returns the settings of repeatable flags (``--prompt``, ``--triple``): argparse would append
+    command-line values to a list default, so they are applied after parsing, and only when the
+    command line gives none (a flag always replaces the config's value)."""
+    path = _config_path(args)
+    if path is None:
+        return {}
     if not path.is_file():
         raise SystemExit(f"--config {path} does not exist")
     values = yaml.safe_load(path.read_text()) or {}
-    known = {action.dest for action in parser._actions}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path} must hold a mapping of flag names to values, e.g. 'masks: 500'")
+    actions = {action.dest: action for action in parser._actions}
     settings = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(set(settings) - set(actions) - {"help", "handler"})
     if unknown:
-        raise SystemExit(f"{path}: unknown setting(s) {unknown}; valid: {sorted(known - {'help', 'handler'})}")
-    for action in parser._actions:  # a config may satisfy a required flag
-        if action.dest in settings:
-            action.required = False
-    parser.set_defaults(**settings)
+        raise SystemExit(f"{path}: unknown setting(s) {unknown}; valid: {sorted(set(actions) - {'help', 'handler', 'config'})}")
+    repeated = {dest: value for dest, value in settings.items() if isinstance(actions[dest], argparse._AppendAction)}
+    for dest in settings:
+        actions[dest].required = False  # a config may satisfy a required flag
+    parser.set_defaults(**{dest: value for dest, value in settings.items() if dest not in repeated})
+    return repeated
+
+
+def apply_repeated(ns: argparse.Namespace, repeated: dict) -> None:
+    for dest, value in repeated.items():
+        if getattr(ns, dest) is None:
+            setattr(ns, dest, value)

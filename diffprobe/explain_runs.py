@@ -11,23 +11,44 @@ from pathlib import Path
 import torch
 
 from diffprobe import diffusion, viz
-from diffprobe.explain_cli import Outputs, _prompt, load_explain_model
+from diffprobe.explain_cli import Outputs, _prompt, check_run_step, load_explain_model
 
 
 def _schedules(model, ns: argparse.Namespace) -> dict[str, list[int]]:
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    window = dict(uniform_steps=ns.window_uniform_steps, window_steps=ns.window_steps, start=ns.window_start, width=ns.window_width)
     try:
-        return {kind: diffusion.schedule_timesteps(kind, scheduler, ns.schedule_steps, ns.lam) for kind in ns.schedules}
+        return {kind: diffusion.schedule_timesteps(kind, scheduler, ns.schedule_steps, ns.lam, **window) for kind in ns.schedules}
     except ValueError as error:
         raise SystemExit(str(error)) from error
+
+
+def schedules_command(ns: argparse.Namespace) -> Path:
+    from diffprobe.explain.schedules import schedule_images
+
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
+    prompt = _prompt(model, ns.prompt)
+    schedules = _schedules(model, ns)
+    outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
+    started = time.perf_counter()
+    images = schedule_images(model, prompt, ns.seeds, schedules)
+    seconds = time.perf_counter() - started
+    grid = torch.cat([images[name] for name in schedules])  # rows: schedules, columns: seeds
+    outputs.image("schedules", viz.image_grid(grid, columns=len(ns.seeds)) * 2 - 1, "explain/schedules/images")
+    for name, batch in images.items():
+        torch.save(batch, outputs.out / f"{name}.pt")
+    outputs.save("schedules", {"seeds": ns.seeds, "prompt": ns.prompt, "timesteps": schedules, "seconds": round(seconds, 3)})
+    outputs.close()
+    print(f"wrote {outputs.out}/schedules.png (rows: {', '.join(schedules)}; columns: seeds {ns.seeds})")
+    return outputs.out
 
 
 def relevance_command(ns: argparse.Namespace) -> Path:
     from diffprobe.explain.relevance import relevance_over_run
 
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance)
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
     if not model.conditional:
         raise SystemExit("token relevance needs a conditional model (tokens to be relevant); this checkpoint is unconditional")
     prompt = _prompt(model, ns.prompt)
@@ -98,10 +119,10 @@ def method_saliency(method: str, model, step, ns: argparse.Namespace, seed: int)
 
 def auc_command(ns: argparse.Namespace) -> Path:
     from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc
-    from diffprobe.explain.run import check_step, explain_step
+    from diffprobe.explain.run import explain_step
 
-    check_step(ns.step, ns.steps)
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance)
+    check_run_step(ns)
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
     inputs = _inputs(model, ns)
     outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
     modes = ("insertion", "deletion")
@@ -146,7 +167,7 @@ def correlation_command(ns: argparse.Namespace) -> Path:
     if not ns.triple and not ns.probe_results:
         raise SystemExit("give --triple SUBJECT RELATION OBJECT (repeat for several prompts) and/or --probe-results probes.csv")
     numbers: dict = {}
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance) if ns.triple else (None, 0)
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype) if ns.triple else (None, 0)
     if ns.triple and not model.conditional:
         raise SystemExit("relevance correlations need a conditional model; for an unconditional one give only --probe-results")
     outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
@@ -155,6 +176,7 @@ def correlation_command(ns: argparse.Namespace) -> Path:
         role_names = ("subject", "relation", "object")
         totals = {name: {role: 0.0 for role in role_names} for name in schedules}
         per_step = {name: {role: ([], []) for role in role_names} for name in schedules}
+        per_prompt: list[dict] = []
         prompts = []
         for subject, relation, obj in ns.triple:
             text = f"{subject} {relation} {obj}"
@@ -171,10 +193,17 @@ def correlation_command(ns: argparse.Namespace) -> Path:
                         totals[name][role] += value
                 for role in role_names:
                     columns = [i for i, r in enumerate(roles) if r == role]
+                    role_relevance = run.scores[:, columns].sum(1).tolist()
                     per_step[name][role][0].extend(run.timesteps)
-                    per_step[name][role][1].extend(run.scores[:, columns].sum(1).tolist())
+                    per_step[name][role][1].extend(role_relevance)
+                    per_prompt.append({"prompt": text, "schedule": name, "role": role, "rho": correlation.spearman(run.timesteps, role_relevance).rho})
         spearman = {name: {role: correlation.spearman(*per_step[name][role]) for role in role_names} for name in schedules}
         numbers.update(prompts=prompts, role_totals=totals, spearman_timestep_vs_role_relevance=spearman)
+        numbers["spearman_note"] = (
+            "(t, relevance) pairs are pooled over the prompts' runs, which share their timesteps; the p-values treat the pairs "
+            "as independent, so read them as descriptive. spearman_per_prompt has one rho per prompt."
+        )
+        numbers["spearman_per_prompt"] = per_prompt
         bars = {name: [totals[name][role] for role in role_names] for name in schedules}
         outputs.figure("role_totals", viz.grouped_bars(bars, list(role_names), f"relevance by role, {len(prompts)} prompts", "summed relevance"), "explain/correlation/role_totals")
         for name in schedules:
@@ -193,7 +222,7 @@ def groundtruth_command(ns: argparse.Namespace) -> Path:
     from diffprobe.data.shapes import CONCEPT_NAMES, ConceptShapes
     from diffprobe.explain.groundtruth import measure
 
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance)
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
     if not model.conditional:
         raise SystemExit("the ground-truth measurement needs a conditional ConceptShapes model (e.g. configs/shapes_conditional.yaml)")
     captions = list(ns.prompt or [])

@@ -30,7 +30,7 @@ def planted_step():
 @pytest.fixture(scope="module")
 def conditional():
     torch.manual_seed(0)
-    module = make_module(conditional=True)
+    module = make_module(conditional=True).eval()
     model = from_parts(module.unet, module.scheduler.config, module.caption_encoder, guidance_scale=3.0)
     prompt = model.prompt(CAPTION)
     return model, prompt, explain_step(model, prompt=prompt, num_inference_steps=6, step=3)
@@ -201,3 +201,35 @@ def test_relevance_needs_a_conditional_model(planted_step):
     model, step = planted_step
     with pytest.raises(ValueError, match="needs a conditional model"):
         token_relevance(model, step.x_t, step.t, None)
+
+
+def test_cam_combines_cfg_halves_as_unconditional_plus_w_times_difference(conditional):
+    model, prompt, step = conditional
+    layer = "mid_block.resnets.0"
+    with torch.enable_grad(), capture_outputs(model.unet, [layer]) as outputs:
+        eps = model.guided(step.x_t.clone().requires_grad_(True), step.t, prompt)
+        (grad,) = torch.autograd.grad(eps.sum(), outputs[layer])
+    both, w = outputs[layer].detach(), model.guidance_scale
+    activation = both[:1] + w * (both[1:] - both[:1])  # uncond first, cond second
+    gradient = grad[:1] + w * (grad[1:] - grad[:1])
+    expected = (gradient.mean((2, 3), keepdim=True) * activation).sum(1)[0].clamp_min(0)
+    expected = normalise_map(torch.nn.functional.interpolate(expected[None, None], size=(16, 16), mode="bilinear")[0, 0])
+    assert torch.allclose(df_cam(model, step, layers=[layer]).layer_maps[layer], expected, atol=1e-5)
+
+
+def test_chefer_rules_on_hand_worked_matrices():
+    from diffprobe.explain.relevance import _normalised, chain_relevance, text_relevance
+
+    assert torch.allclose(_normalised(torch.tensor([[2.0, 1.0], [0.0, 3.0]])), torch.tensor([[1.5, 0.5], [0.0, 2.0]]))
+    self_attention = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    cross = torch.eye(2)
+    # R_ii = I + A = [[1.5, .5], [0, 2]] (already normalised); R_iq = R_ii^T A_cross R_qq = [[1.5, 0], [.5, 2]]
+    r_iq = chain_relevance([(False, self_attention), (True, cross)], torch.eye(2))
+    assert torch.allclose(r_iq, torch.tensor([[1.5, 0.0], [0.5, 2.0]]))
+    # a later self-attention moves relevance between positions: R_iq += A R_iq
+    after = chain_relevance([(False, self_attention), (True, cross), (False, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))], torch.eye(2))
+    assert torch.allclose(after, torch.tensor([[2.0, 2.0], [0.5, 2.0]]))
+    probs = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])
+    assert torch.allclose(text_relevance([probs], [torch.ones_like(probs)]), torch.tensor([[2.0, 0.0], [0.5, 1.5]]))
+    with pytest.raises(RuntimeError, match="no gradient reached the text encoder"):
+        text_relevance([probs], [None])

@@ -66,17 +66,34 @@ def test_config_sets_the_papers_defaults_and_flags_override_it(unconditional_run
         probe_main(["rise", "--config", str(bad), "--ckpt", str(unconditional_run), "--out", str(tmp_path / "b")])
 
 
-def test_every_paper_config_parses():
-    from diffprobe.cli import probe_parser
-    from diffprobe.explain_cli import apply_config
+PAPER = {
+    "rise": {"masks": 500, "keep": 0.5, "similarity": "structure", "window": 15, "sigma": 1.5, "steps": 20, "step": 15},
+    "cam": {"steps": 20, "step": 15},
+    "lime": {"samples": 1000, "kernel_width": 0.25, "response": "mean", "top": 5, "steps": 20, "step": 15},
+    "auc": {"masks": 500, "samples": 1000, "steps": 20, "step": 15, "methods": ["rise", "cam", "lime", "random"]},
+    "schedules": {"schedule_steps": 30, "lam": 60, "schedules": ["uniform", "early", "latter"]},
+    "relevance": {"schedule_steps": 30, "lam": 60, "schedules": ["uniform", "early", "latter"]},
+    "correlation": {"schedule_steps": 30, "lam": 60},
+}
 
-    for config in sorted(CONFIGS.glob("*.yaml")):
-        command = {"schedules": "relevance"}.get(config.stem, config.stem)
-        parser = probe_parser()
-        args = [command, "--config", str(config), "--ckpt", "x", "--out", "y"]
-        apply_config(parser.explain_parsers[command], args)
-        ns = parser.parse_args(args)
-        assert ns.steps == 20 or command in ("relevance", "correlation"), config
+
+@pytest.mark.parametrize("command", sorted(PAPER))
+def test_paper_configs_set_the_papers_settings(command):
+    from diffprobe.cli import probe_parser
+    from diffprobe.explain_cli import apply_config, apply_repeated
+
+    config = CONFIGS / ("schedules.yaml" if command == "relevance" else f"{command}.yaml")
+    parser = probe_parser()
+    args = [command, f"--config={config}", "--ckpt", "x", "--out", "y"]
+    repeated = apply_config(parser.explain_parsers[command], args)
+    ns = parser.parse_args(args)
+    apply_repeated(ns, repeated)
+    assert {key: getattr(ns, key) for key in PAPER[command]} == PAPER[command]
+    if command == "correlation":
+        assert len(ns.triple) == 4 and ns.triple[0] == ["a large red solid circle", "at the top left on", "a navy background"]
+        ns = parser.parse_args([*args, "--triple", "a", "b", "c"])
+        apply_repeated(ns, repeated)
+        assert ns.triple == [["a", "b", "c"]], "a flag replaces the config's list, it does not append to it"
 
 
 def test_auc_compares_methods_with_random(unconditional_run, tmp_path):
@@ -104,13 +121,19 @@ def test_conditional_commands_on_a_checkpoint_and_its_export(conditional_run, tm
     numbers = json.loads((out / "relevance.json").read_text())
     assert set(numbers["schedules"]) == {"uniform", "early", "latter"}
     early = numbers["schedules"]["early"]
-    assert len(early["timesteps"]) == 4 and len(early["scores"][0]) == len(numbers["words"]) == 13
-    assert early["totals"] == pytest.approx(torch.tensor(early["scores"]).sum(0).tolist())
+    assert early["timesteps"] == [99, 87, 74, 49] and len(early["scores"][0]) == len(numbers["words"]) == 13
+    assert numbers["words"][4] == "circle"
     assert {"relevance_curves.png", "relevance_totals.png", "relevance_images.png"} <= {p.name for p in out.iterdir()}
 
     exported = probe_main(["export", "--ckpt", str(conditional_run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "export")])
     out = probe_main(["cam", "--ckpt", str(exported), "--out", str(tmp_path / "cam"), "--prompt", CAPTION, *FAST])
     assert torch.load(out / "cam.pt")["total"].shape == (16, 16)
+    from_ckpt = probe_main(["cam", "--ckpt", str(conditional_run), "--out", str(tmp_path / "cam2"), "--prompt", CAPTION, *FAST])
+    assert torch.allclose(torch.load(out / "cam.pt")["total"], torch.load(from_ckpt / "cam.pt")["total"], atol=1e-5), "export keeps weights and CFG scale"
+    out = probe_main(["schedules", "--ckpt", str(exported), "--out", str(tmp_path / "sched"), "--prompt", CAPTION, "--seeds", "0", "--steps", "3"])
+    out = probe_main(["schedules", "--ckpt", str(exported), "--out", str(tmp_path / "win"), "--caption", CAPTION, "--seeds", "0", "1", "--schedules", "window", "--window-steps", "3", "--window-uniform-steps", "2", "--window-start", "40", "--window-width", "20"])
+    info = json.loads((out / "schedules.json").read_text())
+    assert info["timesteps"]["window"] == [99, 60, 50, 40, 0] and torch.load(out / "window.pt").shape == (2, 3, 16, 16)
 
     triples = ["--triple", "a large red solid circle", "at the top left on", "a navy background"]
     out = probe_main(["correlation", "--ckpt", str(conditional_run), "--out", str(tmp_path / "corr"), *triples, "--schedule-steps", "4", "--lam", "3"])
@@ -143,7 +166,9 @@ def test_every_tool_runs_on_a_tiny_stable_diffusion(tiny_sd, tmp_path):
     out = probe_main(["relevance", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "rel"), *prompt, "--schedule-steps", "3", "--lam", "3", "--scale", "1"])
     numbers = json.loads((out / "relevance.json").read_text())
     assert numbers["words"] == ["a</w>", "red</w>", "cat</w>"]
-    assert all(max(row) == 1 for row in numbers["schedules"]["uniform"]["scores"])
+    assert len(numbers["schedules"]["latter"]["scores"]) == 3
+    out = probe_main(["schedules", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "sched"), *prompt, "--seeds", "0", "1", "--steps", "3", "--lam", "3"])
+    assert torch.load(out / "early.pt").shape == (2, 3, 16, 16)  # decoded by the VAE
     out = probe_main(["auc", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "auc"), *prompt, "--inputs", "1", "--masks", "8", "--samples", "16", "--stride", "16", *FAST])
     assert set(json.loads((out / "auc.json").read_text())["methods"]) == {"rise", "cam", "lime", "random"}
     triples = ["--triple", "a red cat", "on", "the mat"]
@@ -151,8 +176,8 @@ def test_every_tool_runs_on_a_tiny_stable_diffusion(tiny_sd, tmp_path):
     assert json.loads((out / "correlation.json").read_text())["prompts"][0]["roles"] == ["subject"] * 3 + ["relation"] + ["object"] * 2
 
 
-def test_bad_input_gets_a_clear_error_before_work(unconditional_run, conditional_run, tmp_path):
-    with pytest.raises(ValueError, match="step 9 is outside the run"):
+def test_bad_input_gets_a_clear_error_before_work(unconditional_run, conditional_run, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="step 9 is outside the run"):
         probe_main(["rise", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "a"), "--steps", "4", "--step", "9"])
     assert not (tmp_path / "a").exists()
     with pytest.raises(SystemExit, match="takes no prompt"):
@@ -165,6 +190,11 @@ def test_bad_input_gets_a_clear_error_before_work(unconditional_run, conditional
         probe_main(["relevance", "--ckpt", str(tmp_path / "stable-diffusion-v1-4"), "--out", str(tmp_path / "e"), "--prompt", "a cat"])
     with pytest.raises(SystemExit, match="needs a conditional model"):
         probe_main(["relevance", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "f")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        probe_main(["auc", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "g"), "--inputs", "0"])
+    assert "--inputs: must be a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
     with pytest.raises(SystemExit, match="not empty"):

@@ -193,3 +193,30 @@ def test_without_transformers_says_what_to_install(sd_folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ImportError, match=r"pip install 'diffprobe\[sd\]'"):
         load_stable_diffusion(sd_folder)
+
+
+def test_text_encoder_layers_change_token_relevance(sd):
+    import dataclasses
+
+    from diffprobe.explain.relevance import token_relevance
+
+    prompt = sd.prompt("a red cat")
+    step = explain_step(sd, prompt=prompt, num_inference_steps=4, step=2)
+    with_text = token_relevance(sd, step.x_t, step.t, prompt)
+    identity_text = token_relevance(dataclasses.replace(sd, trace_text_fn=None), step.x_t, step.t, prompt)
+    assert with_text.words == ["a</w>", "red</w>", "cat</w>"]
+    assert not torch.allclose(with_text.raw, identity_text.raw), "the CLIP layers' R_qq must enter the cross-attention rule"
+
+
+def test_bfloat16_weights_run_every_map(sd_folder):
+    from diffprobe.explain.cam import df_cam
+    from diffprobe.explain.relevance import token_relevance
+
+    model = load_stable_diffusion(sd_folder, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    prompt = model.prompt("a red cat")
+    step = explain_step(model, prompt=prompt, num_inference_steps=4, step=2)
+    assert step.x_t.dtype == torch.bfloat16
+    assert torch.isfinite(df_rise(model, step, num_masks=8, batch_size=8).saliency).all()
+    assert torch.isfinite(df_cam(model, step).total).all()
+    assert torch.isfinite(token_relevance(model, step.x_t, step.t, prompt).scores).all()

@@ -76,7 +76,7 @@ class _RecordingProcessor:
         self.differentiable = differentiable
         self.classic = AttnProcessor()
 
-    def _traced_call(self, attn: Attention, hidden_states, encoder_hidden_states, attention_mask, temb):
+    def _traced_call(self, attn: Attention, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs):
         scores = attn.get_attention_scores
 
         def keeping_scores(query, key, mask=None):
@@ -86,13 +86,13 @@ class _RecordingProcessor:
 
         attn.get_attention_scores = keeping_scores
         try:
-            return self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         finally:
             del attn.get_attention_scores
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if self.differentiable:
-            return self._traced_call(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return self._traced_call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         output = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         batch = hidden_states.shape[0]
         scores = attn.get_attention_scores

@@ -72,11 +72,11 @@ def causal_curve(
     if tuple(saliency.shape) != (height, width):
         raise ValueError(f"saliency is {tuple(saliency.shape)} but x_t is {height}x{width}; resize the map to x_t's resolution first")
     positions = height * width
-    stride = stride or math.ceil(positions / 32)
+    stride = math.ceil(positions / 32) if stride is None else stride
     if stride < 1:
         raise ValueError(f"stride must be positive, got {stride}")
     rank = torch.empty(positions, dtype=torch.long)
-    rank[saliency.flatten().float().argsort(descending=True)] = torch.arange(positions)
+    rank[saliency.detach().flatten().float().cpu().argsort(descending=True)] = torch.arange(positions)
     counts = [min(k * stride, positions) for k in range(math.ceil(positions / stride) + 1)]
     x_t = step.x_t
     start = gaussian_blur(x_t.float(), blur_kernel, blur_sigma).to(x_t.dtype) if mode == "insertion" else torch.zeros_like(x_t)

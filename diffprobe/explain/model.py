@@ -130,11 +130,12 @@ def caption_prompt_encoder(encoder: CaptionEncoder) -> Callable[[str], Prompt]:
 
 
 def from_parts(unet: nn.Module, scheduler_config: dict, caption_encoder: CaptionEncoder | None = None, guidance_scale: float = 1.0) -> ExplainModel:
-    """An ExplainModel for a diffprobe UNet (and its caption encoder when conditional)."""
-    unet.eval().requires_grad_(False)
+    """An ExplainModel for a diffprobe UNet (and its caption encoder when conditional).
+
+    The modules are used as they are, not changed: put them in ``eval()`` mode first (dropout).
+    The tools never write parameters' ``.grad`` (they take gradients with ``torch.autograd.grad``)."""
     if caption_encoder is None:
         return ExplainModel(unet=unet, scheduler_config=scheduler_config, kind="unconditional")
-    caption_encoder.eval().requires_grad_(False)
     return ExplainModel(
         unet=unet,
         scheduler_config=scheduler_config,

@@ -55,6 +55,9 @@ def _normalised(relevance: torch.Tensor) -> torch.Tensor:
 
 def text_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tensor | None]) -> torch.Tensor:
     """R_qq (L, L) through the text encoder's layers; attentions (1, heads, L, L) each."""
+    if all(grad is None for grad in gradients):
+        # Silently falling back to the identity would hide a broken text-encoder trace.
+        raise RuntimeError("no gradient reached the text encoder's attention: the traced condition is not connected to the UNet's output")
     length = attentions[0].shape[-1]
     relevance = torch.eye(length, device=attentions[0].device)
     for probs, grad in zip(attentions, gradients):
@@ -63,6 +66,25 @@ def text_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tensor 
         a_bar = (grad[-1].float() * probs.detach()[-1].float()).clamp_min(0).mean(0)
         relevance = relevance + a_bar @ relevance
     return relevance
+
+
+def chain_relevance(a_bars: list[tuple[bool, torch.Tensor]], r_qq_bar: torch.Tensor) -> torch.Tensor:
+    """R_iq (Q, L) of one chain of attentions at one resolution, in run order.
+
+    ``a_bars``: (is_cross, A_bar) pairs, A_bar (Q, Q) for self-attention and (Q, L) for cross;
+    ``r_qq_bar`` (L, L): the normalised text relevance. R_ii starts at I and R_iq at 0."""
+    queries = a_bars[0][1].shape[0]
+    r_ii = torch.eye(queries, device=r_qq_bar.device)
+    r_iq = torch.zeros(queries, r_qq_bar.shape[0], device=r_qq_bar.device)
+    fresh = True  # R_ii is still I: I + A_bar I is I + A_bar, without a (Q, Q) x (Q, Q) product
+    for is_cross, a_bar in a_bars:
+        if is_cross:
+            r_iq = r_iq + _normalised(r_ii).T @ a_bar @ r_qq_bar
+        else:
+            r_iq = r_iq + a_bar @ r_iq
+            r_ii = r_ii + a_bar if fresh else r_ii + a_bar @ r_ii
+            fresh = False
+    return r_iq
 
 
 def _chains(unet) -> dict[str, list[tuple[int, str]]]:
@@ -93,22 +115,14 @@ def token_relevance(model: ExplainModel, x_t: torch.Tensor, t: int, prompt: Prom
         tensors = [traced.probs for traced in unet_traced.values()] + list(text_attentions)
         gradients = torch.autograd.grad(eps.float().sum(), tensors, allow_unused=True)
     unet_grads = dict(zip(unet_traced, gradients[: len(unet_traced)]))
-    length = prompt.condition.shape[1]
-    r_qq = text_relevance(text_attentions, list(gradients[len(unet_traced) :])) if text_attentions else torch.eye(length)
-    r_qq_bar = _normalised(r_qq.cpu())
-    raw = torch.zeros(length)
+    length, device = prompt.condition.shape[1], model.device
+    r_qq = text_relevance(text_attentions, list(gradients[len(unet_traced) :])) if text_attentions else torch.eye(length, device=device)
+    r_qq_bar = _normalised(r_qq.to(device))
+    raw = torch.zeros(length, device=device)
     for chain in _chains(model.unet).values():
-        r_ii = r_iq = None
-        for _, name in chain:
-            a_bar = _aggregated(unet_traced[name], unet_grads[name]).cpu()
-            if r_ii is None:
-                r_ii = torch.eye(a_bar.shape[0])
-                r_iq = torch.zeros(a_bar.shape[0], length)
-            if modules[name].is_cross_attention:
-                r_iq = r_iq + _normalised(r_ii).T @ a_bar @ r_qq_bar
-            else:
-                r_ii, r_iq = r_ii + a_bar @ r_ii, r_iq + a_bar @ r_iq
-        raw += r_iq.sum(0)
+        a_bars = [(modules[name].is_cross_attention, _aggregated(unet_traced[name], unet_grads[name])) for _, name in chain]
+        raw += chain_relevance(a_bars, r_qq_bar).sum(0)
+    raw = raw.cpu()
     words = raw[prompt.words]
     scores = (words - words.min()) / (words.max() - words.min()).clamp_min(1e-12)
     return TokenRelevance(scores=scores, raw=raw, words=prompt.word_tokens)

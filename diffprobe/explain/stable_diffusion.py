@@ -168,10 +168,13 @@ def _vae_decoder(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return decode
 
 
-def load_stable_diffusion(folder: str | Path, guidance_scale: float = 7.5, device: str | torch.device = "cpu") -> ExplainModel:
+def load_stable_diffusion(
+    folder: str | Path, guidance_scale: float = 7.5, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ExplainModel:
     """Load a local Stable Diffusion pipeline folder (e.g. CompVis/stable-diffusion-v1-4) as an
     ``ExplainModel`` of kind "stable-diffusion", float32 on ``device``, all weights frozen.
-    ``guidance_scale``: classifier-free guidance w (the paper's 7.5; 1 turns CFG off)."""
+    ``guidance_scale``: classifier-free guidance w (the paper's 7.5; 1 turns CFG off). ``dtype``:
+    the weights' dtype (float16 / bfloat16 on a GPU); the tools score in float32 either way."""
     path = Path(folder).expanduser()
     index = check_stable_diffusion_folder(path)
     transformers = _require_transformers()
@@ -189,7 +192,7 @@ def load_stable_diffusion(folder: str | Path, guidance_scale: float = 7.5, devic
             "(an inpainting or image-conditioned model?); use a text-to-image Stable Diffusion pipeline"
         )
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.to(device).eval().requires_grad_(False)
+        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     text = _ClipText(pipe.tokenizer, pipe.text_encoder)
     scheduler_config = dict(pipe.scheduler.config)
     # SD v1's PNDM config may lack clip_sample, and DDIM's default (True) would clip latents to [-1, 1].
