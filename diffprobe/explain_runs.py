@@ -45,12 +45,18 @@ def schedules_command(ns: argparse.Namespace) -> Path:
     return outputs.out
 
 
+def _conditional_model(ns: argparse.Namespace, needs: str):
+    """(model, global step) of a conditional --ckpt; a clear exit for an unconditional one."""
+    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
+    if not model.conditional:
+        raise SystemExit(f"{needs} needs a conditional model (prompts whose tokens can be relevant); this checkpoint is unconditional")
+    return model, global_step
+
+
 def relevance_command(ns: argparse.Namespace) -> Path:
     from diffprobe.explain.relevance import relevance_over_run
 
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
-    if not model.conditional:
-        raise SystemExit("token relevance needs a conditional model (tokens to be relevant); this checkpoint is unconditional")
+    model, global_step = _conditional_model(ns, "token relevance")
     prompt = _prompt(model, ns.prompt)
     outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
     schedules = _schedules(model, ns)
@@ -222,9 +228,7 @@ def groundtruth_command(ns: argparse.Namespace) -> Path:
     from diffprobe.data.shapes import CONCEPT_NAMES, ConceptShapes
     from diffprobe.explain.groundtruth import measure
 
-    model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
-    if not model.conditional:
-        raise SystemExit("the ground-truth measurement needs a conditional ConceptShapes model (e.g. configs/shapes_conditional.yaml)")
+    model, global_step = _conditional_model(ns, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
     captions = list(ns.prompt or [])
     if not captions:
         shapes = ConceptShapes(size=ns.inputs, image_size=16, split="test")
