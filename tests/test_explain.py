@@ -233,3 +233,21 @@ def test_chefer_rules_on_hand_worked_matrices():
     assert torch.allclose(text_relevance([probs], [torch.ones_like(probs)]), torch.tensor([[2.0, 0.0], [0.5, 1.5]]))
     with pytest.raises(RuntimeError, match="no gradient reached the text encoder"):
         text_relevance([probs], [None])
+
+
+def test_every_map_on_the_conditional_model_keeps_it_unchanged(conditional):
+    from diffprobe.explain.lime import lime_saliency
+
+    model, prompt, step = conditional
+    before = _state(model.unet)
+    maps = {
+        "rise": df_rise(model, step, num_masks=16, batch_size=8).saliency,
+        "cam": df_cam(model, step).total,
+        "lime": lime_saliency(model, step, num_samples=24, batch_size=8).saliency,
+    }
+    for name, saliency in maps.items():
+        assert saliency.shape == (16, 16) and torch.isfinite(saliency).all(), name
+        curve = causal_curve(model, step, saliency, mode="deletion", stride=64)
+        assert curve.shape == (5,) and curve[0] < 1e-10 < curve[-1], name  # nothing deleted: exactly the true x_{t-1}
+    token_relevance(model, step.x_t, step.t, prompt)
+    assert _state(model.unet) == before
