@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine (no network there): install the carried wheels
 # (see the device tool's notes; they live in .whl/, ignored by git), run the GPU tests, then the
-# benchmarks. Results go to $OUT.  Usage: bash benchmarks/gpu_session.sh [throughput] [probes]
+# benchmarks. Results go to $OUT.  Usage: bash benchmarks/gpu_session.sh [throughput] [probes] [rise]
+# (rise needs scipy and scikit-image wheels among the carried ones: diffprobe.explain imports them)
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -15,5 +16,6 @@ for what in "$@"; do
       timeout 120 python3 probe_fit.py 2>"$OUT/probe_fit_stderr.txt" | tail -1 | tee "$OUT/probe_fit.json"
       timeout 240 python3 probe_overhead.py --preset ddpm-cifar10 --image-size 32 --batch-size 128 --steps 60 --warmup 10 --monitor-every 60 --repeats 2 2>"$OUT/probe_overhead_stderr.txt" | tail -1 | tee "$OUT/probe_overhead.json"
       tail -3 "$OUT/probe_overhead_stderr.txt" ;;
+    rise) timeout 200 python3 rise.py --preset ddpm-cifar10 --image-size 32 --masks 500 --batch-size 250 --repeats 3 2>"$OUT/rise_stderr.txt" | tail -1 | tee "$OUT/rise.json" ;;
   esac
 done
