@@ -76,14 +76,14 @@ class Outputs:
             raise SystemExit(f"--out {self.out} is a file; give a new folder")
         if self.out.exists() and any(self.out.iterdir()):
             raise SystemExit(f"{self.out} exists and is not empty; choose another --out (diffprobe does not overwrite files)")
+        if run is not None and not Path(run).is_dir():
+            raise SystemExit(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
         self.out.mkdir(parents=True, exist_ok=True)
         self.scale, self.global_step = scale, global_step
         self.writer = None
-        if run is not None:
+        if run is not None:  # a new events file beside the run's own: nothing of the run is rewritten
             from torch.utils.tensorboard import SummaryWriter
 
-            if not Path(run).is_dir():
-                raise SystemExit(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
             self.writer = SummaryWriter(log_dir=str(run))
 
     def image(self, name: str, image: torch.Tensor, tag: str | None = None) -> Path:
@@ -187,13 +187,17 @@ def cam_command(ns: argparse.Namespace) -> Path:
     from diffprobe.explain.cam import df_cam
 
     def validate(model):
-        unknown = sorted(set(ns.layers or []) - set(dict(model.unet.named_modules())) | ({""} & set(ns.layers or [])))
+        modules = dict(model.unet.named_modules())
+        unknown = [name for name in ns.layers or [] if name not in modules or name == ""]
         if unknown:
             raise SystemExit(f"unknown layer(s) {unknown}; this UNet's block layers are {block_layers(model.unet)}")
 
     model, step, outputs = _prepare(ns, validate)
     started = time.perf_counter()
-    result = df_cam(model, step, layers=ns.layers)
+    try:
+        result = df_cam(model, step, layers=ns.layers)
+    except ValueError as error:  # e.g. a layer whose output is not a feature map
+        raise SystemExit(str(error)) from error
     seconds = time.perf_counter() - started
     tag = _step_tag("cam", step)
     outputs.overlays("cam", result.total, model, step, tag)
