@@ -156,8 +156,10 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xla
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.9 * rows), dpi=90, squeeze=False)
     for axis, (name, lines) in zip(axes.flat, panels.items()):
-        for label, (x, y) in lines.items():
-            axis.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, label=label)
+        # tab10 repeats after 10 lines (13 caption words would share colours): tab20 beyond that.
+        colours = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20").colors
+        for index, (label, (x, y)) in enumerate(lines.items()):
+            axis.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, label=label, color=colours[index % len(colours)])
         if invert_x:
             axis.invert_xaxis()  # timesteps run from noisy (large t) to clean
         axis.set_title(name, fontsize=8)
