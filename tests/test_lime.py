@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from planted import SCHEDULER_CONFIG, PlantedStepUNet, planted_region
@@ -142,8 +143,13 @@ def test_kernel_and_ridge_match_lime_and_scikit_learn():
     assert lime_weights(torch.zeros(1, 6, dtype=torch.long), 0.25)[0] == pytest.approx(torch.exp(torch.tensor(-16.0)).sqrt().item())
     targets = samples.double() @ torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0, 3.0], dtype=torch.float64) + 0.7
     fit = weighted_ridge(samples, targets, weights, alpha=1.0)
-    linear_model = pytest.importorskip("sklearn.linear_model")
-    reference = linear_model.Ridge(alpha=1.0, fit_intercept=True).fit(samples.numpy(), targets.numpy(), sample_weight=weights.numpy())
-    assert torch.allclose(fit.coefficients, torch.from_numpy(reference.coef_), atol=1e-8)
-    assert fit.intercept == pytest.approx(float(reference.intercept_), abs=1e-8)
-    assert fit.score == pytest.approx(reference.score(samples.numpy(), targets.numpy(), sample_weight=weights.numpy()), abs=1e-8)
+    # Reference without scikit-learn: the same objective, sum_i w_i (y_i - b - x_i c)^2 + alpha |c|^2,
+    # as an augmented least-squares system (sqrt(w_i) [1, x_i] rows, then sqrt(alpha) [0, e_j] rows).
+    x, y, w = samples.double().numpy(), targets.numpy(), weights.double().numpy()
+    design = np.vstack([np.sqrt(w)[:, None] * np.hstack([np.ones((len(x), 1)), x]), np.hstack([np.zeros((x.shape[1], 1)), np.eye(x.shape[1])])])
+    solution = np.linalg.lstsq(design, np.concatenate([np.sqrt(w) * y, np.zeros(x.shape[1])]), rcond=None)[0]
+    assert torch.allclose(fit.coefficients, torch.from_numpy(solution[1:]), atol=1e-8)
+    assert fit.intercept == pytest.approx(float(solution[0]), abs=1e-8)
+    predicted = solution[0] + x @ solution[1:]
+    mean = (w * y).sum() / w.sum()
+    assert fit.score == pytest.approx(1 - (w * (y - predicted) ** 2).sum() / (w * (y - mean) ** 2).sum(), abs=1e-8)
