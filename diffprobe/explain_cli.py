@@ -196,8 +196,8 @@ def cam_command(ns: argparse.Namespace) -> Path:
     started = time.perf_counter()
     try:
         result = df_cam(model, step, layers=ns.layers)
-    except ValueError as error:  # e.g. a layer whose output is not a feature map
-        raise SystemExit(str(error)) from error
+    except (ValueError, RuntimeError) as error:  # e.g. a layer whose output is not a feature map of the UNet's graph
+        raise SystemExit(f"{error}; DF-CAM explains block layers: {block_layers(model.unet)}") from error
     seconds = time.perf_counter() - started
     tag = _step_tag("cam", step)
     outputs.overlays("cam", result.total, model, step, tag)
@@ -245,22 +245,40 @@ def positive(text: str) -> int:
     return value
 
 
-def _common(single_prompt: bool = True, run_flags: bool = True) -> argparse.ArgumentParser:
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def odd_positive(text: str) -> int:
+    value = positive(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd window size, got {text}")
+    return value
+
+
+def _common(single_prompt: bool = True, seed: bool = True, steps: bool = True, step: bool = True) -> argparse.ArgumentParser:
+    """Flags every explanation command shares; ``seed`` / ``steps`` / ``step`` only where the
+    command uses them (a flag that does nothing would mislead)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ckpt", required=True, help="a diffprobe .ckpt or run directory, a 'probe.py export' folder, or a Stable Diffusion folder")
     common.add_argument("--out", required=True, help="new folder for the PNGs, .pt maps and JSON")
     common.add_argument("--config", help="YAML whose keys set these flags' defaults (configs/probe/*.yaml: the paper's settings)")
     if single_prompt:
         common.add_argument("--prompt", help="prompt of a conditional model (ConceptShapes caption or Stable Diffusion text)")
-    if run_flags:
-        common.add_argument("--seed", type=int, default=0, help="seed of the sampling run")
+    if seed:
+        common.add_argument("--seed", type=int, default=0, help="seed of the sampling run (the first one when there are several)")
+    if steps:
         common.add_argument("--steps", type=positive, default=20, help="DDIM sampling steps of the run (paper: 20)")
+    if step:
         common.add_argument("--step", type=int, default=15, help="0-based index of the explained step in the run, 0 = most noisy (paper: 15)")
     common.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's; Stable Diffusion 7.5)")
-    common.add_argument("--raw", action="store_true", help="raw instead of EMA weights (diffprobe checkpoints)")
+    common.add_argument("--raw", action="store_true", help="raw instead of EMA weights (diffprobe .ckpt only; exports hold EMA weights)")
     common.add_argument("--run", help="a run directory whose TensorBoard gets the images and numbers too")
     common.add_argument("--device", default="cpu")
-    common.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="Stable Diffusion weights' dtype (GPU: float16)")
+    common.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="Stable Diffusion weights' dtype (GPU: float16); diffprobe models stay float32")
     common.add_argument("--scale", type=int, default=8, help="upscale factor of the PNGs")
     return common
 
@@ -282,21 +300,21 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     from diffprobe.explain.similarity import SIMILARITIES
 
     parsers = {}
-    rise = parsers["rise"] = commands.add_parser("rise", parents=[_common()], help="DF-RISE: which regions of x_t the step recovers (R1)")
+    rise = parsers["rise"] = commands.add_parser("rise", parents=[_common()], allow_abbrev=False, help="DF-RISE: which regions of x_t the step recovers (R1)")
     rise.add_argument("--masks", type=positive, default=500, help="number of random masks N (paper: 500)")
-    rise.add_argument("--keep", type=float, default=0.5, help="probability p that a mask keeps a position")
+    rise.add_argument("--keep", type=probability, default=0.5, help="probability p that a mask keeps a position")
     rise.add_argument("--similarity", choices=SIMILARITIES, default="structure", help="per-position score vs x_{t-1} (paper: SSIM structure term)")
-    rise.add_argument("--grid", type=int, default=None, help="RISE grid masks of this many cells per side (default: per-position masks)")
-    rise.add_argument("--window", type=int, default=15, help="SSIM Gaussian window size")
+    rise.add_argument("--grid", type=positive, default=None, help="RISE grid masks of this many cells per side (default: per-position masks)")
+    rise.add_argument("--window", type=odd_positive, default=15, help="SSIM Gaussian window size")
     rise.add_argument("--sigma", type=float, default=1.5, help="SSIM Gaussian sigma")
     rise.add_argument("--batch-size", type=positive, default=64, help="masked copies per UNet call")
     rise.set_defaults(handler=rise_command)
 
-    cam = parsers["cam"] = commands.add_parser("cam", parents=[_common()], help="DF-CAM: Grad-CAM at every UNet block (R2)")
+    cam = parsers["cam"] = commands.add_parser("cam", parents=[_common()], allow_abbrev=False, help="DF-CAM: Grad-CAM at every UNet block (R2)")
     cam.add_argument("--layers", nargs="+", default=None, help="block layers to explain (default: every ResNet, attention and sampler)")
     cam.set_defaults(handler=cam_command)
 
-    lime = parsers["lime"] = commands.add_parser("lime", parents=[_common()], help="LIME baseline on quickshift superpixels")
+    lime = parsers["lime"] = commands.add_parser("lime", parents=[_common()], allow_abbrev=False, help="LIME baseline on quickshift superpixels")
     lime.add_argument("--samples", type=positive, default=1000, help="K perturbations (paper: 1000)")
     lime.add_argument("--kernel-width", type=float, default=0.25, help="width of LIME's cosine-distance kernel")
     lime.add_argument("--response", choices=["mean", "similarity"], default="mean", help="'mean' of the predicted x_{t-1} (paper) or its similarity to the true one")
@@ -308,18 +326,18 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     lime.set_defaults(handler=lime_command)
 
     schedules = parsers["schedules"] = commands.add_parser(
-        "schedules", parents=[_common(run_flags=False)], help="sample the same seeds under uniform / early / latter (/ window) timestep schedules"
+        "schedules", parents=[_common(seed=False, steps=False, step=False)], allow_abbrev=False, help="sample the same seeds under uniform / early / latter (/ window) timestep schedules"
     )
     schedules.add_argument("--caption", dest="prompt", help="alias of --prompt")
     schedules.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one image per seed and schedule")
     _schedule_flags(schedules, steps_alias=True)
     schedules.set_defaults(handler=explain_runs.schedules_command)
 
-    relevance = parsers["relevance"] = commands.add_parser("relevance", parents=[_common()], help="token relevance per step under uniform / early / latter schedules")
+    relevance = parsers["relevance"] = commands.add_parser("relevance", parents=[_common(steps=False, step=False)], allow_abbrev=False, help="token relevance per step under uniform / early / latter schedules")
     _schedule_flags(relevance)
     relevance.set_defaults(handler=explain_runs.relevance_command)
 
-    auc = parsers["auc"] = commands.add_parser("auc", parents=[_common(single_prompt=False)], help="insertion / deletion AUC of saliency methods vs random")
+    auc = parsers["auc"] = commands.add_parser("auc", parents=[_common(single_prompt=False)], allow_abbrev=False, help="insertion / deletion AUC of saliency methods vs random")
     auc.add_argument("--prompt", action="append", help="prompt(s) of a conditional model, cycled over the inputs (repeat the flag)")
     auc.add_argument("--shapes-captions", action="store_true", help="prompts: ConceptShapes test captions (conditional ConceptShapes models)")
     auc.add_argument("--inputs", type=positive, default=8, help="number of inputs (seeds from --seed) the curves are averaged over")
@@ -332,15 +350,17 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     auc.set_defaults(handler=explain_runs.auc_command)
 
     correlation = parsers["correlation"] = commands.add_parser(
-        "correlation", parents=[_common(single_prompt=False)], help="relevance by subject / relation / object role; Spearman of t vs relevance / probe accuracy"
+        "correlation", parents=[_common(single_prompt=False, steps=False, step=False)], allow_abbrev=False, help="relevance by subject / relation / object role; Spearman of t vs relevance / probe accuracy"
     )
     correlation.add_argument("--triple", nargs=3, action="append", metavar=("SUBJECT", "RELATION", "OBJECT"), help="one prompt as three phrases (repeat)")
     correlation.add_argument("--probe-results", help="probes.csv written by 'probe.py linear': Spearman of t vs accuracy per concept and layer")
+    correlation.add_argument("--probe-weights", choices=["ema", "raw"], default=None, help="which probes of a file holding both")
+    correlation.add_argument("--probe-step", type=int, default=None, help="the checkpoint step whose probes to use (default: the newest)")
     _schedule_flags(correlation)
     correlation.set_defaults(handler=explain_runs.correlation_command)
 
     truth = parsers["groundtruth"] = commands.add_parser(
-        "groundtruth", parents=[_common(single_prompt=False)], help="R1 / R2 against ConceptShapes' ground truth (conditional ConceptShapes models)"
+        "groundtruth", parents=[_common(single_prompt=False, step=False)], allow_abbrev=False, help="R1 / R2 against ConceptShapes' ground truth (conditional ConceptShapes models)"
     )
     truth.add_argument("--prompt", action="append", help="captions to sample (default: --inputs ConceptShapes test captions)")
     truth.add_argument("--inputs", type=positive, default=8, help="number of ConceptShapes test captions (one run each)")
@@ -352,16 +372,46 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
 
 
 def _config_path(args: list[str]) -> Path | None:
+    """The last ``--config`` given (argparse keeps the last value of a repeated flag too)."""
+    found = None
     for i, arg in enumerate(args):
         if arg == "--config" and i + 1 < len(args):
-            return Path(args[i + 1])
-        if arg.startswith("--config="):
-            return Path(arg.split("=", 1)[1])
-    return None
+            found = Path(args[i + 1])
+        elif arg.startswith("--config="):
+            found = Path(arg.split("=", 1)[1])
+    return found
+
+
+def _checked_value(path: Path, action: argparse.Action, value):
+    """A config value converted and checked as the flag's own parser would (type, choices, nargs)."""
+    flag = action.option_strings[0]
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
+    if isinstance(action, argparse._AppendAction):  # e.g. prompt: one string or a list of them
+        items = value if isinstance(value, list) else [value]
+        return [_checked_value(path, argparse.Action(action.option_strings, action.dest, nargs=action.nargs, type=action.type, choices=action.choices), item) for item in items]
+    if many:
+        if not isinstance(value, list):
+            value = [value]
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise SystemExit(f"{path}: {action.dest} needs {action.nargs} values per entry, got {value}")
+        return [_checked_value(path, argparse.Action(action.option_strings, action.dest, type=action.type, choices=action.choices), item) for item in value]
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise SystemExit(f"{path}: {action.dest} is a switch: write true or false, got {value!r}")
+        return value
+    if value is not None and action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise SystemExit(f"{path}: {action.dest} ({flag}): {error}") from error
+    if action.choices is not None and value not in action.choices:
+        raise SystemExit(f"{path}: {action.dest} must be one of {list(action.choices)}, got {value!r}")
+    return value
 
 
 def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> dict:
-    """``--config file.yaml``: its keys (flag names, '-' or '_') become the parser's defaults.
+    """``--config file.yaml``: its keys (flag names, '-' or '_') become the parser's defaults, each
+    checked as the flag itself would be.
 
     Returns the settings of repeatable flags (``--prompt``, ``--triple``): argparse would append
     command-line values to a list default, so they are applied after parsing, and only when the
@@ -374,11 +424,12 @@ def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> dict:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise SystemExit(f"{path} must hold a mapping of flag names to values, e.g. 'masks: 500'")
-    actions = {action.dest: action for action in parser._actions}
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest not in ("help", "config")}
     settings = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(settings) - set(actions) - {"help", "handler"})
+    unknown = sorted(set(settings) - set(actions))
     if unknown:
-        raise SystemExit(f"{path}: unknown setting(s) {unknown}; valid: {sorted(set(actions) - {'help', 'handler', 'config'})}")
+        raise SystemExit(f"{path}: unknown setting(s) {unknown}; valid: {sorted(actions)}")
+    settings = {dest: _checked_value(path, actions[dest], value) for dest, value in settings.items()}
     repeated = {dest: value for dest, value in settings.items() if isinstance(actions[dest], argparse._AppendAction)}
     for dest in settings:
         actions[dest].required = False  # a config may satisfy a required flag

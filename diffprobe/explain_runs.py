@@ -172,7 +172,15 @@ def correlation_command(ns: argparse.Namespace) -> Path:
 
     if not ns.triple and not ns.probe_results:
         raise SystemExit("give --triple SUBJECT RELATION OBJECT (repeat for several prompts) and/or --probe-results probes.csv")
+    if ns.triple and ns.schedule_steps < 2:
+        raise SystemExit(f"--schedule-steps {ns.schedule_steps}: a correlation over timesteps needs at least 2 steps")
     numbers: dict = {}
+    if ns.probe_results:  # read and check the probe file before any sampling
+        try:
+            found = correlation.probe_accuracy_correlations(ns.probe_results, weights=ns.probe_weights, step=ns.probe_step)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"--probe-results {ns.probe_results}: {error}") from error
+        numbers["spearman_timestep_vs_probe_accuracy"] = found
     model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype) if ns.triple else (None, 0)
     if ns.triple and not model.conditional:
         raise SystemExit("relevance correlations need a conditional model; for an unconditional one give only --probe-results")
@@ -215,9 +223,6 @@ def correlation_command(ns: argparse.Namespace) -> Path:
         for name in schedules:
             for role in role_names:
                 outputs.scalar(f"explain/correlation/{name}/{role}_total", totals[name][role])
-    if ns.probe_results:
-        found = correlation.probe_accuracy_correlations(ns.probe_results)
-        numbers["spearman_timestep_vs_probe_accuracy"] = found
     outputs.save("correlation", correlation.jsonable(numbers))
     outputs.close()
     print(f"correlations -> {outputs.out}/correlation.json")
@@ -226,10 +231,15 @@ def correlation_command(ns: argparse.Namespace) -> Path:
 
 def groundtruth_command(ns: argparse.Namespace) -> Path:
     from diffprobe.data.shapes import CONCEPT_NAMES, ConceptShapes
-    from diffprobe.explain.groundtruth import measure
+    from diffprobe.explain.groundtruth import check_caption, measure
 
-    model, global_step = _conditional_model(ns, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
     captions = list(ns.prompt or [])
+    try:
+        for caption in captions:  # before loading anything
+            check_caption(caption)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    model, global_step = _conditional_model(ns, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
     if not captions:
         shapes = ConceptShapes(size=ns.inputs, image_size=16, split="test")
         captions = [shapes.caption(i) for i in range(ns.inputs)]

@@ -200,3 +200,24 @@ def test_bad_input_gets_a_clear_error_before_work(unconditional_run, conditional
     with pytest.raises(SystemExit, match="not empty"):
         probe_main(["cam", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "full"), *FAST])
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_configs_are_checked_like_flags_and_late_errors_come_early(unconditional_run, conditional_run, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("masks: 0\n")
+    with pytest.raises(SystemExit, match="masks.*must be a positive integer"):
+        probe_main(["rise", "--config", str(bad), "--ckpt", str(unconditional_run), "--out", str(tmp_path / "a")])
+    bad.write_text("similarity: psnr\n")
+    with pytest.raises(SystemExit, match="similarity must be one of"):
+        probe_main(["rise", "--config", str(bad), "--ckpt", str(unconditional_run), "--out", str(tmp_path / "a")])
+    one = tmp_path / "one.yaml"
+    one.write_text(f"prompt: {CAPTION}\ninputs: 1\nmethods: [random]\nstride: 64\n")
+    out = probe_main(["auc", "--config", str(one), "--ckpt", str(conditional_run), "--out", str(tmp_path / "b"), *FAST])
+    assert json.loads((out / "auc.json").read_text())["inputs"] == [{"seed": 0, "prompt": CAPTION}], "one prompt string is one prompt"
+    with pytest.raises(SystemExit, match="not a ConceptShapes caption"):
+        probe_main(["groundtruth", "--ckpt", str(conditional_run), "--out", str(tmp_path / "c"), "--prompt", "a red circle"])
+    with pytest.raises(SystemExit, match="no probe results"):
+        probe_main(["correlation", "--ckpt", str(conditional_run), "--out", str(tmp_path / "d"), "--probe-results", str(tmp_path / "none.csv")])
+    with pytest.raises(SystemExit, match="DF-CAM explains block layers"):
+        probe_main(["cam", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "e"), "--layers", "time_embedding", *FAST])
+    assert not any((tmp_path / name).exists() for name in "acd")

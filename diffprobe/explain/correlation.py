@@ -240,7 +240,7 @@ def probe_accuracy_correlations(
     kinds = sorted({str(r["weights"]) for r in rows})
     if weights is None:
         if len(kinds) > 1:
-            raise ValueError(f"{path} holds probes of several weights {kinds}; choose one with weights=")
+            raise ValueError(f"{path} holds probes of several weights {kinds}; choose one with weights= (probe.py correlation --probe-weights)")
         weights = kinds[0]
     rows = [r for r in rows if str(r["weights"]) == weights]
     if not rows:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from diffprobe.data.shapes import CAPTION_TEMPLATE, CONCEPT_NAMES
+from diffprobe.data.shapes import CAPTION_TEMPLATE, CONCEPT_NAMES, CONCEPTS, TEXTURE_ADJECTIVE
 from diffprobe.explain.cam import df_cam
 from diffprobe.explain.model import ExplainModel
 from diffprobe.explain.relevance import token_relevance
@@ -41,6 +41,31 @@ def caption_word_concepts() -> list[str | None]:
         else:
             concepts.append(None)
     return concepts
+
+
+def check_caption(caption: str) -> None:
+    """A clear error unless ``caption`` is a ConceptShapes caption (the template with one value per
+    concept): R2 maps caption words to concepts by their place in the template."""
+    words, concepts = caption.lower().split(), caption_word_concepts()
+    template = [w for w in CAPTION_TEMPLATE.split()]
+    allowed = {
+        "size": set(CONCEPTS["size"]),
+        "object_colour": set(CONCEPTS["object_colour"]),
+        "texture": set(TEXTURE_ADJECTIVE.values()),
+        "shape": set(CONCEPTS["shape"]),
+        "background_colour": set(CONCEPTS["background_colour"]),
+        "position": {w for p in CONCEPTS["position"] for w in p.split()},
+    }
+    fixed = [w for w in template if not w.startswith("{")]
+    problem = len(words) != len(concepts)
+    if not problem:
+        fixed_words = iter(fixed)
+        for word, concept in zip(words, concepts):
+            if (concept is None and word != next(fixed_words)) or (concept is not None and word not in allowed[concept]):
+                problem = True
+                break
+    if problem:
+        raise ValueError(f"{caption!r} is not a ConceptShapes caption; write it as {CAPTION_TEMPLATE!r}, e.g. 'a large red solid circle at the top left on a navy background'")
 
 
 def object_mask(image: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
@@ -144,6 +169,8 @@ def measure(
     """R1 and R2 curves over the steps of one sampling run per caption (seed, seed + 1, ...)."""
     if not model.conditional:
         raise ValueError("the ground-truth measurement needs a conditional ConceptShapes model (captions as prompts)")
+    for caption in captions:
+        check_caption(caption)
     steps_total = num_inference_steps
     rise_mass, cam_mass = torch.zeros(steps_total), torch.zeros(steps_total)
     rise_point, cam_point, areas = torch.zeros(steps_total), torch.zeros(steps_total), []
