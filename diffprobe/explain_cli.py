@@ -39,7 +39,7 @@ def load_explain_model(
     if not path.exists():
         raise SystemExit(
             f"--ckpt {path} does not exist. Give a diffprobe .ckpt or run directory, a folder written by 'probe.py export', "
-            f"or a Stable Diffusion folder: {DOWNLOAD_HINT.format(folder=path)}"
+            f"or a Stable Diffusion folder (to get one, {DOWNLOAD_HINT.format(folder='<folder>')})"
         )
     if path.is_dir() and is_stable_diffusion_folder(path):
         scale = 7.5 if guidance is None else guidance
@@ -202,8 +202,8 @@ def cam_command(ns: argparse.Namespace) -> Path:
     tag = _step_tag("cam", step)
     outputs.overlays("cam", result.total, model, step, tag)
     base = model.decode(step.x_t)[0]
-    grid = torch.stack([viz.heat_overlay(base, heat) for heat in result.layer_maps.values()])
-    outputs.image("cam_layers", viz.image_grid(grid, columns=min(8, len(grid))) * 2 - 1, f"{tag}/layers")
+    overlays = {name: viz.heat_overlay(base, heat) for name, heat in result.layer_maps.items()}
+    outputs.figure("cam_layers", viz.image_panels(overlays, f"DF-CAM per layer, {step.describe()}"), f"{tag}/layers")
     numbers = {**_step_numbers(step, seconds), "layers": list(result.layer_maps)}
     outputs.save("cam", numbers, {"total": result.total, "layer_maps": result.layer_maps, "x_t": step.x_t.cpu(), "final": step.final.cpu()})
     outputs.close()
@@ -277,7 +277,7 @@ def _common(single_prompt: bool = True, seed: bool = True, steps: bool = True, s
     common.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's; Stable Diffusion 7.5)")
     common.add_argument("--raw", action="store_true", help="raw instead of EMA weights (diffprobe .ckpt only; exports hold EMA weights)")
     common.add_argument("--run", help="a run directory whose TensorBoard gets the images and numbers too")
-    common.add_argument("--device", default="cpu")
+    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     common.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="Stable Diffusion weights' dtype (GPU: float16); diffprobe models stay float32")
     common.add_argument("--scale", type=int, default=8, help="upscale factor of the PNGs")
     return common
@@ -322,7 +322,7 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     lime.add_argument("--kernel-size", type=float, default=None, help="quickshift kernel size (default: min(H, W) / 16 in [1, 4])")
     lime.add_argument("--max-dist", type=float, default=10.0, help="quickshift max_dist (LIME's own 200 suits 512-px images)")
     lime.add_argument("--ratio", type=float, default=0.2, help="quickshift colour/space ratio (LIME's 0.2)")
-    lime.add_argument("--batch-size", type=positive, default=64)
+    lime.add_argument("--batch-size", type=positive, default=64, help="perturbed copies per UNet call (doubled under CFG)")
     lime.set_defaults(handler=lime_command)
 
     schedules = parsers["schedules"] = commands.add_parser(
@@ -346,7 +346,7 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     auc.add_argument("--stride", type=positive, default=None, help="positions moved per state (default: 1/32 of them)")
     auc.add_argument("--masks", type=positive, default=500, help="DF-RISE masks")
     auc.add_argument("--samples", type=positive, default=1000, help="LIME samples")
-    auc.add_argument("--batch-size", type=positive, default=64)
+    auc.add_argument("--batch-size", type=positive, default=64, help="perturbed copies per UNet call (doubled under CFG)")
     auc.set_defaults(handler=explain_runs.auc_command)
 
     correlation = parsers["correlation"] = commands.add_parser(
@@ -365,7 +365,7 @@ def add_explain_parsers(commands) -> dict[str, argparse.ArgumentParser]:
     truth.add_argument("--prompt", action="append", help="captions to sample (default: --inputs ConceptShapes test captions)")
     truth.add_argument("--inputs", type=positive, default=8, help="number of ConceptShapes test captions (one run each)")
     truth.add_argument("--masks", type=positive, default=200, help="DF-RISE masks per step")
-    truth.add_argument("--batch-size", type=positive, default=64)
+    truth.add_argument("--batch-size", type=positive, default=64, help="perturbed copies per UNet call (doubled under CFG)")
     truth.add_argument("--mask-threshold", type=float, default=0.15, help="colour distance from the background that counts as object")
     truth.set_defaults(handler=explain_runs.groundtruth_command)
     return parsers
@@ -421,7 +421,10 @@ def apply_config(parser: argparse.ArgumentParser, args: list[str]) -> dict:
         return {}
     if not path.is_file():
         raise SystemExit(f"--config {path} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SystemExit(f"{path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise SystemExit(f"{path} must hold a mapping of flag names to values, e.g. 'masks: 500'")
     actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest not in ("help", "config")}

@@ -49,7 +49,10 @@ def _conditional_model(ns: argparse.Namespace, needs: str):
     """(model, global step) of a conditional --ckpt; a clear exit for an unconditional one."""
     model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype)
     if not model.conditional:
-        raise SystemExit(f"{needs} needs a conditional model (prompts whose tokens can be relevant); this checkpoint is unconditional")
+        raise SystemExit(
+            f"{needs} needs a conditional model (prompts whose tokens can be relevant); this checkpoint is unconditional. "
+            "Train one with: python train.py fit --config configs/shapes_conditional.yaml"
+        )
     return model, global_step
 
 
@@ -183,7 +186,10 @@ def correlation_command(ns: argparse.Namespace) -> Path:
         numbers["spearman_timestep_vs_probe_accuracy"] = found
     model, global_step = load_explain_model(ns.ckpt, device=ns.device, raw=ns.raw, guidance=ns.guidance, dtype=ns.dtype) if ns.triple else (None, 0)
     if ns.triple and not model.conditional:
-        raise SystemExit("relevance correlations need a conditional model; for an unconditional one give only --probe-results")
+        raise SystemExit(
+            "--triple needs a conditional model (python train.py fit --config configs/shapes_conditional.yaml trains one); "
+            "with an unconditional checkpoint, correlate only probe accuracy: --probe-results <run>/probes/probes.csv"
+        )
     outputs = Outputs(ns.out, ns.run, global_step, ns.scale)
     if ns.triple:
         schedules = _schedules(model, ns)
@@ -233,6 +239,8 @@ def groundtruth_command(ns: argparse.Namespace) -> Path:
     from diffprobe.data.shapes import CONCEPT_NAMES, ConceptShapes
     from diffprobe.explain.groundtruth import check_caption, measure
 
+    if ns.steps < 2:
+        raise SystemExit(f"--steps {ns.steps}: R2 compares consecutive steps; give at least 2")
     captions = list(ns.prompt or [])
     try:
         for caption in captions:  # before loading anything
@@ -269,4 +277,10 @@ def groundtruth_command(ns: argparse.Namespace) -> Path:
     outputs.close()
     print(f"R1: DF-RISE mass in mask {sum(report.rise_mass) / len(t):.2f}, DF-CAM {sum(report.cam_mass) / len(t):.2f}, mask area {report.mask_area[0]:.2f}")
     print(f"R2: agreement {report.r2_agreement:.2f} vs chance {report.r2_chance:.2f} ({seconds:.0f} s) -> {outputs.out}")
+    degenerate = [item["caption"] for item in report.inputs if not 0.01 <= item["mask_area"] <= 0.9]
+    if degenerate:
+        print(
+            f"warning: the object mask of {len(degenerate)} of {len(report.inputs)} generated images covers almost none or almost all of it "
+            "(the model does not draw one object on a plain background yet: train longer); R1 is not meaningful for them"
+        )
     return outputs.out

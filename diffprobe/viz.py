@@ -191,3 +191,23 @@ def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, 
     axis.legend(fontsize=7, frameon=False)
     figure.tight_layout()
     return figure
+
+
+def image_panels(images: dict[str, torch.Tensor], title: str, columns: int = 6):
+    """A Figure of (3, H, W) images in [-1, 1], each titled with its key (e.g. a layer name)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), dpi=90, squeeze=False)
+    for axis, (name, image) in zip(axes.flat, images.items()):
+        axis.imshow(to_unit(image.detach().cpu()).permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_title(name, fontsize=5.5)
+    for axis in axes.flat:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -220,4 +220,11 @@ def test_configs_are_checked_like_flags_and_late_errors_come_early(unconditional
         probe_main(["correlation", "--ckpt", str(conditional_run), "--out", str(tmp_path / "d"), "--probe-results", str(tmp_path / "none.csv")])
     with pytest.raises(SystemExit, match="DF-CAM explains block layers"):
         probe_main(["cam", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "e"), "--layers", "time_embedding", *FAST])
-    assert not any((tmp_path / name).exists() for name in "acd")
+    with pytest.raises(SystemExit, match=r"words \['purple', 'unicorn'\] are not in this model's caption vocabulary"):
+        probe_main(["cam", "--ckpt", str(conditional_run), "--out", str(tmp_path / "f"), "--prompt", "a purple unicorn", *FAST])
+    bad.write_text("masks: [1\n")
+    with pytest.raises(SystemExit, match="is not valid YAML"):
+        probe_main(["rise", "--config", str(bad), "--ckpt", str(unconditional_run), "--out", str(tmp_path / "g")])
+    with pytest.raises(SystemExit, match="R2 compares consecutive steps"):
+        probe_main(["groundtruth", "--ckpt", str(conditional_run), "--out", str(tmp_path / "h"), "--steps", "1"])
+    assert not any((tmp_path / name).exists() for name in "acdfgh")
