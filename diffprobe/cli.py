@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
 from diffprobe.data.module import ImageDataModule
-from diffprobe.explain_cli import add_explain_parsers, apply_config, apply_repeated
+from diffprobe.explain_flags import add_explain_parsers, apply_config, apply_repeated
 from diffprobe.module import DiffusionModule
 from diffprobe.offline import add_linear_parser
 

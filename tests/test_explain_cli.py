@@ -80,7 +80,7 @@ PAPER = {
 @pytest.mark.parametrize("command", sorted(PAPER))
 def test_paper_configs_set_the_papers_settings(command):
     from diffprobe.cli import probe_parser
-    from diffprobe.explain_cli import apply_config, apply_repeated
+    from diffprobe.explain_flags import apply_config, apply_repeated
 
     config = CONFIGS / ("schedules.yaml" if command == "relevance" else f"{command}.yaml")
     parser = probe_parser()
