@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import re
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
@@ -24,21 +27,79 @@ from diffprobe.module import CHECKPOINT_MARKER, DiffusionModule
 _STEP = re.compile(r"step=(\d+)")
 
 
+class LoadError(ValueError):
+    """A file diffprobe will not load: not a diffprobe file, damaged, or holding Python objects
+    whose unpickling could run code. Commands turn it into a clean exit with its message."""
+
+
+# What torch's weights-only unpickler says when a file asks it to import or build a Python object.
+_UNSAFE = re.compile(
+    r"Unsupported global: GLOBAL \S+ was not an allowed global by default"
+    r"|Trying to load unsupported GLOBAL \S+ whose module \S+ is blocked"
+    r"|Trying to call reduce for unrecognized function[^\n]*"
+    r"|Can only (?:create new object|build)[^\n]*"
+    r"|Unsupported class \S+"  # torch < 2.4
+)
+
+
+def _torch_reason(error: BaseException) -> str:
+    """torch's own reason, without its advice to retry with weights_only=False."""
+    text = str(error)
+    found = _UNSAFE.search(text)
+    if found:
+        return found.group(0)
+    text = text.split("WeightsUnpickler error:")[-1].split("Check the documentation of torch.load")[0]
+    for boilerplate in ("Weights only load failed.", getattr(torch.serialization, "UNSAFE_MESSAGE", None)):
+        text = text.replace(boilerplate, "") if boilerplate else text
+    return f"{type(error).__name__}: {' '.join(text.split()) or repr(error)}"
+
+
+def safe_load(path: str | Path, *, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """The contents of a diffprobe file (``.ckpt``, ``probe_set.pt``), loaded without running code.
+
+    Only plain data comes back (tensors, numbers, strings, lists, tuples, dicts): the file is read
+    with ``torch.load(weights_only=True)``, which refuses to import or call anything. ``what`` names
+    the file's kind in messages. Raises FileNotFoundError (no such file) or LoadError (a
+    ValueError) naming the file: empty, truncated, not a torch file, or holding Python objects.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} is not a file")
+    if path.stat().st_size == 0:
+        raise LoadError(f"{path} is not a diffprobe {what} (the file is empty)")
+    try:
+        with warnings.catch_warnings():  # random bytes read as a pickle protocol number
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises pickle.UnpicklingError for a disallowed object
+        reason = _torch_reason(error)
+        if isinstance(error, pickle.UnpicklingError) and _UNSAFE.search(reason):
+            raise LoadError(
+                f"refusing to load {path}: it contains Python objects that could run code when loaded ({reason}). "
+                "diffprobe only loads plain data (tensors, numbers, strings, lists, dicts). Re-create the file with "
+                "diffprobe, or load it yourself with torch.load(weights_only=False) if you trust its author."
+            ) from error
+        # A damaged zip archive, random bytes, another format.
+        raise LoadError(f"{path} is not a diffprobe {what} (truncated or not a torch file: {reason})") from error
+
+
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
     """A DiffusionModule with the raw and EMA weights of a diffprobe Lightning checkpoint.
 
     Needs no network and no pretrained folder: the UNet architecture is stored in the checkpoint.
+    The file is loaded as plain data (:func:`safe_load`): a checkpoint never runs code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # truncated file, another format: say so plainly
-        raise ValueError(f"{path} is not a diffprobe checkpoint (torch.load failed: {type(error).__name__}: {error})") from error
+    checkpoint = safe_load(path, what="checkpoint", map_location=map_location)
     if not isinstance(checkpoint, dict) or CHECKPOINT_MARKER not in checkpoint:
-        raise ValueError(f"{path} is not a diffprobe checkpoint (no '{CHECKPOINT_MARKER}' entry); train one with train.py")
+        raise LoadError(f"{path} is not a diffprobe checkpoint (no '{CHECKPOINT_MARKER}' entry); train one with train.py")
     stored = checkpoint[CHECKPOINT_MARKER]
+    missing = [key for key in ("state_dict", "hyper_parameters") if not isinstance(checkpoint.get(key), dict)]
+    missing += [f"{CHECKPOINT_MARKER}.{key}" for key in ("unet_config", "scheduler_config") if not isinstance(stored, dict) or not isinstance(stored.get(key), dict)]
+    if missing:
+        raise LoadError(f"{path} is not a complete diffprobe checkpoint (missing or malformed: {', '.join(missing)})")
     # LightningCLI stores bookkeeping such as "_instantiator" among the hyper-parameters.
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     # Rebuild the exact architecture from the stored config, without re-reading pretrained weights.
@@ -56,8 +117,9 @@ def checkpoint_step(path: Path) -> int:
     if match:
         return int(match.group(1))
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", -1))
-    except Exception:  # not a checkpoint at all: load_module will say so clearly
+        stored = safe_load(path)
+        return int(stored.get("global_step", -1)) if isinstance(stored, dict) else -1
+    except (FileNotFoundError, ValueError, TypeError):  # not a checkpoint at all: load_module will say so clearly
         return -1
 
 
@@ -76,9 +138,25 @@ def find_checkpoints(run_or_file: str | Path) -> list[Path]:
     return found
 
 
-def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True) -> Path:
+EXPORT_SETTINGS = "diffprobe.json"  # what diffusers' folders have no place for
+
+
+def exported_step(folder: str | Path) -> int | None:
+    """The global step an export folder was written at (None when it does not say)."""
+    settings = Path(folder) / EXPORT_SETTINGS
+    if not settings.is_file():
+        return None
+    try:
+        step = json.loads(settings.read_text()).get("global_step")
+    except (ValueError, AttributeError):
+        return None
+    return int(step) if step is not None else None
+
+
+def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True, step: int | None = None) -> Path:
     """Write a diffusers folder of the model (EMA weights by default). Refuses to write into a
-    non-empty folder, so nothing the user had is overwritten."""
+    non-empty folder, so nothing the user had is overwritten. ``step``: the global step recorded
+    in ``diffprobe.json`` (default: the module's)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"export folder {out} exists and is not empty; choose a new --out")
@@ -87,14 +165,16 @@ def export(module: DiffusionModule, out_dir: str | Path, use_ema: bool = True) -
         unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
         encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
+    # Sampling settings and provenance (read back by load_exported and ExportDiffusers).
+    settings = {"global_step": int(step if step is not None else getattr(module, "global_step_at_save", module.global_step)), "weights": "ema" if use_ema else "raw"}
     if encoder is None:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out)
     else:
         unet.save_pretrained(out / "unet")
         scheduler.save_pretrained(out / "scheduler")
         encoder.save_pretrained(out / "caption_encoder")
-        # Sampling settings diffusers' folders have no place for (read back by load_exported).
-        (out / "diffprobe.json").write_text(json.dumps({"guidance_scale": module.hparams.guidance_scale}))
+        settings["guidance_scale"] = module.hparams.guidance_scale
+    (out / EXPORT_SETTINGS).write_text(json.dumps(settings))
     return out
 
 
@@ -117,7 +197,7 @@ def load_exported(folder: str | Path) -> ExportedModel:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     else:
         unet = UNet2DModel.from_pretrained(folder / "unet")
-    settings = json.loads((folder / "diffprobe.json").read_text()) if (folder / "diffprobe.json").exists() else {}
+    settings = json.loads((folder / EXPORT_SETTINGS).read_text()) if (folder / EXPORT_SETTINGS).exists() else {}
     # Folders exported before diffprobe.json existed: shapes_conditional.yaml's CFG weight.
     guidance = settings.get("guidance_scale", 3.0 if encoder is not None else 1.0)
     return ExportedModel(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"), caption_encoder=encoder, guidance_scale=guidance)

@@ -49,8 +49,11 @@ def load_explain_model(
         scale = exported.guidance_scale if guidance is None else guidance
         global_step = 0
     else:
-        ckpt = checkpoint.find_checkpoints(path)[-1] if path.is_dir() else path
-        module = checkpoint.load_module(ckpt)
+        try:
+            ckpt = checkpoint.find_checkpoints(path)[-1] if path.is_dir() else path
+            module = checkpoint.load_module(ckpt)
+        except (FileNotFoundError, checkpoint.LoadError) as error:  # damaged, foreign or unsafe: named in the message
+            raise SystemExit(str(error)) from error
         with module.ema_weights() if not raw else nullcontext():  # copies taken inside keep the EMA weights
             unet = copy.deepcopy(module.unet)
             encoder = copy.deepcopy(module.caption_encoder) if module.caption_encoder is not None else None

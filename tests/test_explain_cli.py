@@ -45,10 +45,10 @@ def test_rise_and_cam_write_overlays_maps_json_and_tensorboard(unconditional_run
     assert {p.name for p in out.iterdir()} == {"rise_xt.png", "rise_final.png", "rise.pt", "rise.json"}
     numbers = json.loads((out / "rise.json").read_text())
     assert numbers["step"] == 2 and numbers["t"] == numbers["timesteps"][2] and numbers["masks"] == 16
-    saliency = torch.load(out / "rise.pt")["saliency"]
+    saliency = torch.load(out / "rise.pt", weights_only=True)["saliency"]
     assert saliency.shape == (16, 16) and torch.isfinite(saliency).all()
     out = probe_main(["cam", "--ckpt", str(unconditional_run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "cam"), "--run", str(unconditional_run), *FAST])
-    maps = torch.load(out / "cam.pt")
+    maps = torch.load(out / "cam.pt", weights_only=True)
     assert len(maps["layer_maps"]) == 14 and maps["total"].shape == (16, 16)
     assert (out / "cam_layers.png").exists() and (out / "cam_xt.png").exists()
     tags = read_events(unconditional_run).Tags()["images"]
@@ -104,7 +104,7 @@ def test_auc_compares_methods_with_random(unconditional_run, tmp_path):
     for method in numbers["methods"].values():
         assert 0 <= method["insertion"]["auc"] <= 1 and method["insertion"]["better"] == "lower"
         assert method["deletion"]["better"] == "higher"
-    curves = torch.load(out / "auc.pt")
+    curves = torch.load(out / "auc.pt", weights_only=True)
     assert curves["rise/insertion"].shape == (2, 5)  # 2 inputs, 0..256 positions in strides of 64
     assert (out / "auc_curves.png").exists()
 
@@ -127,13 +127,13 @@ def test_conditional_commands_on_a_checkpoint_and_its_export(conditional_run, tm
 
     exported = probe_main(["export", "--ckpt", str(conditional_run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "export")])
     out = probe_main(["cam", "--ckpt", str(exported), "--out", str(tmp_path / "cam"), "--prompt", CAPTION, *FAST])
-    assert torch.load(out / "cam.pt")["total"].shape == (16, 16)
+    assert torch.load(out / "cam.pt", weights_only=True)["total"].shape == (16, 16)
     from_ckpt = probe_main(["cam", "--ckpt", str(conditional_run), "--out", str(tmp_path / "cam2"), "--prompt", CAPTION, *FAST])
-    assert torch.allclose(torch.load(out / "cam.pt")["total"], torch.load(from_ckpt / "cam.pt")["total"], atol=1e-5), "export keeps weights and CFG scale"
+    assert torch.allclose(torch.load(out / "cam.pt", weights_only=True)["total"], torch.load(from_ckpt / "cam.pt", weights_only=True)["total"], atol=1e-5), "export keeps weights and CFG scale"
     out = probe_main(["schedules", "--ckpt", str(exported), "--out", str(tmp_path / "sched"), "--prompt", CAPTION, "--seeds", "0", "--steps", "3"])
     out = probe_main(["schedules", "--ckpt", str(exported), "--out", str(tmp_path / "win"), "--caption", CAPTION, "--seeds", "0", "1", "--schedules", "window", "--window-steps", "3", "--window-uniform-steps", "2", "--window-start", "40", "--window-width", "20"])
     info = json.loads((out / "schedules.json").read_text())
-    assert info["timesteps"]["window"] == [99, 60, 50, 40, 0] and torch.load(out / "window.pt").shape == (2, 3, 16, 16)
+    assert info["timesteps"]["window"] == [99, 60, 50, 40, 0] and torch.load(out / "window.pt", weights_only=True).shape == (2, 3, 16, 16)
 
     triples = ["--triple", "a large red solid circle", "at the top left on", "a navy background"]
     out = probe_main(["correlation", "--ckpt", str(conditional_run), "--out", str(tmp_path / "corr"), *triples, "--schedule-steps", "4", "--lam", "3"])
@@ -155,20 +155,20 @@ def test_groundtruth_command(conditional_run, tmp_path):
 def test_every_tool_runs_on_a_tiny_stable_diffusion(tiny_sd, tmp_path):
     prompt = ["--prompt", "a red cat"]
     out = probe_main(["rise", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "rise"), "--masks", "8", *prompt, *FAST])
-    assert torch.load(out / "rise.pt")["saliency"].shape == (8, 8)  # latent resolution
+    assert torch.load(out / "rise.pt", weights_only=True)["saliency"].shape == (8, 8)  # latent resolution
     from PIL import Image
 
     assert Image.open(out / "rise_xt.png").size == (16, 16)  # shown over the VAE-decoded x_t
     out = probe_main(["cam", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "cam"), *prompt, *FAST])
-    assert torch.isfinite(torch.load(out / "cam.pt")["total"]).all()
+    assert torch.isfinite(torch.load(out / "cam.pt", weights_only=True)["total"]).all()
     out = probe_main(["lime", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "lime"), "--samples", "16", *prompt, *FAST])
-    assert torch.load(out / "lime.pt")["saliency"].shape == (8, 8)
+    assert torch.load(out / "lime.pt", weights_only=True)["saliency"].shape == (8, 8)
     out = probe_main(["relevance", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "rel"), *prompt, "--schedule-steps", "3", "--lam", "3", "--scale", "1"])
     numbers = json.loads((out / "relevance.json").read_text())
     assert numbers["words"] == ["a</w>", "red</w>", "cat</w>"]
     assert len(numbers["schedules"]["latter"]["scores"]) == 3
     out = probe_main(["schedules", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "sched"), *prompt, "--seeds", "0", "1", "--steps", "3", "--lam", "3"])
-    assert torch.load(out / "early.pt").shape == (2, 3, 16, 16)  # decoded by the VAE
+    assert torch.load(out / "early.pt", weights_only=True).shape == (2, 3, 16, 16)  # decoded by the VAE
     out = probe_main(["auc", "--ckpt", str(tiny_sd), "--out", str(tmp_path / "auc"), *prompt, "--inputs", "1", "--masks", "8", "--samples", "16", "--stride", "16", *FAST])
     assert set(json.loads((out / "auc.json").read_text())["methods"]) == {"rise", "cam", "lime", "random"}
     triples = ["--triple", "a red cat", "on", "the mat"]

@@ -55,7 +55,7 @@ def test_linear_errors_are_clear(run, tmp_path):
     with pytest.raises(ValueError, match=r"no module\(s\) \['middle'\]"):
         probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--layers", "middle", "--device", "cpu"])
     (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="is not a diffprobe checkpoint"):
+    with pytest.raises(SystemExit, match="is not a diffprobe checkpoint"):  # a clean exit naming the file
         probe_main(["linear", "--ckpt", str(tmp_path / "foreign.ckpt"), "--device", "cpu"])
 
 

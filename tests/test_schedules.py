@@ -74,6 +74,6 @@ def test_probe_schedules_command(tmp_path):
     out = probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--seeds", "0", "1", "--steps", "4", "--lam", "4"])
     info = json.loads((out / "schedules.json").read_text())
     assert set(info["timesteps"]) == {"uniform", "early", "latter"} and info["timesteps"]["early"][0] == 999
-    assert torch.load(out / "early.pt").shape == (2, 3, 16, 16) and (out / "schedules.png").stat().st_size > 0
+    assert torch.load(out / "early.pt", weights_only=True).shape == (2, 3, 16, 16) and (out / "schedules.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not empty"):
         probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(out)])

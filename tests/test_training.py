@@ -77,7 +77,7 @@ def test_resume_continues_step_count_ema_and_optimizer(tmp_path, tiny_data):
     first = make_trainer(tmp_path, max_steps=4)
     first.fit(make_module(), datamodule=tiny_data)
     ckpt = tmp_path / "runs/test/version_0/checkpoints/step=000004.ckpt"
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == 4 and saved["ema"]["optimization_step"] == 4
     at_start = {}
 

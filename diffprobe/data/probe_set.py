@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 PROBE_SET_FILE = "probe_set.pt"  # its name inside a run directory
+PROBE_SET_FORMAT = "diffprobe.ProbeSet/1"  # the marker save() writes and load() checks
 
 # Dense at small t, where fine detail is decided; spans [0, T).
 DEFAULT_TIMESTEPS_1000 = (0, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999)
@@ -58,18 +59,50 @@ class ProbeSet:
         return order[:cut], order[cut:]
 
     def save(self, path: str | Path) -> Path:
+        """Tensors and plain metadata only, so :meth:`load` reads it without running code."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "diffprobe.ProbeSet/1", **self.__dict__}, path)
+        stored = {
+            "format": PROBE_SET_FORMAT,
+            "images": self.images,
+            "labels": self.labels,
+            "control_labels": self.control_labels,
+            "timesteps": self.timesteps,
+            "concepts": {str(name): [str(v) for v in values] for name, values in self.concepts.items()},
+            "seed": int(self.seed),
+            "masks": self.masks,
+            "captions": [str(c) for c in self.captions],
+        }
+        torch.save(stored, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSet:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(stored, dict) or stored.get("format") != "diffprobe.ProbeSet/1":
-            raise ValueError(f"{path} is not a diffprobe probe set (probe_set.pt written by ProbeMonitor or probe.py)")
-        stored.pop("format")
-        return cls(**stored)
+        """A probe set written by :meth:`save`, read as plain data (``torch.load(weights_only=True)``):
+        loading never runs code. FileNotFoundError, or a ValueError naming the file."""
+        from diffprobe.checkpoint import LoadError, safe_load
+
+        path = Path(path)
+        stored = safe_load(path, what="probe set")
+        hint = "probe_set.pt written by ProbeMonitor or probe.py linear"
+        if not isinstance(stored, dict) or stored.get("format") != PROBE_SET_FORMAT:
+            raise LoadError(f"{path} is not a diffprobe probe set (no '{PROBE_SET_FORMAT}' format marker; expected a {hint})")
+        tensors = ("images", "labels", "control_labels", "timesteps")
+        bad = [k for k in tensors if not isinstance(stored.get(k), torch.Tensor)]
+        bad += [k for k in ("masks",) if stored.get(k) is not None and not isinstance(stored[k], torch.Tensor)]
+        bad += [k for k, kind in (("concepts", dict), ("seed", int), ("captions", list)) if not isinstance(stored.get(k), kind)]
+        if bad:
+            raise LoadError(f"{path} is a damaged diffprobe probe set (missing or malformed: {', '.join(bad)}); expected a {hint}")
+        return cls(
+            images=stored["images"],
+            labels=stored["labels"],
+            control_labels=stored["control_labels"],
+            timesteps=stored["timesteps"],
+            concepts={str(name): tuple(str(v) for v in values) for name, values in stored["concepts"].items()},
+            seed=int(stored["seed"]),
+            masks=stored.get("masks"),
+            captions=[str(c) for c in stored["captions"]],
+        )
 
     @classmethod
     def from_dataset(
