@@ -1,6 +1,7 @@
 """What live probes cost during training: the same fit with no probes, with OnlineProbes, and with
 ProbeMonitor every N steps, in one process (interleaved repeats, median of each). Overhead =
-wall-clock images/s ratio over the timed steps (ProbeMonitor's evaluations included). Prints one
+wall-clock images/s ratio over the timed steps (ProbeMonitor's evaluations included). Every run
+logs to TensorBoard, as a real run does, in a temporary folder (removed at the end). Prints one
 JSON line last.
 
     python benchmarks/probe_overhead.py                                  # CPU, the quick-start model
@@ -12,17 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 
 import lightning.pytorch as pl
 import torch
 from _timing import StepTimer
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from diffprobe.callbacks import OnlineProbes, ProbeMonitor
 from diffprobe.data.module import ConceptShapesDataModule
 from diffprobe.module import DiffusionModule
 
 
-def run(args, callbacks) -> float:
+def run(args, callbacks, root: str) -> float:
+    """One fit; its run folder (TensorBoard events, ProbeMonitor's probe_set.pt) is a new version
+    under ``root``, never the working directory."""
     torch.manual_seed(0)
     data = ConceptShapesDataModule(image_size=args.image_size, train_size=max(args.batch_size * 8, 1024), heldout_size=args.probe_images, batch_size=args.batch_size)
     module = DiffusionModule(preset=args.preset, image_size=args.image_size, warmup_steps=0)
@@ -30,7 +35,7 @@ def run(args, callbacks) -> float:
     gpu = torch.cuda.is_available()
     trainer = pl.Trainer(
         accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
-        max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
+        max_steps=args.warmup + args.steps, logger=TensorBoardLogger(root, name="probe_overhead"), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *callbacks],
     )
     trainer.fit(module, datamodule=data)
@@ -56,9 +61,10 @@ def main(argv=None) -> dict:
         "monitor": lambda: [ProbeMonitor(every_n_steps=args.monitor_every, num_images=args.probe_images, method="ridge")],
     }
     measured = {name: [] for name in settings}
-    for _ in range(args.repeats):
-        for name, callbacks in settings.items():
-            measured[name].append(run(args, callbacks()))
+    with tempfile.TemporaryDirectory(prefix="diffprobe-bench-") as root:
+        for _ in range(args.repeats):
+            for name, callbacks in settings.items():
+                measured[name].append(run(args, callbacks(), root))
     base, online, monitor = (statistics.median(measured[name]) for name in settings)
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

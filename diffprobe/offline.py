@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,40 +114,98 @@ def _load(target: Target, device: str):
 
         loaded = load_pretrained(str(target.path), conditional=False)
         return loaded.unet.to(device), loaded.scheduler or DDPMScheduler(), 0
-    module = checkpoint.load_module(target.path).to(device)
+    try:
+        module = checkpoint.load_module(target.path).to(device)
+    except checkpoint.LoadError as error:  # damaged, foreign or unsafe: a clean exit naming the file
+        raise SystemExit(str(error)) from error
     return module, module.scheduler, module.global_step_at_save
 
 
+def _check_options(args) -> None:
+    """Flags that need no model: checked before anything is loaded."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.num_images < 10:
+        raise ValueError(f"--num-images must be at least 10 (probes are fitted and tested on a split of them), got {args.num_images}")
+    if args.timesteps and min(args.timesteps) < 0:
+        raise ValueError(f"--timesteps must be training indices t >= 0 (0 = the clean end), got {sorted(args.timesteps)}")
+    if not 0 < args.heldout_fraction < 1:
+        raise ValueError(f"--heldout-fraction must be in (0, 1), got {args.heldout_fraction}")
+    if args.probe_set and not Path(args.probe_set).is_file():
+        raise FileNotFoundError(f"--probe-set {args.probe_set} does not exist")
+
+
+def _check_probe_set(probe_set: ProbeSet, unet, num_train_timesteps: int, where: str) -> None:
+    """A probe set (given, the run's own or a new one) that fits the model: t in [0, T), image size, channels."""
+    timesteps = probe_set.timesteps.tolist()
+    outside = [t for t in timesteps if not 0 <= t < num_train_timesteps]
+    if outside:
+        raise ValueError(
+            f"{where}: timesteps {outside} are outside [0, {num_train_timesteps}); this model has {num_train_timesteps} "
+            f"training timesteps (t = 0 is the clean end), so give t from 0 to {num_train_timesteps - 1}"
+        )
+    size = unet.config.sample_size
+    expected = (unet.config.in_channels, *(size if isinstance(size, (tuple, list)) else (size, size)))
+    if tuple(probe_set.images.shape[1:]) != expected:
+        shape = "x".join(map(str, probe_set.images.shape[1:]))
+        raise ValueError(f"{where}: its images are {shape}, the model takes {'x'.join(map(str, expected))}; use a probe set made for this model")
+
+
 def run_linear(args) -> Path:
+    # 1. Every input is checked (and the first model loaded, for T, image size and block names)
+    #    before --out is made, so a bad call leaves nothing behind that a corrected rerun would trip on.
     source = Path(args.ckpt)
     if not source.exists():
         raise FileNotFoundError(f"no checkpoint, run directory or diffusers folder at {source}")
+    _check_options(args)
     targets = _targets(source)
     run_dir = _run_dir(source)
     out = Path(args.out) if args.out else (run_dir / "probes" if run_dir else source.parent / f"probes-{source.stem}")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder (new, or one an earlier probe.py linear wrote)")
 
     # The probe set: given, the run's own, the one an earlier call saved here, or a new one.
     candidates = [Path(args.probe_set)] if args.probe_set else [p for p in (run_dir and run_dir / "probe_set.pt", out / "probe_set.pt") if p]
-    probe_set = next((ProbeSet.load(p) for p in candidates if p.is_file()), None)
-    if args.probe_set and probe_set is None:
-        raise FileNotFoundError(f"probe set {args.probe_set} does not exist")
+    found = next((p for p in candidates if p.is_file()), None)
+    try:
+        probe_set = ProbeSet.load(found) if found is not None else None
+    except checkpoint.LoadError as error:
+        raise SystemExit(str(error)) from error
+    if found is not None and (args.timesteps or args.data):
+        ignored = " and ".join(flag for flag, given in (("--timesteps", args.timesteps), ("--data", args.data)) if given)
+        print(f"probe.py linear: {ignored} ignored: using the probe set {found} (t = {probe_set.timesteps.tolist()})", file=sys.stderr)
 
+    first = _load(targets[0], args.device)
+    unet = first[0].unet if hasattr(first[0], "unet") else first[0]
+    num_train_timesteps = first[1].config.num_train_timesteps
+    _check_layers(args.layers or default_layers(unet), unet)
+    new_probe_set = probe_set is None
+    if new_probe_set:
+        timesteps = args.timesteps or default_timesteps(num_train_timesteps)
+        outside = sorted({t for t in timesteps if t >= num_train_timesteps})
+        if outside:
+            raise ValueError(
+                f"--timesteps {outside} out of range: {targets[0].path} has {num_train_timesteps} training timesteps, "
+                f"so t must be in [0, {num_train_timesteps}) (0 = the clean end)"
+            )
+        probe_set = _build_probe_set(args, unet.config.sample_size, num_train_timesteps)  # checks --data and its columns
+    _check_probe_set(probe_set, unet, num_train_timesteps, f"probe set {found}" if found is not None else "the new probe set")
+
+    # 2. Write: the probe set, then each checkpoint's rows, heatmaps and TensorBoard scalars.
+    out.mkdir(parents=True, exist_ok=True)
+    if new_probe_set:
+        probe_set.save(out / "probe_set.pt")
     rows = _load_rows(out / "probes.csv")
     done = {(r["checkpoint"], r["weights"], r["layer"], r["t"], r["concept"]) for r in rows}
     writer = None
     logdir = Path(args.logdir) if args.logdir else run_dir
-    for target in track(targets, description=f"probing {len(targets)} checkpoint(s)"):
-        loaded, scheduler, step = _load(target, args.device)
+    for index, target in enumerate(track(targets, description=f"probing {len(targets)} checkpoint(s)")):
+        loaded, scheduler, step = first if index == 0 else _load(target, args.device)
+        first = None  # let the first model go once it is probed
         is_module = hasattr(loaded, "unet")
         unet = loaded.unet if is_module else loaded
-        if probe_set is None:
-            probe_set = _build_probe_set(args, unet.config.sample_size, scheduler.config.num_train_timesteps)
-            probe_set.save(out / "probe_set.pt")
         layers = args.layers or default_layers(unet)
-        missing = [n for n in layers if n not in dict(unet.named_modules())]
-        if missing:
-            raise ValueError(f"UNet has no module(s) {missing}; block names are {default_layers(unet)}")
+        _check_layers(layers, unet)
         cells = {(target.name, args.weights, layer, str(t), c) for layer in layers for t in probe_set.timesteps.tolist() for c in probe_set.concept_names}
         if cells <= done and not args.overwrite:
             continue
@@ -170,6 +229,12 @@ def run_linear(args) -> Path:
         (out / "emergence.json").write_text(json.dumps(emergence(rows), indent=1))
         _curves(rows, out)
     return out
+
+
+def _check_layers(layers: list[str], unet) -> None:
+    missing = [n for n in layers if n not in dict(unet.named_modules())]
+    if missing:
+        raise ValueError(f"UNet has no module(s) {missing}; block names are {default_layers(unet)}")
 
 
 def _curves(rows: list[dict], out: Path) -> None:
@@ -213,7 +278,7 @@ def _heatmaps(table: ProbeTable, folder: Path, step: int, weights: str) -> None:
 
 
 def add_linear_parser(commands) -> None:
-    linear = commands.add_parser("linear", help="linear concept probes per (layer, t, concept) on checkpoints")
+    linear = commands.add_parser("linear", allow_abbrev=False, help="linear concept probes per (layer, t, concept) on checkpoints")
     linear.add_argument("--ckpt", required=True, help="a .ckpt file, a run directory (all its checkpoints), or a diffusers UNet folder")
     linear.add_argument("--out", help="output folder (default: <run>/probes)")
     linear.add_argument("--probe-set", help="probe_set.pt to use (default: the run's own)")

@@ -16,29 +16,55 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+SOURCE_HELP = (
+    "Give a local folder (save_to_disk, parquet or an image folder), a .parquet file, or a hub name "
+    "such as 'cifar10' (hub names need network, or a copy in the Hugging Face cache)."
+)
+
+
+def _looks_local(source: str) -> bool:
+    """A hub name is ``name`` or ``owner/name``; anything else that does not exist is a wrong path."""
+    return source.startswith(("/", ".", "~")) or source.endswith(".parquet") or source.count("/") > 1 or "\\" in source
+
+
+def _check_local_folder(path: Path) -> None:
+    """An image folder must hold images: say so plainly instead of datasets' EmptyDatasetError."""
+    extensions, others = set(Image.registered_extensions()), set()
+    for file in path.rglob("*"):
+        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts):
+            if file.suffix.lower() in extensions:
+                return
+            others.add(file.suffix or file.name)
+    layout = "images in one subfolder per class (or in train/ and test/ subfolders), parquet files, or a save_to_disk copy"
+    if not others:
+        raise ValueError(f"data folder {path} is empty; it needs {layout}.")
+    raise ValueError(f"data folder {path} holds no images (only {sorted(others)[:8]} files); it needs {layout}.")
+
 
 def load_source(source: str, name: str | None = None) -> datasets.DatasetDict:
     """Every split of a data set, by hub name or local path, with a clear error if neither works."""
     path = Path(source).expanduser()
+    if not path.exists() and _looks_local(source):
+        raise ValueError(f"data source {source!r}: no file or folder at {path.absolute()}. {SOURCE_HELP}")
+    if path.is_file() and path.suffix != ".parquet":
+        raise ValueError(f"data source {path} is a file but not a .parquet file. {SOURCE_HELP}")
+    is_saved = path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json"))
+    has_parquet = path.is_dir() and any(path.rglob("*.parquet"))
+    if path.is_dir() and not is_saved and not has_parquet:
+        _check_local_folder(path)
     try:
-        if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if is_saved:
             loaded = datasets.load_from_disk(str(path))
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
-        if path.is_file() and path.suffix == ".parquet":
+        if path.is_file():
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
-        if path.is_dir() and any(path.rglob("*.parquet")):
+        if has_parquet:
             return datasets.load_dataset("parquet", data_dir=str(path))
         if path.is_dir():
             return datasets.load_dataset("imagefolder", data_dir=str(path))
-        if path.exists():
-            raise ValueError(f"{path} is a file but not a .parquet file")
         return datasets.load_dataset(source, name)
     except Exception as error:  # datasets raises many types; all mean "cannot use this source"
-        raise ValueError(
-            f"could not load data set {source!r}: {type(error).__name__}: {error}\n"
-            "Give a local folder (save_to_disk, parquet or an image folder), a .parquet file, or a hub name "
-            "such as 'cifar10' (hub names need network, or a copy in the Hugging Face cache)."
-        ) from error
+        raise ValueError(f"could not load data set {source!r}: {type(error).__name__}: {error}\n{SOURCE_HELP}") from error
 
 
 @dataclass
@@ -50,18 +76,26 @@ class ConceptColumn:
     index_of: dict  # raw value -> index in values
 
 
-def concept_column(split: datasets.Dataset, column: str) -> ConceptColumn:
+def concept_column(split: datasets.Dataset, column: str, *more: datasets.Dataset) -> ConceptColumn:
+    """``column`` of ``split`` as a concept; int and string values are collected over ``split`` and
+    ``more`` (the held-out split), so a value seen only in held-out examples still has an index."""
     feature = split.features[column]
     if isinstance(feature, datasets.ClassLabel):
         return ConceptColumn(column, tuple(feature.names), {i: i for i in range(feature.num_classes)})
     if isinstance(feature, datasets.Value) and feature.dtype == "bool":
         return ConceptColumn(column, (f"not_{column}", column), {False: 0, True: 1})
-    if isinstance(feature, datasets.Value) and (feature.dtype.startswith("int") or feature.dtype == "string"):
-        raw = sorted(split.unique(column))
+    if isinstance(feature, datasets.Value) and (feature.dtype.startswith(("int", "uint")) or feature.dtype in ("string", "large_string")):
+        raw = sorted({v for s in (split, *more) for v in s.unique(column)}, key=lambda v: (v is None, v))
+        if None in raw:
+            raise ValueError(f"concept column {column!r} has missing values; a concept needs a label for every image. Fill or drop them first.")
         if len(raw) > 1000:
             raise ValueError(f"concept column {column!r} has {len(raw)} distinct values; a concept needs a small label set")
         return ConceptColumn(column, tuple(f"{column}_{v}" for v in raw), {v: i for i, v in enumerate(raw)})
-    raise ValueError(f"concept column {column!r} has type {feature}; expected a ClassLabel, bool, int or string column")
+    kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+    raise ValueError(
+        f"concept column {column!r} holds {kind} values, which cannot be a concept: a concept is a small set of labels. "
+        "Use a ClassLabel, bool, int or string column (bin float values into one first), or drop it from --data.concept_columns."
+    )
 
 
 def validate_columns(split: datasets.Dataset, image_column: str, concept_columns: list[str], source: str) -> None:

@@ -22,6 +22,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int):
         super().__init__()
+        if image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if num_workers < 0:
@@ -142,12 +144,13 @@ class HFDataModule(ImageDataModule):
         hf.validate_columns(train, image_column, self.concept_columns, source)
         if heldout_split in splits:
             heldout = splits[heldout_split]
+            hf.validate_columns(heldout, image_column, self.concept_columns, f"{source} (split {heldout_split!r})")
         else:
             parts = train.train_test_split(test_size=heldout_fraction, seed=seed)
             train, heldout = parts["train"], parts["test"]
         if len(train) < batch_size:
             raise ValueError(f"data set {source!r} has {len(train)} training images, fewer than batch_size {batch_size}")
-        self.columns = [hf.concept_column(train, c) for c in self.concept_columns]
+        self.columns = [hf.concept_column(train, c, heldout) for c in self.concept_columns]
         self.concepts = {c.name: c.values for c in self.columns}
         words: list[str] = []
         for column in self.columns:
