@@ -106,8 +106,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
     hparams.update(pretrained=None, preset=None, unet=stored["unet_config"], compile=False)
     module = DiffusionModule(**hparams)
     module.use_scheduler(DDPMScheduler.from_config(stored["scheduler_config"]))
+    module.on_load_checkpoint(checkpoint)  # first, as Lightning calls it: it may upgrade the state dict
     module.load_state_dict(checkpoint["state_dict"])
-    module.on_load_checkpoint(checkpoint)
     module.global_step_at_save = int(checkpoint.get("global_step", 0))
     return module.eval()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -19,6 +20,7 @@ from diffprobe.data.module import ImageDataModule
 from diffprobe.explain_flags import add_explain_parsers, apply_config, apply_repeated
 from diffprobe.module import DiffusionModule
 from diffprobe.offline import add_linear_parser
+from diffprobe.resume import ResumeSource, architecture_differences, inspect_resume_checkpoint, setting_changes
 
 
 class RunConfig(SaveConfigCallback):
@@ -37,25 +39,14 @@ class RunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
-def _run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
-    """``runs/<name>/version_<k>`` when ``ckpt_path`` is that run's newest checkpoint (so training
-    can continue in place); None otherwise: resuming from an older checkpoint starts a new version,
-    so the run's later history is never overlapped."""
-    from diffprobe.checkpoint import checkpoint_step
-
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
-        return None
-    path = Path(ckpt_path).resolve()
-    if path.parent.name != "checkpoints" or not path.is_file():
-        return None
-    if path.name != "last.ckpt":
-        steps = [checkpoint_step(p) for p in path.parent.glob("step=*.ckpt")]
-        if steps and checkpoint_step(path) < max(steps):
-            return None
-    return path.parent.parent
+def _fail(error: Exception) -> SystemExit:
+    """A bad input, said in one line before anything was built or written."""
+    return SystemExit(f"error: {error}")
 
 
 class DiffprobeCLI(LightningCLI):
+    resume: ResumeSource | None = None  # what --ckpt_path names, checked before anything is built
+
     @override
     def add_arguments_to_parser(self, parser) -> None:
         # The data decides what the model must fit: image size, channels, caption words.
@@ -64,61 +55,170 @@ class DiffprobeCLI(LightningCLI):
         parser.link_arguments("data.vocabulary", "model.vocabulary", apply_on="instantiate")
 
     @override
-    def before_instantiate_classes(self) -> None:
-        # Resuming from runs/<name>/version_k/checkpoints/x.ckpt continues that run's log directory.
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        run_dir = _run_dir_of_checkpoint(config.get("ckpt_path"))
-        logger = config.trainer.get("logger")
-        if run_dir is None or not isinstance(logger, Namespace):
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would merge the checkpoint's hyper-parameters into the config here, silently
+        # replacing what the user configured (--model.unet, --model.learning_rate ...). diffprobe
+        # checks the file instead; before_fit refuses a model that does not match it.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
-        if logger.get("class_path", "").endswith("TensorBoardLogger"):
+        try:
+            self.resume = inspect_resume_checkpoint(ckpt_path)
+        except (OSError, ValueError) as error:
+            raise _fail(error) from None
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        logger = config.trainer.get("logger")
+        tensorboard = isinstance(logger, Namespace) and logger.get("class_path", "").endswith("TensorBoardLogger")
+        if self.resume is None:
+            return
+        source = self.resume
+        if tensorboard:
+            # hp_metric is a placeholder scalar at step 0: a resumed run would log it at step 0 again.
+            logger.init_args.default_hp_metric = False
+        if source.continues_in_place and tensorboard:
+            # The run continues in its own folder, whatever name the config gives a new run.
+            run_dir = source.run_dir
             logger.init_args.save_dir = str(run_dir.parent.parent)
             logger.init_args.name = run_dir.parent.name
             logger.init_args.version = run_dir.name
+            print(f"diffprobe: resuming {run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place", file=sys.stderr)
+        elif source.run_dir is not None:
+            print(
+                f"diffprobe: {source.path} (step {source.global_step}) is not the newest checkpoint of {source.run_dir} "
+                f"({source.newest_path}); a new run starts from its state and that run is left as it is",
+                file=sys.stderr,
+            )
 
     @override
     def before_fit(self) -> None:
+        if self.resume is not None:
+            differences = architecture_differences(self.resume, self.model)
+            changed = setting_changes(self.resume, self.model)
+            if changed and not differences:
+                print(f"diffprobe: resuming with settings that differ from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
+            if differences:
+                raise _fail(
+                    ValueError(
+                        f"--ckpt_path {self.resume.path} holds another model than the one configured: "
+                        + "; ".join(differences)
+                        + ". Resume with the run's own settings (its config.yaml), or start a new run without --ckpt_path."
+                    )
+                )
         # An existing run directory is never written into, unless we resume from one of its checkpoints.
         if not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
             return  # only versioned run directories are guarded (no logger: the working directory)
         log_dir = Path(self.trainer.log_dir) if self.trainer.log_dir else None
-        ckpt_run = _run_dir_of_checkpoint(self.config.fit.get("ckpt_path"))
         if log_dir is None or not log_dir.exists() or not any(log_dir.iterdir()):
             return
-        if ckpt_run is not None and ckpt_run == log_dir.resolve():
+        if self.resume is not None and self.resume.continues_in_place and self.resume.run_dir == log_dir.resolve():
             for callback in self.trainer.callbacks:
                 if isinstance(callback, RunConfig):
-                    callback.resumed_from = self.config.fit.ckpt_path
+                    callback.resumed_from = str(self.resume.path)
             return
-        raise FileExistsError(
-            f"run directory {log_dir} already exists and holds files; diffprobe never writes into an existing run. "
-            "Leave --trainer.logger.init_args.version unset for a new version, choose another name, or resume "
-            f"with --ckpt_path {log_dir}/checkpoints/last.ckpt."
+        raise _fail(
+            FileExistsError(
+                f"run directory {log_dir} already exists and holds files; diffprobe never writes into an existing run. "
+                "Leave --trainer.logger.init_args.version unset for a new version, choose another name, or resume "
+                f"with --ckpt_path {log_dir}/checkpoints/last.ckpt."
+            )
         )
 
 
 def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
-    """``python train.py fit --config configs/quickstart.yaml`` (all LightningCLI flags work)."""
+    """``python train.py fit --config configs/quickstart.yaml`` (all LightningCLI flags work).
+
+    A flag or config value that is wrong (a misspelt or abbreviated key, ``--data.init_args.image_size 24``)
+    exits with one message that names it, as the first line, before a run directory or a model exists."""
+    import sys
+
+    import jsonargparse
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return DiffprobeCLI(
-        DiffusionModule,
-        ImageDataModule,
-        subclass_mode_data=True,
-        save_config_callback=RunConfig,
-        args=args,
-        run=run,
-        trainer_defaults={"logger": {"class_path": TensorBoardLogger.__module__ + ".TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "default"}}},
-    )
+    # No abbreviations (argparse would read --model.learning_rat as --model.learning_rate); parse errors
+    # raised, not printed after a page of usage, so the message below comes first.
+    strict = {"allow_abbrev": False, "exit_on_error": False}
+    parser_kwargs = {**strict, **{name: dict(strict) for name in DiffprobeCLI.subcommands()}}
+    package = Path(jsonargparse.__file__).parent
+
+    def last_frame(error: BaseException):
+        trace = error.__traceback__
+        while trace is not None and trace.tb_next is not None:
+            trace = trace.tb_next
+        return trace.tb_frame.f_code if trace is not None else None
+
+    def unwrapped(error: BaseException) -> BaseException | None:
+        # jsonargparse reports a union-typed key (--data, --trainer.callbacks) as "Does not validate
+        # against any of the Union subtypes ..." and chains the subtype's own error: that one says it.
+        cause: BaseException | None = error
+        while cause is not None:
+            code = last_frame(cause)
+            if code is not None and code.co_name == "raise_union_unexpected_value" and cause.__cause__ is not None:
+                return cause.__cause__
+            cause = cause.__cause__
+        return None
+
+    try:
+        return DiffprobeCLI(
+            DiffusionModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            save_config_callback=RunConfig,
+            parser_kwargs=parser_kwargs,
+            args=args,
+            run=run,
+            trainer_defaults={"logger": {"class_path": TensorBoardLogger.__module__ + ".TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "default"}}},
+        )
+    except argparse.ArgumentError as error:
+        inner = unwrapped(error)
+        head = str(error).splitlines()[0] if str(error).startswith("Parser key") else ""
+        message = f"{head} {inner}" if inner is not None and head else str(inner or error)
+        # Exit status 2 and stderr, as argparse does for a command line it cannot read.
+        print(f"error: {message}\n(python train.py fit --help lists every option)", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as error:
+        # A class of the config refused its arguments while being built (data before model and trainer).
+        code = last_frame(error)
+        inner = unwrapped(error)
+        if inner is None or code is None or not Path(code.co_filename).is_relative_to(package):
+            raise
+        message = str(inner) if isinstance(inner, ValueError) else f"{type(inner).__name__}: {inner}"
+        trace, refused_by = inner.__traceback__, "a class of the config"
+        while trace is not None:  # the object whose __init__ raised
+            if trace.tb_frame.f_code.co_name == "__init__" and "self" in trace.tb_frame.f_locals:
+                refused_by = type(trace.tb_frame.f_locals["self"]).__name__
+                break
+            trace = trace.tb_next
+        raise SystemExit(f"error: {message}\n(refused by {refused_by} while train.py built the config's objects, before training; no run directory was made)") from inner
 
 
 # ---- probe.py ---------------------------------------------------------------------------------
 
 
+def _load_module(path: str):
+    """The checkpoint's module; a clean exit naming the file when it is missing, damaged or unsafe."""
+    from diffprobe import checkpoint
+
+    try:
+        return checkpoint.load_module(path)
+    except (FileNotFoundError, checkpoint.LoadError) as error:
+        raise SystemExit(str(error)) from error
+
+
 def _export_command(ns: argparse.Namespace) -> Path:
     from diffprobe import checkpoint
 
-    module = checkpoint.load_module(ns.ckpt)
-    out = Path(ns.out) if ns.out else Path(ns.ckpt).resolve().parent.parent / f"export-{Path(ns.ckpt).stem}"
+    # The default stays inside the checkpoint's run (<run>/checkpoints/x.ckpt -> <run>/export-x), or in
+    # the working directory for a checkpoint outside a run; checked before the checkpoint is loaded.
+    ckpt = Path(os.path.abspath(ns.ckpt))  # not resolve(): a last.ckpt link keeps its own name
+    in_run = ckpt.parent.name == "checkpoints"
+    out = Path(ns.out) if ns.out else (ckpt.parent.parent if in_run else Path()) / f"export-{ckpt.stem}"
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise FileExistsError(f"export folder {out} exists{' and is not empty' if out.is_dir() else ' (a file)'}; choose a new --out")
+    module = _load_module(ns.ckpt)
     path = checkpoint.export(module, out, use_ema=not ns.raw)
     print(f"exported {module.describe()} ({'raw' if ns.raw else 'EMA'} weights) to {path}")
     return path
@@ -127,36 +227,44 @@ def _export_command(ns: argparse.Namespace) -> Path:
 def _sample_command(ns: argparse.Namespace) -> Path:
     import torch
 
-    from diffprobe import checkpoint, viz
+    from diffprobe import viz
 
-    module = checkpoint.load_module(ns.ckpt).to(ns.device)
+    # Checked before the checkpoint is loaded and sampled: a refusal costs nothing.
+    out = Path(ns.out)
+    if out.exists():
+        raise SystemExit(f"--out {out} exists; choose another --out (diffprobe does not overwrite files)")
+    if out.suffix.lower() != ".png":
+        raise SystemExit(f"--out {out} must be a .png file name, e.g. {out.with_suffix('.png')}")
+    for flag, value in (("--num", ns.num), ("--steps", ns.steps), ("--scale", ns.scale)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be at least 1, got {value}")
+    module = _load_module(ns.ckpt).to(ns.device)
     captions = [ns.caption[i % len(ns.caption)] for i in range(ns.num)] if ns.caption else None
     if module.caption_encoder is not None and captions is None:
         raise SystemExit("this checkpoint is a conditional model: give --caption 'a large red solid circle ...'")
     images = module.sample(
         ns.num, seed=ns.seed, num_inference_steps=ns.steps, sampler=ns.sampler, captions=captions, guidance_scale=ns.guidance, use_ema=not ns.raw
     )
-    out = Path(ns.out)
-    if out.exists():
-        raise SystemExit(f"{out} exists; choose another --out (diffprobe does not overwrite files)")
+    if out.exists():  # written meanwhile by something else: still never overwritten
+        raise SystemExit(f"--out {out} exists; choose another --out (diffprobe does not overwrite files)")
     viz.save_png(viz.image_grid(images.to(torch.float32)), out, scale=ns.scale)
     print(f"wrote {len(images)} samples to {out}")
     return out
 
 
 def probe_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probe.py", description="diffprobe tools that run on checkpoints.")
+    parser = argparse.ArgumentParser(prog="probe.py", description="diffprobe tools that run on checkpoints.", allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    export = commands.add_parser("export", help="write a checkpoint as a diffusers folder (DDPMPipeline.from_pretrained loads it)")
+    export = commands.add_parser("export", allow_abbrev=False, help="write a checkpoint as a diffusers folder (DDPMPipeline.from_pretrained loads it)")
     export.add_argument("--ckpt", required=True, help="a diffprobe .ckpt file")
-    export.add_argument("--out", help="new folder to write (default: <run>/export-<ckpt name>)")
+    export.add_argument("--out", help="new folder to write (default: <run>/export-<ckpt name>, or ./export-<ckpt name> for a checkpoint outside a run)")
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     export.set_defaults(handler=_export_command)
 
-    sample = commands.add_parser("sample", help="sample a PNG grid from a checkpoint with a fixed seed")
+    sample = commands.add_parser("sample", allow_abbrev=False, help="sample a PNG grid from a checkpoint with a fixed seed")
     sample.add_argument("--ckpt", required=True, help="a diffprobe .ckpt file")
-    sample.add_argument("--out", required=True, help="PNG file to write")
+    sample.add_argument("--out", required=True, help="new PNG file to write (missing parent folders are made)")
     sample.add_argument("--num", type=int, default=16, help="number of images")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=100, help="sampling steps")

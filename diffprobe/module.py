@@ -12,13 +12,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb
 from diffprobe.captions import CaptionEncoder
 from diffprobe.capture import capture_features
+from diffprobe.ema import AveragedWeights
 from diffprobe.metrics import TimestepBinnedMean
 from diffprobe.unet import build_unet, count_parameters, load_pretrained
 
@@ -126,8 +126,8 @@ class DiffusionModule(pl.LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         # 3. EMA of every trained weight (diffusers' EMAModel); training always continues from the raw weights.
-        self.ema = EMAModel(
-            self.trained_parameters(), decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power, foreach=True
+        self.ema = AveragedWeights(
+            {"unet": self.unet, "caption_encoder": self.caption_encoder}, decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power
         )
 
     def use_scheduler(self, scheduler) -> None:
@@ -217,15 +217,12 @@ class DiffusionModule(pl.LightningModule):
         # timesteps, noise and caption dropout.
         if self.trainer.world_size > 1:
             torch.manual_seed(torch.initial_seed() + 7919 * self.trainer.global_rank)
-        self.ema.to(self.device)
 
     @override
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Right after the weights changed, once per optimizer step (also with gradient
         # accumulation), before any callback samples or checkpoints them.
-        if self.ema.shadow_params[0].device != self.device:
-            self.ema.to(self.device)
         self.ema.step(self.trained_parameters())
 
     @override
@@ -250,6 +247,14 @@ class DiffusionModule(pl.LightningModule):
         schedule = get_scheduler(name, optimizer, num_warmup_steps=self.hparams.warmup_steps, num_training_steps=max(total, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    @override
+    def configure_callbacks(self):
+        # Atomic checkpoints, a clean stop on SIGTERM / SIGINT and a clean TensorBoard history on
+        # resume, for every fit (train.py and the Python API alike).
+        from diffprobe.callbacks.run_safety import RunSafety
+
+        return [RunSafety()]
+
     # ---- checkpoint state ---------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -260,35 +265,22 @@ class DiffusionModule(pl.LightningModule):
             "unet_config": dict(self.unet.config),
             "scheduler_config": dict(self.scheduler.config),
         }
-        checkpoint["ema"] = self.ema.state_dict()
-
-    @override
-    def teardown(self, stage: str) -> None:
-        # Lightning moves the module to the CPU after fit; the EMA copy (not a submodule) follows.
-        self.ema.to(self.device)
+        checkpoint["ema"] = self.ema.schedule_state()  # the averages are in state_dict (ema.copy.*)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the state dict is loaded: older checkpoints get their averages moved into it.
         if "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
-            # The averaged weights and step count come from the checkpoint, the settings from this run.
+            self.ema.upgrade_checkpoint(checkpoint, prefix="ema.")
             hp = self.hparams
-            self.ema.decay, self.ema.use_ema_warmup, self.ema.inv_gamma, self.ema.power = hp.ema_decay, hp.ema_warmup, hp.ema_inv_gamma, hp.ema_power
-            self.ema.to(self.device)
+            self.ema.load_schedule_state(checkpoint["ema"], decay=hp.ema_decay, use_ema_warmup=hp.ema_warmup, inv_gamma=hp.ema_inv_gamma, power=hp.ema_power)
 
     # ---- sampling -----------------------------------------------------------------------------
     @contextmanager
     def ema_weights(self):
         """Swap the EMA weights in for the duration; the raw training weights come back exactly."""
-        params = self.trained_parameters()
-        if self.ema.shadow_params[0].device != self.device:
-            self.ema.to(self.device)
-        self.ema.store(params)
-        self.ema.copy_to(params)
-        try:
+        with self.ema.swapped_into(self.trained_parameters()):
             yield
-        finally:
-            self.ema.restore(params)
 
     @torch.no_grad()
     def sample(

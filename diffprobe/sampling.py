@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffprobe import interrupt
 from diffprobe.unet import UNet
 
 
@@ -89,6 +90,7 @@ def denoise(
         scheduler.set_timesteps(num_inference_steps, device=device)
     x_t = noise.to(device=device, dtype=unet.dtype)
     for index, t in enumerate(scheduler.timesteps):
+        interrupt.check()
         output = guided_output(unet, x_t, t, condition, uncondition, guidance_scale)
         step = scheduler.step(output, t, x_t, generator=generator)
         yield StepRecord(index=index, t=int(t), x_t=x_t, model_output=output, x0_hat=step.pred_original_sample, x_prev=step.prev_sample)

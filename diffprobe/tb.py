@@ -25,6 +25,10 @@ EMA_DECAY = "train/ema_decay"
 SAMPLES = "samples/{weights}"
 
 
+def has_tensorboard(trainer) -> bool:
+    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+
+
 def tensorboard_writer(trainer) -> SummaryWriter | None:
     """The run's SummaryWriter, or None when no TensorBoard logger is attached."""
     for logger in trainer.loggers:

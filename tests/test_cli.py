@@ -76,11 +76,12 @@ def test_resume_from_an_older_checkpoint_starts_a_new_version(tmp_path, monkeypa
     assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.global_step == 5
 
 
-def test_no_logger_runs_in_a_non_empty_working_directory(tmp_path, monkeypatch):
+def test_without_a_logger_the_observers_refuse_before_writing_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    cli = train_main(_no_rich(quickstart("--trainer.logger", "false", "--trainer.max_steps", "2")))
-    assert cli.trainer.global_step == 2 and (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="has no TensorBoardLogger"):
+        train_main(_no_rich(quickstart("--trainer.logger", "false", "--trainer.max_steps", "2")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_existing_run_directory_is_refused_before_training(tmp_path, monkeypatch):
@@ -88,7 +89,7 @@ def test_existing_run_directory_is_refused_before_training(tmp_path, monkeypatch
     run = tmp_path / "runs/quickstart/mine"
     run.mkdir(parents=True)
     (run / "notes.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="never writes into an existing run"):
+    with pytest.raises(SystemExit, match="never writes into an existing run"):
         train_main(_no_rich(quickstart("--trainer.logger.init_args.version", "mine")))
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
@@ -122,4 +123,4 @@ def test_probe_export_and_sample_commands(tmp_path, monkeypatch):
         probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     png = probe_main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "grid.png"), "--num", "4", "--steps", "2"])
     assert png.stat().st_size > 0
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 4
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4

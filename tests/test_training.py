@@ -90,7 +90,8 @@ def test_resume_continues_step_count_ema_and_optimizer(tmp_path, tiny_data):
     second = make_trainer(tmp_path, max_steps=6, version=0, callbacks=[RecordAtResume()])
     second.fit(module, datamodule=tiny_data, ckpt_path=ckpt)
     assert all(torch.equal(at_start["unet"][k], saved["state_dict"][f"unet.{k}"]) for k in at_start["unet"])
-    assert all(torch.equal(a, b) for a, b in zip(at_start["ema"], saved["ema"]["shadow_params"]))
+    saved_ema = [v for k, v in saved["state_dict"].items() if k.startswith("ema.copy.")]
+    assert len(saved_ema) == len(at_start["ema"]) and all(torch.equal(a, b) for a, b in zip(at_start["ema"], saved_ema))
     assert second.global_step == 6
     assert module.ema.optimization_step == 6
     assert module.ema.decay == 0.95, "EMA settings come from this run, the averages from the checkpoint"
@@ -168,3 +169,23 @@ def test_ddpm_and_ddim_sampling_are_seeded_and_custom_timesteps_need_ddpm():
     assert [r.t for r in records] == [90, 40, 5]
     with pytest.raises(ValueError, match="cannot take custom timesteps"):
         list(sampling.denoise(module.unet, sampling_scheduler(module.scheduler, "ddim"), batch_size=1, timesteps=[90, 40, 5]))
+
+
+def test_ema_averages_are_a_submodule_and_older_checkpoints_still_load(tmp_path, tiny_data):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    module = make_module()
+    trainer.fit(module, datamodule=tiny_data)
+    # The averages are part of the module (moved, saved and sharded with it), frozen, not optimised.
+    names = [n for n, _ in module.named_parameters() if n.startswith("ema.copy.unet.")]
+    assert len(names) == len(list(module.unet.parameters()))
+    assert not any(p.requires_grad for p in module.ema.parameters())
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in module.ema.parameters()}
+    # A checkpoint of the earlier format (averages as a list in checkpoint["ema"]) loads the same.
+    path = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    averages = [checkpoint["state_dict"].pop(k) for k in list(checkpoint["state_dict"]) if k.startswith("ema.copy.")]
+    checkpoint["ema"]["shadow_params"] = averages
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = load_module(tmp_path / "old.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(old.ema.shadow_params, averages)) and old.ema.optimization_step == 2

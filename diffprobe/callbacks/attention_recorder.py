@@ -19,10 +19,10 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from diffprobe import tb, viz
+from diffprobe import interrupt, tb, viz
+from diffprobe.callbacks.periodic import PeriodicObserver
 from diffprobe.capture import attention_modules, eager, query_indices, record_attention
 from diffprobe.data.probe_set import fixed_examples
 
@@ -55,7 +55,7 @@ def attention_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return entropy, (probs * distance).sum(-1).mean()
 
 
-class AttentionRecorder(pl.Callback):
+class AttentionRecorder(PeriodicObserver):
     """Args:
         every_n_steps: record after every this many optimizer steps (and at the start and end).
         num_images: fixed images recorded (rows of each grid).
@@ -72,16 +72,17 @@ class AttentionRecorder(pl.Callback):
         layers: list[str] | None = None,
         weights: Literal["ema", "raw"] = "ema",
     ):
-        if every_n_steps < 1 or num_images < 1:
-            raise ValueError("every_n_steps and num_images must be >= 1")
+        super().__init__(every_n_steps)
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-        self.every_n_steps, self.num_images, self.timesteps, self.layers, self.weights = every_n_steps, num_images, timesteps, layers, weights
+        self.num_images, self.timesteps, self.layers, self.weights = num_images, timesteps, layers, weights
         self.images: torch.Tensor | None = None
-        self._last_step = -1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit" or self.images is not None:
             return
         available = attention_modules(pl_module.unet, "self")
@@ -97,19 +98,6 @@ class AttentionRecorder(pl.Callback):
         examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
         self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
-
-    @override
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._record(trainer, pl_module)
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._record(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._record(trainer, pl_module)
 
     @torch.no_grad()
     def maps(self, pl_module, t_index: int) -> dict[str, torch.Tensor]:
@@ -127,18 +115,16 @@ class AttentionRecorder(pl.Callback):
                 unet(x_t, t, encoder_hidden_states=context)
         return {name: calls[-1] for name, calls in recorded.items()}
 
-    @rank_zero_only
-    def _record(self, trainer, pl_module) -> None:
+    @override
+    def observe(self, trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
-        if writer is None or trainer.global_step == self._last_step:
-            return
-        step = self._last_step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
         token_mass: dict[str, list[float]] = {}
         try:
             with eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
                 for j, t in enumerate(self.timesteps):
+                    interrupt.check()
                     maps = self.maps(pl_module, j)
                     for layer in self.layers:
                         self._log_self_attention(writer, layer, maps[layer].cpu(), t, step)
@@ -183,10 +169,13 @@ class AttentionRecorder(pl.Callback):
 
     # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
     @override
-    def state_dict(self) -> dict:
-        return {"timesteps": self.timesteps, "last_step": self._last_step}
+    def identity(self) -> dict:
+        return {**super().identity(), "weights": self.weights}
 
     @override
-    def load_state_dict(self, state_dict: dict) -> None:
+    def extra_state(self) -> dict:
+        return {"timesteps": self.timesteps}
+
+    @override
+    def load_extra_state(self, state_dict: dict) -> None:
         self.timesteps = state_dict.get("timesteps", self.timesteps)
-        self._last_step = state_dict.get("last_step", self._last_step)

@@ -9,27 +9,43 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from diffprobe import checkpoint
+from diffprobe.callbacks.periodic import refuse_sharded_strategy
 
 
 class ExportDiffusers(pl.Callback):
     """Args:
         folder: name of the export folder inside the run directory.
         use_ema: export the EMA weights (what one samples with) rather than the raw ones.
+
+    A run finished again after a resume keeps its earlier export and adds ``<folder>-step<N>``;
+    finishing at a step that is already exported writes nothing.
     """
 
     def __init__(self, folder: str = "export", use_ema: bool = True):
-        if not folder or Path(folder).is_absolute():
-            raise ValueError(f"folder must be a relative folder name inside the run, got {folder!r}")
+        if not folder or Path(folder).is_absolute() or ".." in Path(folder).parts:
+            raise ValueError(f"folder must be a relative folder name inside the run (no '..'), got {folder!r}")
         self.folder, self.use_ema = folder, use_ema
         self.exported_to: Path | None = None
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            refuse_sharded_strategy(trainer, "ExportDiffusers")
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         # trainer.log_dir broadcasts, so every rank asks for it; only rank zero writes.
-        target = Path(trainer.log_dir or trainer.default_root_dir) / self.folder
+        run = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        if target.exists() and any(target.iterdir()):  # a resumed run: keep the earlier export too
-            target = target.with_name(f"{self.folder}-step{trainer.global_step:06d}")
-        self.exported_to = checkpoint.export(pl_module, target, use_ema=self.use_ema)
-        rank_zero_info(f"diffprobe: exported diffusers folder to {self.exported_to}")
+        step = trainer.global_step
+        for target in (run / self.folder, run / f"{self.folder}-step{step:06d}"):
+            if not target.exists() or not any(target.iterdir()):
+                self.exported_to = checkpoint.export(pl_module, target, use_ema=self.use_ema, step=step)
+                rank_zero_info(f"diffprobe: exported diffusers folder to {self.exported_to}")
+                return
+            if checkpoint.exported_step(target) == step:
+                self.exported_to = target
+                rank_zero_info(f"diffprobe: step {step} is already exported in {target}")
+                return
+        raise FileExistsError(f"{run / f'{self.folder}-step{step:06d}'} exists and holds an export of another step; move it away")

@@ -46,6 +46,7 @@ class OnlineProbes(pl.Callback):
             raise ValueError("num_buckets and log_every_n_steps must be >= 1 and learning_rate > 0")
         self.layers, self.pool, self.num_buckets = layers, pool, num_buckets
         self.learning_rate, self.log_every_n_steps = learning_rate, log_every_n_steps
+        self._layers_arg = list(layers) if layers else None  # as given: part of the state key
         self.heads: nn.ModuleDict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -119,6 +120,11 @@ class OnlineProbes(pl.Callback):
                     if accuracy[i, b, k] == accuracy[i, b, k]:
                         values[tb.probe_tag(tb.PROBE_PREFIX["online"], concept, layer, tb.bucket_tag(first, last))] = float(accuracy[i, b, k])
         pl_module.log_dict(values, sync_dist=False)  # already reduced by the metric
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self._layers_arg, pool=self.pool, num_buckets=self.num_buckets)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from typing_extensions import override
 
-from diffprobe import diffusion, sampling, tb, viz
+from diffprobe import diffusion, interrupt, sampling, tb, viz
+from diffprobe.callbacks.periodic import PeriodicObserver
 from diffprobe.capture import eager
 from diffprobe.data.probe_set import fixed_examples
 from diffprobe.metrics import frequency_band_errors, mean_colour_error
@@ -44,7 +44,7 @@ def concept_recovery(x0_hat: torch.Tensor, x0: torch.Tensor, masks: torch.Tensor
     return {"object_colour_error": (colour_hat - colour_true).abs().mean(1), "mask_iou": intersection / union}
 
 
-class PredictionEvolution(pl.Callback):
+class PredictionEvolution(PeriodicObserver):
     """Args:
         every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
         num_images: fixed probe images shown (columns).
@@ -63,17 +63,18 @@ class PredictionEvolution(pl.Callback):
         trajectory_every: int = 10,
         weights: Literal["ema", "raw"] = "ema",
     ):
-        if every_n_steps < 1 or num_images < 1 or trajectory_every < 1 or trajectory_steps < 0:
-            raise ValueError("every_n_steps, num_images, trajectory_every must be >= 1 and trajectory_steps >= 0")
+        super().__init__(every_n_steps)
+        if num_images < 1 or trajectory_every < 1 or trajectory_steps < 0:
+            raise ValueError("num_images and trajectory_every must be >= 1 and trajectory_steps >= 0")
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-        self.every_n_steps, self.num_images, self.timesteps = every_n_steps, num_images, timesteps
+        self.num_images, self.timesteps = num_images, timesteps
         self.trajectory_steps, self.trajectory_every, self.weights = trajectory_steps, trajectory_every, weights
         self.images: torch.Tensor | None = None
-        self._last_step = -1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit" or self.images is not None:
             return
         T = pl_module.num_train_timesteps
@@ -82,19 +83,6 @@ class PredictionEvolution(pl.Callback):
             raise ValueError(f"PredictionEvolution timesteps {self.timesteps} must lie in [0, {T})")
         examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
-
-    @override
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module)
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._evaluate(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module)
 
     @torch.no_grad()
     def predictions(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +97,7 @@ class PredictionEvolution(pl.Callback):
                 # A conditional model predicts from each image's own caption (no guidance).
                 condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
                 for j, t in enumerate(self.timesteps):
+                    interrupt.check()
                     timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
                     noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
                     x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
@@ -119,12 +108,9 @@ class PredictionEvolution(pl.Callback):
             pl_module.train(was_training)
         return torch.stack(noisy), torch.stack(predicted)
 
-    @rank_zero_only
-    def _evaluate(self, trainer, pl_module) -> None:
+    @override
+    def observe(self, trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
-        if writer is None or trainer.global_step == self._last_step:
-            return
-        step = self._last_step = trainer.global_step
         noisy, predicted = self.predictions(pl_module)
         columns = len(self.images)
         writer.add_image("pred/x0_hat", viz.image_grid(predicted.flatten(0, 1), columns=columns), step)
@@ -178,10 +164,13 @@ class PredictionEvolution(pl.Callback):
 
     # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
     @override
-    def state_dict(self) -> dict:
-        return {"timesteps": self.timesteps, "last_step": self._last_step}
+    def identity(self) -> dict:
+        return {**super().identity(), "weights": self.weights}
 
     @override
-    def load_state_dict(self, state_dict: dict) -> None:
+    def extra_state(self) -> dict:
+        return {"timesteps": self.timesteps}
+
+    @override
+    def load_extra_state(self, state_dict: dict) -> None:
         self.timesteps = state_dict.get("timesteps", self.timesteps)
-        self._last_step = state_dict.get("last_step", self._last_step)

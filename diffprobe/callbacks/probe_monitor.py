@@ -14,16 +14,16 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from diffprobe import tb, viz
+from diffprobe.callbacks.periodic import PeriodicObserver
 from diffprobe.capture import default_layers, eager
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, default_timesteps
 from diffprobe.probes.pipeline import ProbeTable, probe_unet
 
 
-class ProbeMonitor(pl.Callback):
+class ProbeMonitor(PeriodicObserver):
     """Args:
         every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
         num_images: probe-set size (held-out images; 2/3 fit the probes, 1/3 score them).
@@ -52,24 +52,30 @@ class ProbeMonitor(pl.Callback):
         probe_set: str | None = None,
         seed: int = 0,
     ):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        super().__init__(every_n_steps)
         if num_images < 10:
             raise ValueError(f"num_images must be >= 10 (probes need a train and a test part), got {num_images}")
         if weights not in ("ema", "raw", "both"):
             raise ValueError(f"weights must be 'ema', 'raw' or 'both', got {weights!r}")
         if probe_set is not None and not Path(probe_set).is_file():
             raise FileNotFoundError(f"probe set {probe_set} does not exist")
-        self.every_n_steps, self.num_images, self.timesteps = every_n_steps, num_images, timesteps
+        self.num_images, self.timesteps = num_images, timesteps
         self.layers, self.pool, self.method, self.weights = layers, pool, method, weights
-        self.batch_size, self.heatmaps, self.probe_set_path, self.seed = batch_size, heatmaps, probe_set, seed
+        self._layers_arg = list(layers) if layers else None  # as given: part of the state key
+        self.batch_size, self.heatmaps, self.seed = batch_size, heatmaps, seed
+        self.probe_set_path = str(probe_set) if probe_set is not None else None  # plain data in the checkpoint
         self.probe_set: ProbeSet | None = None
         self.history: list[dict[str, Any]] = []
-        self._layout_written = False
+        self._layout_written = False  # once per session: a resumed run's first write follows the purge
+
+    @override
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "weights": self.weights, "pool": self.pool, "method": self.method, "layers": self._layers_arg}
 
     # ---- setup --------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         layers = self.layers or default_layers(pl_module.unet)
@@ -100,20 +106,6 @@ class ProbeMonitor(pl.Callback):
             self.probe_set.save(saved)
             self.probe_set_path = str(saved)
 
-    # ---- when ---------------------------------------------------------------------------------
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module)
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._evaluate(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module)
-
     # ---- what ---------------------------------------------------------------------------------
     def probe(self, pl_module, use_ema: bool) -> ProbeTable:
         """The probe table of the module's current raw or EMA weights (eager UNet, fp32)."""
@@ -123,16 +115,18 @@ class ProbeMonitor(pl.Callback):
             condition = pl_module.caption_encoder.unconditional(1) if pl_module.caption_encoder is not None else None
             return probe_unet(pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition)
 
-    @rank_zero_only
-    def _evaluate(self, trainer: pl.Trainer, pl_module) -> None:
-        step = trainer.global_step
-        if self.history and self.history[-1]["step"] == step:
-            return
+    @override
+    def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
-        for kind in kinds:
+        tables = {}
+        for kind in kinds:  # all tables first: an interrupted evaluation leaves no trace
             with torch.no_grad():
-                table = self.probe(pl_module, use_ema=kind == "ema")
+                tables[kind] = self.probe(pl_module, use_ema=kind == "ema")
+        # History past this step belongs to a session that was resumed from here (TensorBoard
+        # purged it too): this evaluation replaces it.
+        self.history = [entry for entry in self.history if entry["step"] < step]
+        for kind, table in tables.items():
             self.history.append(
                 {
                     "step": step,
@@ -145,9 +139,8 @@ class ProbeMonitor(pl.Callback):
                     "concepts": table.concepts,
                 }
             )
-            if writer is not None:
-                self._log(writer, table, step, tb.PROBE_PREFIX[kind])
-        if writer is not None and not self._layout_written:
+            self._log(writer, table, step, tb.PROBE_PREFIX[kind])
+        if not self._layout_written:
             writer.add_custom_scalars(tb.probe_layout(self.probe_set.concept_names, self.layers))
             self._layout_written = True
 
@@ -173,11 +166,11 @@ class ProbeMonitor(pl.Callback):
 
     # ---- state --------------------------------------------------------------------------------
     @override
-    def state_dict(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         return {"history": self.history, "probe_set_path": self.probe_set_path, "layers": self.layers}
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.probe_set_path = state_dict.get("probe_set_path") or self.probe_set_path
         self.layers = state_dict.get("layers") or self.layers

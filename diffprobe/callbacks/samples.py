@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from diffprobe import tb, viz
+from diffprobe.callbacks.periodic import PeriodicObserver
 
 
-class SampleGrid(pl.Callback):
+class SampleGrid(PeriodicObserver):
     """Args:
         every_n_steps: sample after every this many optimizer steps (and at the start and end).
         num_images: images per grid; a conditional model uses the first held-out captions.
@@ -32,16 +32,18 @@ class SampleGrid(pl.Callback):
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         weights: Literal["ema", "raw", "both"] = "ema",
     ):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        super().__init__(every_n_steps)
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if weights not in ("ema", "raw", "both"):
             raise ValueError(f"weights must be 'ema', 'raw' or 'both', got {weights!r}")
-        self.every_n_steps, self.num_images, self.seed = every_n_steps, num_images, seed
+        self.num_images, self.seed = num_images, seed
         self.num_inference_steps, self.sampler, self.weights = num_inference_steps, sampler, weights
         self._captions: list[str] | None = None
-        self._last_logged_step = -1
+
+    @override
+    def identity(self) -> dict:
+        return {**super().identity(), "seed": self.seed, "sampler": self.sampler, "weights": self.weights}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -51,27 +53,10 @@ class SampleGrid(pl.Callback):
             self._captions = [heldout[i]["caption"] for i in range(count)]
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
-        self._log(trainer, pl_module)
+    def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
-        if writer is not None and self._captions is not None and trainer.is_global_zero:
-            writer.add_text("samples/captions", "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), trainer.global_step)
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._log(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self._log(trainer, pl_module)
-
-    @rank_zero_only
-    def _log(self, trainer: pl.Trainer, pl_module) -> None:
-        writer = tb.tensorboard_writer(trainer)
-        if writer is None or trainer.global_step == self._last_logged_step:
-            return
-        self._last_logged_step = trainer.global_step
+        if step == 0 and self._captions is not None:
+            writer.add_text("samples/captions", "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
         for kind in kinds:
             images = pl_module.sample(
@@ -82,4 +67,4 @@ class SampleGrid(pl.Callback):
                 captions=self._captions,
                 use_ema=kind == "ema",
             )
-            writer.add_image(tb.SAMPLES.format(weights=kind), viz.image_grid(images), trainer.global_step)
+            writer.add_image(tb.SAMPLES.format(weights=kind), viz.image_grid(images), step)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffprobe import interrupt
 from diffprobe.capture import capture_features, default_layers
 from diffprobe.capture.activations import Pool
 from diffprobe.data.probe_set import ProbeSet
@@ -99,6 +100,7 @@ def extract_features(
         noise = probe_set.noise(j)
         chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         for start in range(0, len(probe_set), batch_size):
+            interrupt.check()
             x0 = probe_set.images[start : start + batch_size].to(device)
             timesteps = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
             x_t = scheduler.add_noise(x0, noise[start : start + batch_size].to(device), timesteps)

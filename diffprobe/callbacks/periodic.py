@@ -1,0 +1,120 @@
+"""PeriodicObserver: the one WHEN of every callback that looks at the model on a step schedule.
+
+SampleGrid, ProbeMonitor, AttentionRecorder and PredictionEvolution observe the model at the start
+of training, after every ``every_n_steps`` optimizer steps and at the end. The rules that keep a
+run's history right through resumes and interruptions live here, once:
+
+- A step is observed at most once per run: the last observed step is in the checkpoint.
+- A resumed run observes its resume step again only when it was due (step 0, a multiple of N, or
+  the step observed last): ContinueRun purges TensorBoard from the resume step on, so what the
+  first session logged there is hidden and is written again with the same weights. Any other
+  resume step gets no extra observation.
+- A stop request (SIGTERM / SIGINT) cuts an observation short between UNet batches
+  (``interrupt.Interrupted``); the partial observation is discarded and the step stays unobserved.
+- Observing is rank-zero work on the module's own UNet (no collective calls).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from diffprobe import interrupt, tb
+
+
+def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
+    """Rank-zero work on ``pl_module.unet`` needs the whole UNet in one process: under FSDP or
+    model parallelism it would hang in a collective or see only a shard."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
+        raise ValueError(
+            f"{who} runs the UNet on rank zero, which a sharded model ({type(trainer.strategy).__name__}) cannot do. "
+            "Train with --trainer.strategy ddp, or remove the callback and run probe.py on the checkpoints."
+        )
+
+
+class PeriodicObserver(pl.Callback):
+    """Subclasses implement :meth:`observe` and, for a resumable state, :meth:`extra_state` /
+    :meth:`load_extra_state`; :meth:`identity` names the arguments that tell two instances of the
+    class apart in a checkpoint (its ``state_key``)."""
+
+    needs_tensorboard = True
+
+    def __init__(self, every_n_steps: int):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.last_step = -1
+
+    # ---- identity and state ---------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {"every_n_steps": self.every_n_steps}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.identity())
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, **self.extra_state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict.get("last_step", self.last_step))
+        self.load_extra_state(state_dict)
+
+    # ---- setup ----------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            refuse_sharded_strategy(trainer, type(self).__name__)
+        if stage == "fit" and self.needs_tensorboard and not tb.has_tensorboard(trainer):
+            raise ValueError(
+                f"{type(self).__name__} writes to TensorBoard, and this Trainer has no TensorBoardLogger. Add one "
+                "(train.py has one by default; --trainer.logger lightning.pytorch.loggers.TensorBoardLogger) or "
+                "remove the callback."
+            )
+
+    # ---- when -----------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps == 0 or step == self.last_step:
+            self._observe(trainer, pl_module, again=True)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._observe(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._observe(trainer, pl_module)
+
+    def _observe(self, trainer: pl.Trainer, pl_module, again: bool = False) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or interrupt.stop_requested() is not None:
+            return
+        if step == self.last_step and not again:
+            return
+        try:
+            self.observe(trainer, pl_module, step)
+        except interrupt.Interrupted:
+            rank_zero_info(f"diffprobe: {type(self).__name__} at step {step} was stopped by a signal; discarded")
+            return
+        self.last_step = step
+
+    def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
+        """Look at the model now and log what was seen at ``step`` (global rank zero only)."""
+        raise NotImplementedError

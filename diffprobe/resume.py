@@ -1,0 +1,125 @@
+"""What ``train.py fit --ckpt_path X`` means, decided and checked before a model is trained or a
+run directory is written.
+
+- X must be a complete diffprobe checkpoint (loaded safely: plain data only).
+- X is the newest checkpoint of its run (``<run>/checkpoints/X``): the run continues in place.
+- X is an older checkpoint, or lies outside a run: a new run (a new version folder) starts from
+  X's state; X's run is left as it is, so its later history is never overlapped.
+- The configured model must be the architecture X was trained with, at the same image size:
+  otherwise the weights would not fit, or would silently train at another resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffprobe.checkpoint import CHECKPOINT_MARKER, safe_load
+
+_STEP = re.compile(r"step=(\d+)")
+
+
+@dataclass
+class ResumeSource:
+    path: Path
+    global_step: int
+    run_dir: Path | None  # <run> when the file lies in <run>/checkpoints/
+    newest: bool  # no other checkpoint of that run is past it
+    newest_path: Path | None  # the run's newest checkpoint (this one when ``newest``)
+    unet_class: str
+    unet_config: dict[str, Any]
+    hyper_parameters: dict[str, Any]
+
+    @property
+    def continues_in_place(self) -> bool:
+        return self.run_dir is not None and self.newest
+
+
+def _step_of(path: Path) -> int:
+    match = _STEP.search(path.name)
+    if match:
+        return int(match.group(1))
+    try:
+        checkpoint = safe_load(path)
+        return int(checkpoint.get("global_step", -1)) if isinstance(checkpoint, dict) else -1
+    except (OSError, ValueError):  # a damaged neighbour does not stop a resume from a good file
+        return -1
+
+
+def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
+    """Check ``path`` and place it: raises FileNotFoundError / ValueError with the fix in words."""
+    path = Path(path)
+    if path.is_dir():
+        hint = f" such as {path / 'checkpoints' / 'last.ckpt'}" if (path / "checkpoints").is_dir() else ""
+        raise ValueError(f"--ckpt_path {path} is a directory; give a checkpoint file{hint}")
+    checkpoint = safe_load(path)
+    if not isinstance(checkpoint, dict) or CHECKPOINT_MARKER not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"--ckpt_path {path} is not a diffprobe training checkpoint (no '{CHECKPOINT_MARKER}' entry); give a .ckpt written by train.py")
+    step = int(checkpoint.get("global_step", 0))
+    run_dir = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else None
+    newest, newest_path = True, path
+    if run_dir is not None:
+        later = [(s, p) for p in path.resolve().parent.glob("*.ckpt") if p != path.resolve() and (s := _step_of(p)) > step]
+        if later:
+            newest, newest_path = False, max(later)[1]
+    stored = checkpoint[CHECKPOINT_MARKER]
+    return ResumeSource(
+        path=path,
+        global_step=step,
+        run_dir=run_dir,
+        newest=newest,
+        newest_path=newest_path,
+        unet_class=str(stored.get("unet_class", "")),
+        unet_config=dict(stored.get("unet_config", {})),
+        hyper_parameters=dict(checkpoint.get("hyper_parameters", {})),
+    )
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))  # tuples and lists compare equal
+
+
+# DiffusionModule arguments that decide which weights and noise process a checkpoint fits.
+ARCHITECTURE_SETTINGS = ("conditional", "vocabulary", "max_caption_tokens", "num_train_timesteps", "prediction_type", "beta_schedule")
+
+
+def setting_changes(source: ResumeSource, module) -> list[str]:
+    """The other hyper-parameters (learning rate, EMA decay, ...) that this run sets differently:
+    allowed, and said."""
+    skip = set(ARCHITECTURE_SETTINGS) | {"preset", "unet", "pretrained", "image_size", "in_channels"}
+    changes = []
+    for key, value in sorted(source.hyper_parameters.items()):
+        if key.startswith("_") or key in skip or key not in module.hparams:
+            continue
+        if _plain(value) != _plain(module.hparams[key]):
+            changes.append(f"{key} {value!r} -> {module.hparams[key]!r}")
+    return changes
+
+
+def architecture_differences(source: ResumeSource, module) -> list[str]:
+    """What the configured DiffusionModule would change about the checkpoint's model, in words."""
+    differences = []
+    unet = module.unet
+    if source.unet_class and source.unet_class != type(unet).__name__:
+        differences.append(f"UNet class: checkpoint {source.unet_class}, configured {type(unet).__name__}")
+    ours = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    theirs = {k: v for k, v in source.unet_config.items() if not k.startswith("_")}
+    size_then, size_now = theirs.pop("sample_size", None), ours.pop("sample_size", None)
+    if size_then is not None and _plain(size_then) != _plain(size_now):
+        differences.append(f"image size: checkpoint {size_then}px, configured {size_now}px (--data.image_size)")
+    for key in sorted(set(ours) | set(theirs)):
+        if _plain(ours.get(key)) != _plain(theirs.get(key)):
+            differences.append(f"unet.{key}: checkpoint {_plain(theirs.get(key))!r}, configured {_plain(ours.get(key))!r}")
+    hp = source.hyper_parameters
+    conditional = bool(hp.get("conditional")) or bool(module.hparams.get("conditional"))
+    for key in ARCHITECTURE_SETTINGS:
+        if key in ("vocabulary", "max_caption_tokens") and not conditional:
+            continue  # captions only matter to a conditional model
+        if key in hp and _plain(hp[key]) != _plain(module.hparams.get(key)):
+            if key == "num_train_timesteps" and module.scheduler.config.num_train_timesteps == hp[key]:
+                continue
+            differences.append(f"{key}: checkpoint {hp[key]!r}, configured {module.hparams.get(key)!r}")
+    return differences

@@ -1,0 +1,104 @@
+"""Fault injection for the reliability tests: a tiny run config with every observer on, callbacks
+that kill or signal the training process at a chosen step, and a subprocess runner.
+
+The callbacks do nothing unless their environment variable is set, so the interrupted run, its
+resumption and the uninterrupted reference all use one config (same callbacks, same state keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from lightning.pytorch import Callback
+
+from conftest import TINY_UNET
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process at the end of step $DIFFPROBE_TEST_KILL_AT (as `kill -9` would)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if os.environ.get("DIFFPROBE_TEST_KILL_AT") == str(trainer.global_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalDuringEvaluation(Callback):
+    """At step $DIFFPROBE_TEST_SIGNAL_AT, send $DIFFPROBE_TEST_SIGNAL (default SIGTERM) to this
+    process from inside the second UNet call of the next evaluation (ProbeMonitor's feature
+    extraction runs right after this callback), and count the UNet calls that follow it into
+    $DIFFPROBE_TEST_REPORT (JSON) when the process exits."""
+
+    def __init__(self):
+        self.calls_after_signal = -1
+        self.signalled_at_step = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if os.environ.get("DIFFPROBE_TEST_SIGNAL_AT") != str(trainer.global_step) or self.signalled_at_step is not None:
+            return
+        self.signalled_at_step = trainer.global_step
+        calls = {"n": 0}
+        signum = getattr(signal, os.environ.get("DIFFPROBE_TEST_SIGNAL", "SIGTERM"))
+
+        def count(module, args):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signum)
+                self.calls_after_signal = 0
+            elif calls["n"] > 2:
+                self.calls_after_signal += 1
+
+        pl_module.unet.register_forward_pre_hook(count)
+        import atexit
+
+        atexit.register(self._report)
+
+    def _report(self):
+        Path(os.environ["DIFFPROBE_TEST_REPORT"]).write_text(json.dumps({"calls_after_signal": self.calls_after_signal, "step": self.signalled_at_step}))
+
+
+def tiny_run_config(path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0) -> Path:
+    """The quick start's callbacks on a tiny UNet (16x16, T = 100): checkpoints every 2 steps,
+    samples every 2, ProbeMonitor / recorders every 4, online probes logged every 2."""
+    config = {
+        "seed_everything": seed,
+        "model": {"preset": "tiny", "unet": dict(TINY_UNET), "num_train_timesteps": 100, "learning_rate": 1e-3, "warmup_steps": 1, "ema_decay": 0.9, "loss_buckets": 4},
+        "data": {"class_path": "diffprobe.data.ConceptShapesDataModule", "init_args": {"image_size": 16, "train_size": 64, "heldout_size": 16, "batch_size": 8}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": max_steps,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": name}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "step={step:06d}", "auto_insert_metric_name": False, "every_n_train_steps": 2, "save_top_k": -1, "save_last": True}},
+                {"class_path": "diffprobe.callbacks.SampleGrid", "init_args": {"every_n_steps": 2, "num_images": 2, "num_inference_steps": 3}},
+                {"class_path": "diffprobe.callbacks.OnlineProbes", "init_args": {"num_buckets": 2, "log_every_n_steps": 2}},
+                {"class_path": "faults.SignalDuringEvaluation"},
+                {"class_path": "diffprobe.callbacks.ProbeMonitor", "init_args": {"every_n_steps": 4, "num_images": probe_images, "method": "ridge", "batch_size": probe_batch, "heatmaps": False}},
+                {"class_path": "diffprobe.callbacks.AttentionRecorder", "init_args": {"every_n_steps": 4, "num_images": 2}},
+                {"class_path": "diffprobe.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
+                {"class_path": "diffprobe.callbacks.ExportDiffusers"},
+                {"class_path": "faults.KillAtStep"},
+            ],
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300, processes: int = 1) -> subprocess.CompletedProcess:
+    """``python train.py fit <args>`` in ``cwd`` as a user runs it (one thread, tests/ importable)."""
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "fit", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )

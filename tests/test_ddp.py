@@ -1,0 +1,44 @@
+"""Two-process DDP on the CPU (gloo) with the quick start's callbacks: one run directory, one
+event file, every tag logged once per step, an export, and probes like the one-process run's."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import read_events
+from diffprobe.checkpoint import safe_load
+from diffprobe.cli import train_main
+from faults import tiny_run_config, train
+
+
+def _probe_accuracy(run) -> torch.Tensor:
+    state = next(v for k, v in safe_load(run / "checkpoints/last.ckpt")["callbacks"].items() if k.startswith("ProbeMonitor"))
+    return state["history"][-1]["accuracy"]
+
+
+def test_two_process_ddp_writes_one_clean_run(tmp_path, monkeypatch):
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    ddp.mkdir(), single.mkdir()
+    # The same total batch: 2 processes x 4 images against 1 process x 8.
+    tiny_run_config(ddp / "tiny.yaml", probe_images=40)
+    result = train(ddp, "--config", "tiny.yaml", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.batch_size", "4", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.chdir(single)
+    tiny_run_config(single / "tiny.yaml", probe_images=40)
+    train_main(["fit", "--config", "tiny.yaml"])
+
+    runs = sorted(p.relative_to(ddp) for p in (ddp / "runs").glob("*/*"))
+    assert [str(p) for p in runs] == ["runs/tiny/version_0"], "one run directory, not one per process"
+    run = ddp / "runs/tiny/version_0"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert (run / "export/unet/config.json").exists()
+    final = safe_load(run / "checkpoints/last.ckpt")
+    assert final["global_step"] == 8 and final["ema"]["optimization_step"] == 8
+    events = read_events(run)
+    for tag in events.Tags()["scalars"]:
+        steps = [e.step for e in events.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag} logged more than once per step: {steps}"
+    assert [e.step for e in events.Images("samples/ema")] == [0, 2, 4, 6, 8]
+    difference = (_probe_accuracy(run) - _probe_accuracy(single / "runs/tiny/version_0")).abs().mean()
+    print(f"\nDDP vs one process: ProbeMonitor accuracy mean |diff| {float(difference):.4f}")
+    assert difference < 0.1

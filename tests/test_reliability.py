@@ -1,0 +1,328 @@
+"""Runs that survive the real world: kill -9 and resume, SIGTERM / SIGINT mid-evaluation, a checkpoint
+write killed halfway, resume rules, and a bad --ckpt_path refused before anything is built.
+
+The fault tests run train.py in a subprocess (tests/faults.py), as a user or a scheduler would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_UNET, make_module, make_trainer, read_events, shapes_data
+from diffprobe.callbacks import ExportDiffusers, RunInterrupted, SampleGrid
+from diffprobe.checkpoint import find_checkpoints, safe_load
+from diffprobe.cli import train_main
+from faults import TESTS, tiny_run_config, train
+
+LAST = "runs/tiny/version_0/checkpoints/last.ckpt"
+
+
+def _scalar_steps(run: Path) -> dict[str, list[int]]:
+    events = read_events(run)
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _not_increasing(steps: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {tag: s for tag, s in steps.items() if any(b <= a for a, b in zip(s, s[1:]))}
+
+
+def _state(checkpoint: dict, prefix: str) -> dict:
+    return next(v for k, v in checkpoint["callbacks"].items() if k.startswith(prefix))
+
+
+def _relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    num = sum(float((a[k].float() - b[k].float()).square().sum()) for k in a)
+    return (num / sum(float(a[k].float().square().sum()) for k in a)) ** 0.5
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    # Reference: the same config, uninterrupted, in this process.
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    monkeypatch.chdir(reference_dir)
+    tiny_run_config(reference_dir / "tiny.yaml")
+    train_main(["fit", "--config", "tiny.yaml"])
+    monkeypatch.chdir(tmp_path)
+
+    # kill -9 at step 5: the newest checkpoint is step 4, and steps 5's events are on disk.
+    work = tmp_path / "interrupted"
+    work.mkdir()
+    tiny_run_config(work / "tiny.yaml")
+    killed = train(work, "--config", "tiny.yaml", env={"DIFFPROBE_TEST_KILL_AT": "5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert safe_load(work / LAST)["global_step"] == 4
+    resumed = train(work, "--config", "tiny.yaml", "--ckpt_path", LAST)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continues in place" in resumed.stderr
+
+    run, reference_run = work / "runs/tiny/version_0", reference_dir / "runs/tiny/version_0"
+    assert not (work / "runs/tiny/version_1").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert not list(run.rglob("*-v1*")), "a resume must keep writing last.ckpt, not last-v1.ckpt"
+    final, reference = safe_load(run / "checkpoints/last.ckpt"), safe_load(reference_run / "checkpoints/last.ckpt")
+    assert final["global_step"] == reference["global_step"] == 8
+    assert final["ema"]["optimization_step"] == reference["ema"]["optimization_step"] == 8
+    assert final["optimizer_states"][0]["state"][0]["step"] == reference["optimizer_states"][0]["state"][0]["step"] == 8
+    online, online_reference = _state(final, "OnlineProbes")["optimizer"], _state(reference, "OnlineProbes")["optimizer"]
+    assert online["state"][0]["step"] == online_reference["state"][0]["step"] == 8
+    history = [h["step"] for h in _state(final, "ProbeMonitor")["history"]]
+    assert history == [h["step"] for h in _state(reference, "ProbeMonitor")["history"]] == [0, 4, 8]
+
+    steps, reference_steps = _scalar_steps(run), _scalar_steps(reference_run)
+    assert not _not_increasing(steps)
+    assert set(steps) == set(reference_steps)
+    for tag in ("train/loss", "probe/shape/mid_block/t0050/acc", "denoise/mse/t0010"):
+        assert steps[tag] == reference_steps[tag], tag
+    events = read_events(run)
+    assert [e.step for e in events.Images("samples/ema")] == [0, 2, 4, 6, 8]
+    assert [e.step for e in events.Images("pred/x0_hat")] == [0, 4, 8]
+
+    # How close the resumed run ends to the uninterrupted one (the data order and noise after the
+    # resume differ: Lightning does not restore RNG state). Printed for the record.
+    weights = {k: v for k, v in final["state_dict"].items() if k.startswith("unet.")}
+    reference_weights = {k: v for k, v in reference["state_dict"].items() if k.startswith("unet.")}
+    ema = {k: v for k, v in final["state_dict"].items() if k.startswith("ema.copy.")}
+    reference_ema = {k: v for k, v in reference["state_dict"].items() if k.startswith("ema.copy.")}
+    accuracy = _state(final, "ProbeMonitor")["history"][-1]["accuracy"]
+    reference_accuracy = _state(reference, "ProbeMonitor")["history"][-1]["accuracy"]
+    print(
+        f"\nresumed vs uninterrupted: raw weights {_relative_l2(reference_weights, weights):.4%} relative L2, "
+        f"EMA {_relative_l2(reference_ema, ema):.4%}, ProbeMonitor accuracy mean |diff| {float((accuracy - reference_accuracy).abs().mean()):.4f}"
+    )
+    assert _relative_l2(reference_weights, weights) < 0.05
+
+
+def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tmp_path):
+    tiny_run_config(tmp_path / "tiny.yaml", probe_images=60, probe_batch=4)  # 15 t x 15 UNet batches
+    report = tmp_path / "report.json"
+    stopped = train(tmp_path, "--config", "tiny.yaml", env={"DIFFPROBE_TEST_SIGNAL_AT": "4", "DIFFPROBE_TEST_REPORT": str(report)})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at step 4" in stopped.stderr
+    # The evaluation gave up at its next UNet batch instead of running its remaining ~220 calls.
+    assert json.loads(report.read_text()) == {"calls_after_signal": 0, "step": 4}
+    checkpoint = safe_load(tmp_path / LAST)
+    assert checkpoint["global_step"] == 4
+    assert [h["step"] for h in _state(checkpoint, "ProbeMonitor")["history"]] == [0], "the interrupted evaluation is discarded"
+    run = tmp_path / "runs/tiny/version_0"
+    assert not (run / "export").exists(), "an interrupted run is not exported"
+    assert "train/loss" in read_events(run).Tags()["scalars"], "the writer was flushed and closed"
+
+    resumed = train(tmp_path, "--config", "tiny.yaml", "--ckpt_path", LAST)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = safe_load(run / "checkpoints/last.ckpt")
+    assert final["global_step"] == 8 and final["optimizer_states"][0]["state"][0]["step"] == 8, "no step lost"
+    assert [h["step"] for h in _state(final, "ProbeMonitor")["history"]] == [0, 4, 8], "the discarded evaluation runs on resume"
+    assert not _not_increasing(_scalar_steps(run))
+
+
+KILL_DURING_SECOND_WRITE = """
+import builtins, os, signal, sys
+sys.path.insert(0, {tests!r})
+real_open, opened = builtins.open, []
+
+class HalfWriter:
+    def __init__(self, handle): self.handle = handle
+    def write(self, data):
+        self.handle.write(bytes(data)[: len(data) // 2]); self.handle.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    def __getattr__(self, name): return getattr(self.handle, name)
+    def __enter__(self): return self
+    def __exit__(self, *exc): return self.handle.__exit__(*exc)
+
+def open_(file, mode="r", *args, **kwargs):
+    handle = real_open(file, mode, *args, **kwargs)
+    if "w" in mode and "last.ckpt" in os.path.basename(str(file)):
+        opened.append(file)
+        if len(opened) == 2:  # the second write of last.ckpt dies halfway through
+            return HalfWriter(handle)
+    return handle
+
+builtins.open = open_
+from diffprobe.cli import train_main
+train_main(["fit", "--config", "tiny.yaml"])
+"""
+
+
+def test_a_checkpoint_write_killed_halfway_leaves_the_previous_checkpoint(tmp_path):
+    tiny_run_config(tmp_path / "tiny.yaml")
+    # Lightning's own writer stages the file in TMPDIR and moves it: across file systems (tmpfs
+    # here) the move is a copy into last.ckpt itself, which is what a kill truncated.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), "TMPDIR": "/dev/shm" if Path("/dev/shm").is_dir() else str(tmp_path)}
+    script = KILL_DURING_SECOND_WRITE.format(tests=str(TESTS))
+    killed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = tmp_path / LAST
+    assert safe_load(last)["global_step"] == 2, "last.ckpt is the complete previous checkpoint"
+    # The killed write's partial file is hidden: no checkpoint listing picks it up.
+    assert [p.name for p in last.parent.glob(".*")] == [".last.ckpt.partial"]
+    assert all(p.suffix == ".ckpt" and not p.name.startswith(".") for p in find_checkpoints(last.parent.parent))
+    # step=000004.ckpt was complete before last.ckpt's write died: the resume says so and branches.
+    resumed = train(tmp_path, "--config", "tiny.yaml", "--ckpt_path", LAST, "--trainer.max_steps", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step=000004.ckpt" in resumed.stderr and "not the newest checkpoint" in resumed.stderr
+    assert safe_load(tmp_path / "runs/tiny/version_1/checkpoints/last.ckpt")["global_step"] == 4
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
+    class CtrlC(SampleGrid):  # presses Ctrl+C at step 3, between two training steps
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = make_trainer(tmp_path, max_steps=10, every_n_steps=100, callbacks=[CtrlC(every_n_steps=100, num_images=1, num_inference_steps=1)])
+    with pytest.raises(RunInterrupted) as stopped:
+        trainer.fit(make_module(), datamodule=shapes_data())
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert safe_load(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")["global_step"] == 3
+    with pytest.raises(KeyboardInterrupt):  # after fit, Ctrl+C behaves as usual again
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+# ---- resume rules --------------------------------------------------------------------------------
+
+def _fit(tmp_path, max_steps, ckpt=None, version=None, callbacks=()):
+    trainer = make_trainer(tmp_path, max_steps=max_steps, version=version, callbacks=list(callbacks))
+    trainer.fit(make_module(), datamodule=shapes_data(), ckpt_path=ckpt)
+    return trainer
+
+
+def test_a_finished_run_can_be_finished_again_and_extended(tmp_path):
+    _fit(tmp_path, 4, callbacks=[ExportDiffusers()])
+    last = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
+    _fit(tmp_path, 4, ckpt=last, version=0, callbacks=[ExportDiffusers()])  # nothing left to train: no crash
+    _fit(tmp_path, 4, ckpt=last, version=0, callbacks=[ExportDiffusers()])
+    _fit(tmp_path, 6, ckpt=last, version=0, callbacks=[ExportDiffusers()])
+    run = tmp_path / "runs/test/version_0"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("export")) == ["export", "export-step000006"]
+    assert json.loads((run / "export/diffprobe.json").read_text())["global_step"] == 4
+    assert safe_load(last)["global_step"] == 6 and not list(run.rglob("*-v1*"))
+
+
+def test_resuming_an_older_checkpoint_under_the_cli_leaves_its_run_untouched(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_run_config(tmp_path / "tiny.yaml", max_steps=4)
+    train_main(["fit", "--config", "tiny.yaml"])
+    old_run = tmp_path / "runs/tiny/version_0"
+    before = {p: p.stat().st_mtime_ns for p in old_run.rglob("*")}
+    cli = train_main(["fit", "--config", "tiny.yaml", "--trainer.max_steps", "6", "--ckpt_path", str(old_run / "checkpoints/step=000002.ckpt")])
+    assert "not the newest checkpoint" in capsys.readouterr().err
+    assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.global_step == 6
+    assert {p: p.stat().st_mtime_ns for p in old_run.rglob("*")} == before
+    # The newest checkpoint under another run name continues its own run, and says so.
+    cli = train_main(["fit", "--config", "tiny.yaml", "--trainer.logger.init_args.name", "other", "--trainer.max_steps", "6",
+                      "--ckpt_path", str(old_run / "checkpoints/last.ckpt")])
+    assert "continues in place" in capsys.readouterr().err
+    assert Path(cli.trainer.log_dir).resolve() == old_run.resolve() and not (tmp_path / "runs/other").exists()
+    assert safe_load(old_run / "checkpoints/last.ckpt")["global_step"] == 6 and not list(old_run.rglob("*-v1*"))
+
+
+# ---- a bad --ckpt_path is refused before anything is built ---------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    trainer = make_trainer(root, max_steps=2)
+    trainer.fit(make_module(), datamodule=shapes_data())
+    return root / "runs/test/version_0/checkpoints/last.ckpt"
+
+
+def _bad_checkpoint(kind: str, tmp_path: Path, good: Path) -> Path:
+    path = tmp_path / "bad.ckpt"
+    if kind == "missing":
+        return tmp_path / "nowhere.ckpt"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "not diffprobe":
+        torch.save({"state_dict": {}}, path)
+    return path
+
+
+BAD = {
+    "missing": "does not exist",
+    "directory": "is a directory",
+    "empty": "the file is empty",
+    "truncated": "truncated or not a torch file",
+    "random": "truncated or not a torch file",
+    "not diffprobe": "not a diffprobe training checkpoint",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_a_bad_ckpt_path_is_refused_before_a_run_directory_exists(kind, tmp_path, monkeypatch, trained_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    tiny_run_config(tmp_path / "tiny.yaml")
+    bad = _bad_checkpoint(kind, tmp_path, trained_checkpoint)
+    with pytest.raises(SystemExit) as refused:
+        train_main(["fit", "--config", "tiny.yaml", "--ckpt_path", str(bad)])
+    assert BAD[kind] in str(refused.value.code) and str(bad.name) in str(refused.value.code)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["--model.unet", json.dumps({**TINY_UNET, "block_out_channels": [16, 16]})], "unet.block_out_channels: checkpoint [8, 16], configured [16, 16]"),
+        (["--data.init_args.image_size", "32"], "image size: checkpoint 16px, configured 32px"),
+    ],
+)
+def test_a_checkpoint_of_another_model_is_refused_before_training(override, expected, tmp_path, monkeypatch, trained_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    tiny_run_config(tmp_path / "tiny.yaml")
+    with pytest.raises(SystemExit) as refused:
+        train_main(["fit", "--config", "tiny.yaml", "--ckpt_path", str(trained_checkpoint), *override])
+    assert expected in str(refused.value.code) and "holds another model" in str(refused.value.code)
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- callback state and needs ------------------------------------------------------------------
+
+def test_two_instances_of_one_callback_keep_their_own_state(tmp_path):
+    every_2, every_3 = SampleGrid(every_n_steps=2, num_images=1, num_inference_steps=1), SampleGrid(every_n_steps=3, num_images=1, num_inference_steps=1)
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[every_2, every_3])
+    trainer.fit(make_module(), datamodule=shapes_data())
+    states = safe_load(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")["callbacks"]
+    grids = {k: v["last_step"] for k, v in states.items() if k.startswith("SampleGrid")}
+    assert len(grids) == 2 and every_2.state_key != every_3.state_key
+    # step=000004.ckpt: the every-2 grid last sampled at 4, the every-3 grid at 3
+    at_4 = safe_load(tmp_path / "runs/test/version_0/checkpoints/step=000004.ckpt")["callbacks"]
+    assert at_4[every_2.state_key]["last_step"] == 4 and at_4[every_3.state_key]["last_step"] == 3
+
+
+def test_observers_need_a_tensorboard_logger_and_say_so(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, callbacks=[SampleGrid(every_n_steps=1)], logger=False)
+    with pytest.raises(ValueError, match="SampleGrid writes to TensorBoard, and this Trainer has no TensorBoardLogger"):
+        trainer.fit(make_module(), datamodule=shapes_data())
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("folder", ["../outside", "/tmp/abs", "a/../../b"])
+def test_export_folder_stays_inside_the_run(folder):
+    with pytest.raises(ValueError, match="inside the run"):
+        ExportDiffusers(folder=folder)
+
+
+
+@pytest.mark.parametrize("callback", [SampleGrid(), ExportDiffusers()])
+def test_rank_zero_observers_refuse_a_sharded_strategy(callback):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class ShardedTrainer:  # FSDP itself needs GPUs; the check only looks at the strategy
+        strategy = FSDPStrategy()
+
+    with pytest.raises(ValueError, match="cannot do. Train with --trainer.strategy ddp"):
+        callback.setup(ShardedTrainer(), None, "fit")
