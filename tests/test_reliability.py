@@ -129,10 +129,12 @@ import builtins, os, signal, sys
 sys.path.insert(0, {tests!r})
 real_open, opened = builtins.open, []
 
-class HalfWriter:
+class HalfWriter:  # dies halfway through the first write, or as a copy by file descriptor starts
     def __init__(self, handle): self.handle = handle
     def write(self, data):
         self.handle.write(bytes(data)[: len(data) // 2]); self.handle.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    def fileno(self):
+        self.handle.flush(); os.kill(os.getpid(), signal.SIGKILL)
     def __getattr__(self, name): return getattr(self.handle, name)
     def __enter__(self): return self
     def __exit__(self, *exc): return self.handle.__exit__(*exc)
