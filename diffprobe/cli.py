@@ -85,29 +85,46 @@ class DiffprobeCLI(LightningCLI):
             logger.init_args.save_dir = str(run_dir.parent.parent)
             logger.init_args.name = run_dir.parent.name
             logger.init_args.version = run_dir.name
-            print(f"diffprobe: resuming {run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place", file=sys.stderr)
+
+    @override
+    def instantiate_trainer(self, **kwargs):
+        # The model exists (in memory) and nothing was written yet: compare it with the checkpoint.
+        if self.resume is not None:
+            self._check_resumed_model()
+        return super().instantiate_trainer(**kwargs)
+
+    def _check_resumed_model(self) -> None:
+        source = self.resume
+        differences = architecture_differences(source, self.model)
+        if differences:
+            raise _fail(
+                ValueError(
+                    f"--ckpt_path {source.path} holds another model than the one configured: "
+                    + "; ".join(differences)
+                    + ". Resume with the run's own settings (its config.yaml), or start a new run without --ckpt_path."
+                )
+            )
+        if source.continues_in_place:
+            print(f"diffprobe: resuming {source.run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place", file=sys.stderr)
         elif source.run_dir is not None:
             print(
                 f"diffprobe: {source.path} (step {source.global_step}) is not the newest checkpoint of {source.run_dir} "
                 f"({source.newest_path}); a new run starts from its state and that run is left as it is",
                 file=sys.stderr,
             )
+        changed = setting_changes(source, self.model)
+        if changed:
+            print(f"diffprobe: resuming with settings that differ from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
 
     @override
     def before_fit(self) -> None:
-        if self.resume is not None:
-            differences = architecture_differences(self.resume, self.model)
-            changed = setting_changes(self.resume, self.model)
-            if changed and not differences:
-                print(f"diffprobe: resuming with settings that differ from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
-            if differences:
-                raise _fail(
-                    ValueError(
-                        f"--ckpt_path {self.resume.path} holds another model than the one configured: "
-                        + "; ".join(differences)
-                        + ". Resume with the run's own settings (its config.yaml), or start a new run without --ckpt_path."
-                    )
-                )
+        # Callbacks that need a TensorBoard logger or an unsharded UNet say so now, not mid-fit.
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "check_trainer"):
+                try:
+                    callback.check_trainer(self.trainer)
+                except ValueError as error:
+                    raise _fail(error) from None
         # An existing run directory is never written into, unless we resume from one of its checkpoints.
         if not isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)):
             return  # only versioned run directories are guarded (no logger: the working directory)

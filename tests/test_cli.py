@@ -79,7 +79,7 @@ def test_resume_from_an_older_checkpoint_starts_a_new_version(tmp_path, monkeypa
 def test_without_a_logger_the_observers_refuse_before_writing_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="has no TensorBoardLogger"):
+    with pytest.raises(SystemExit, match="SampleGrid writes to TensorBoard, and this Trainer has no TensorBoardLogger"):
         train_main(_no_rich(quickstart("--trainer.logger", "false", "--trainer.max_steps", "2")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
 

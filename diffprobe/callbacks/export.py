@@ -30,7 +30,10 @@ class ExportDiffusers(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if stage == "fit":
-            refuse_sharded_strategy(trainer, "ExportDiffusers")
+            self.check_trainer(trainer)
+
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        refuse_sharded_strategy(trainer, "ExportDiffusers")
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:

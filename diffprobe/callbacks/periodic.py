@@ -78,8 +78,12 @@ class PeriodicObserver(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if stage == "fit":
-            refuse_sharded_strategy(trainer, type(self).__name__)
-        if stage == "fit" and self.needs_tensorboard and not tb.has_tensorboard(trainer):
+            self.check_trainer(trainer)
+
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        """Raise ValueError when this trainer cannot run the observer (train.py calls it before fit)."""
+        refuse_sharded_strategy(trainer, type(self).__name__)
+        if self.needs_tensorboard and not tb.has_tensorboard(trainer):
             raise ValueError(
                 f"{type(self).__name__} writes to TensorBoard, and this Trainer has no TensorBoardLogger. Add one "
                 "(train.py has one by default; --trainer.logger lightning.pytorch.loggers.TensorBoardLogger) or "
