@@ -54,13 +54,14 @@ def _torch_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(text.split()) or repr(error)}"
 
 
-def safe_load(path: str | Path, *, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+def safe_load(path: str | Path, *, what: str = "checkpoint", map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """The contents of a diffprobe file (``.ckpt``, ``probe_set.pt``), loaded without running code.
 
     Only plain data comes back (tensors, numbers, strings, lists, tuples, dicts): the file is read
     with ``torch.load(weights_only=True)``, which refuses to import or call anything. ``what`` names
     the file's kind in messages. Raises FileNotFoundError (no such file) or LoadError (a
     ValueError) naming the file: empty, truncated, not a torch file, or holding Python objects.
+    ``mmap``: map the tensors instead of reading them (a look at a large checkpoint's metadata).
     """
     path = Path(path)
     if not path.exists():
@@ -72,7 +73,7 @@ def safe_load(path: str | Path, *, what: str = "checkpoint", map_location: str |
     try:
         with warnings.catch_warnings():  # random bytes read as a pickle protocol number
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises pickle.UnpicklingError for a disallowed object
         reason = _torch_reason(error)
         if isinstance(error, pickle.UnpicklingError) and _UNSAFE.search(reason):

@@ -25,7 +25,7 @@ from diffprobe.resume import ResumeSource, architecture_differences, inspect_res
 
 class RunConfig(SaveConfigCallback):
     """Saves ``config.yaml`` into a new run; a resumed run keeps its first config and gets
-    ``config-resume-step<N>.yaml`` beside it (nothing is overwritten)."""
+    ``config-resume-<n>.yaml`` beside it, n = 1, 2, ... (nothing is overwritten)."""
 
     resumed_from: str | None = None  # set by DiffprobeCLI when fit resumes inside this run
 
@@ -46,6 +46,7 @@ def _fail(error: Exception) -> SystemExit:
 
 class DiffprobeCLI(LightningCLI):
     resume: ResumeSource | None = None  # what --ckpt_path names, checked before anything is built
+    _in_place = False  # the resumed run continues in its own TensorBoard run folder
 
     @override
     def add_arguments_to_parser(self, parser) -> None:
@@ -58,10 +59,13 @@ class DiffprobeCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would merge the checkpoint's hyper-parameters into the config here, silently
         # replacing what the user configured (--model.unet, --model.learning_rate ...). diffprobe
-        # checks the file instead; before_fit refuses a model that does not match it.
+        # checks the file instead; instantiate_trainer refuses a model that does not match it.
+        self._inspect_ckpt_path()
+
+    def _inspect_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+        if self.resume is not None or not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
         try:
             self.resume = inspect_resume_checkpoint(ckpt_path)
@@ -73,13 +77,15 @@ class DiffprobeCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         logger = config.trainer.get("logger")
         tensorboard = isinstance(logger, Namespace) and logger.get("class_path", "").endswith("TensorBoardLogger")
+        self._inspect_ckpt_path()  # again, for a LightningCLI without the _parse_ckpt_path hook
         if self.resume is None:
             return
         source = self.resume
         if tensorboard:
             # hp_metric is a placeholder scalar at step 0: a resumed run would log it at step 0 again.
             logger.init_args.default_hp_metric = False
-        if source.continues_in_place and tensorboard:
+        self._in_place = source.continues_in_place and tensorboard
+        if self._in_place:
             # The run continues in its own folder, whatever name the config gives a new run.
             run_dir = source.run_dir
             logger.init_args.save_dir = str(run_dir.parent.parent)
@@ -104,9 +110,9 @@ class DiffprobeCLI(LightningCLI):
                     + ". Resume with the run's own settings (its config.yaml), or start a new run without --ckpt_path."
                 )
             )
-        if source.continues_in_place:
+        if self._in_place:
             print(f"diffprobe: resuming {source.run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place", file=sys.stderr)
-        elif source.run_dir is not None:
+        elif not source.newest:
             print(
                 f"diffprobe: {source.path} (step {source.global_step}) is not the newest checkpoint of {source.run_dir} "
                 f"({source.newest_path}); a new run starts from its state and that run is left as it is",
@@ -131,7 +137,7 @@ class DiffprobeCLI(LightningCLI):
         log_dir = Path(self.trainer.log_dir) if self.trainer.log_dir else None
         if log_dir is None or not log_dir.exists() or not any(log_dir.iterdir()):
             return
-        if self.resume is not None and self.resume.continues_in_place and self.resume.run_dir == log_dir.resolve():
+        if self.resume is not None and self._in_place and self.resume.run_dir == log_dir.resolve():
             for callback in self.trainer.callbacks:
                 if isinstance(callback, RunConfig):
                     callback.resumed_from = str(self.resume.path)

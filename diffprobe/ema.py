@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from diffusers.training_utils import EMAModel
 from torch import nn
+from typing_extensions import override
 
 # EMAModel state that is not the averages (those are the submodule's parameters).
 SCHEDULE_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
@@ -50,8 +51,22 @@ class AveragedWeights(nn.Module):
 
     @torch.no_grad()
     def step(self, parameters: list[nn.Parameter]) -> None:
-        self.schedule.shadow_params = list(self.copy.parameters())  # the same tensors, wherever they were moved
+        parameters = list(parameters)
+        averages = list(self.copy.parameters())  # the same tensors, wherever they were moved
+        if len(parameters) != len(averages):
+            raise ValueError(f"EMA step with {len(parameters)} parameters for {len(averages)} averages")
+        self.schedule.shadow_params = averages
         self.schedule.step(parameters)
+
+    @override
+    def _apply(self, fn, recurse: bool = True):
+        # Lightning's "bf16-true" / "16-true" precisions cast the whole module: averages in half
+        # precision stop moving (an update of (1 - 0.9999) x difference rounds away). Keep them fp32.
+        super()._apply(fn, recurse)
+        for param in self.copy.parameters():
+            if param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+        return self
 
     @contextmanager
     def swapped_into(self, parameters: list[nn.Parameter]):

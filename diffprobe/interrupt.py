@@ -1,7 +1,7 @@
 """A process-wide stop request: set by a signal handler, honoured by long loops between UNet calls.
 
 A cluster scheduler (or ``timeout``) sends SIGTERM and waits a short grace period before SIGKILL.
-Training finishes its step and checkpoints (``callbacks.StopOnSignal``); an observation that is
+Training finishes its step and checkpoints (``callbacks.RunSafety``); an observation that is
 running at that moment (300 probe images x 15 t, a 100-step sample grid) must not hold the
 process for minutes, so the core loops call :func:`check` between UNet batches and give up with
 :class:`Interrupted`. No Lightning here: the core works on a bare UNet.

@@ -43,7 +43,7 @@ def _step_of(path: Path) -> int:
     if match:
         return int(match.group(1))
     try:
-        checkpoint = safe_load(path)
+        checkpoint = safe_load(path, mmap=True)
         return int(checkpoint.get("global_step", -1)) if isinstance(checkpoint, dict) else -1
     except (OSError, ValueError):  # a damaged neighbour does not stop a resume from a good file
         return -1
@@ -55,7 +55,7 @@ def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
     if path.is_dir():
         hint = f" such as {path / 'checkpoints' / 'last.ckpt'}" if (path / "checkpoints").is_dir() else ""
         raise ValueError(f"--ckpt_path {path} is a directory; give a checkpoint file{hint}")
-    checkpoint = safe_load(path)
+    checkpoint = safe_load(path, mmap=True)
     if not isinstance(checkpoint, dict) or CHECKPOINT_MARKER not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"--ckpt_path {path} is not a diffprobe training checkpoint (no '{CHECKPOINT_MARKER}' entry); give a .ckpt written by train.py")
     step = int(checkpoint.get("global_step", 0))
@@ -110,7 +110,7 @@ def architecture_differences(source: ResumeSource, module) -> list[str]:
     size_then, size_now = theirs.pop("sample_size", None), ours.pop("sample_size", None)
     if size_then is not None and _plain(size_then) != _plain(size_now):
         differences.append(f"image size: checkpoint {size_then}px, configured {size_now}px (--data.image_size)")
-    for key in sorted(set(ours) | set(theirs)):
+    for key in sorted(set(ours) & set(theirs)):  # a key a newer diffusers added is no difference
         if _plain(ours.get(key)) != _plain(theirs.get(key)):
             differences.append(f"unet.{key}: checkpoint {_plain(theirs.get(key))!r}, configured {_plain(ours.get(key))!r}")
     hp = source.hyper_parameters

@@ -65,7 +65,19 @@ class SignalDuringEvaluation(Callback):
         Path(os.environ["DIFFPROBE_TEST_REPORT"]).write_text(json.dumps({"calls_after_signal": self.calls_after_signal, "step": self.signalled_at_step}))
 
 
-def tiny_run_config(path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0) -> Path:
+class RankChecksum(Callback):
+    """At the end of fit, write each rank's sum of UNet weights to $DIFFPROBE_TEST_CHECKSUMS/rank<k>.json."""
+
+    def on_train_end(self, trainer, pl_module):
+        folder = os.environ.get("DIFFPROBE_TEST_CHECKSUMS")
+        if folder:
+            total = sum(float(p.detach().double().sum()) for p in pl_module.unet.parameters())
+            Path(folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(total))
+
+
+def tiny_run_config(
+    path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0, checkpoint_every: int = 2
+) -> Path:
     """The quick start's callbacks on a tiny UNet (16x16, T = 100): checkpoints every 2 steps,
     samples every 2, ProbeMonitor / recorders every 4, online probes logged every 2."""
     config = {
@@ -80,7 +92,7 @@ def tiny_run_config(path: Path, *, max_steps: int = 8, name: str = "tiny", probe
             "enable_model_summary": False,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": name}},
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "step={step:06d}", "auto_insert_metric_name": False, "every_n_train_steps": 2, "save_top_k": -1, "save_last": True}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "step={step:06d}", "auto_insert_metric_name": False, "every_n_train_steps": checkpoint_every, "save_top_k": -1, "save_last": True}},
                 {"class_path": "diffprobe.callbacks.SampleGrid", "init_args": {"every_n_steps": 2, "num_images": 2, "num_inference_steps": 3}},
                 {"class_path": "diffprobe.callbacks.OnlineProbes", "init_args": {"num_buckets": 2, "log_every_n_steps": 2}},
                 {"class_path": "faults.SignalDuringEvaluation"},
@@ -89,6 +101,7 @@ def tiny_run_config(path: Path, *, max_steps: int = 8, name: str = "tiny", probe
                 {"class_path": "diffprobe.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
                 {"class_path": "diffprobe.callbacks.ExportDiffusers"},
                 {"class_path": "faults.KillAtStep"},
+                {"class_path": "faults.RankChecksum"},
             ],
         },
     }

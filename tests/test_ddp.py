@@ -3,6 +3,8 @@ event file, every tag logged once per step, an export, and probes like the one-p
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from conftest import read_events
@@ -21,8 +23,11 @@ def test_two_process_ddp_writes_one_clean_run(tmp_path, monkeypatch):
     ddp.mkdir(), single.mkdir()
     # The same total batch: 2 processes x 4 images against 1 process x 8.
     tiny_run_config(ddp / "tiny.yaml", probe_images=40)
-    result = train(ddp, "--config", "tiny.yaml", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.batch_size", "4", timeout=600)
+    env = {"DIFFPROBE_TEST_CHECKSUMS": str(ddp)}
+    result = train(ddp, "--config", "tiny.yaml", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.batch_size", "4", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Gradients were synchronised: both processes end with the same weights.
+    assert json.loads((ddp / "rank0.json").read_text()) == json.loads((ddp / "rank1.json").read_text())
     monkeypatch.chdir(single)
     tiny_run_config(single / "tiny.yaml", probe_images=40)
     train_main(["fit", "--config", "tiny.yaml"])

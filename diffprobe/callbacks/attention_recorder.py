@@ -170,7 +170,7 @@ class AttentionRecorder(PeriodicObserver):
     # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
     @override
     def identity(self) -> dict:
-        return {**super().identity(), "weights": self.weights}
+        return {"weights": self.weights}
 
     @override
     def extra_state(self) -> dict:

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from diffprobe import checkpoint
+from diffprobe import checkpoint, interrupt
 from diffprobe.callbacks.periodic import refuse_sharded_strategy
 
 
@@ -39,8 +39,8 @@ class ExportDiffusers(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         # trainer.log_dir broadcasts, so every rank asks for it; only rank zero writes.
         run = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or interrupt.stop_requested() is not None:
+            return  # an interrupted run is exported when it finishes
         step = trainer.global_step
         for target in (run / self.folder, run / f"{self.folder}-step{step:06d}"):
             if not target.exists() or not any(target.iterdir()):

@@ -17,6 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 from diffprobe import diffusion, tb
+from diffprobe.callbacks.periodic import adopt_unkeyed_state
 from diffprobe.capture import default_layers
 from diffprobe.metrics import CellAccuracy
 
@@ -125,6 +126,10 @@ class OnlineProbes(pl.Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(layers=self._layers_arg, pool=self.pool, num_buckets=self.num_buckets)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        adopt_unkeyed_state(checkpoint, type(self).__qualname__, self.state_key)
 
     @override
     def state_dict(self) -> dict[str, Any]:

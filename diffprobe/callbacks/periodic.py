@@ -6,7 +6,7 @@ run's history right through resumes and interruptions live here, once:
 
 - A step is observed at most once per run: the last observed step is in the checkpoint.
 - A resumed run observes its resume step again only when it was due (step 0, a multiple of N, or
-  the step observed last): ContinueRun purges TensorBoard from the resume step on, so what the
+  the step observed last): RunSafety purges TensorBoard from the resume step on, so what the
   first session logged there is hidden and is written again with the same weights. Any other
   resume step gets no extra observation.
 - A stop request (SIGTERM / SIGINT) cuts an observation short between UNet batches
@@ -37,6 +37,14 @@ def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
         )
 
 
+def adopt_unkeyed_state(checkpoint: dict[str, Any], old_key: str, new_key: str) -> None:
+    """Checkpoints written before callbacks had a ``state_key`` keep their state under the class
+    name: move it to the key (Lightning loads callback states right after on_load_checkpoint)."""
+    states = checkpoint.get("callbacks", {})
+    if new_key not in states and old_key in states:
+        states[new_key] = states.pop(old_key)
+
+
 class PeriodicObserver(pl.Callback):
     """Subclasses implement :meth:`observe` and, for a resumable state, :meth:`extra_state` /
     :meth:`load_extra_state`; :meth:`identity` names the arguments that tell two instances of the
@@ -52,7 +60,8 @@ class PeriodicObserver(pl.Callback):
 
     # ---- identity and state ---------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps}
+        # Not the cadence: a resumed run may observe more or less often and keeps its history.
+        return {}
 
     @property
     @override
@@ -68,6 +77,10 @@ class PeriodicObserver(pl.Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step, **self.extra_state()}
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        adopt_unkeyed_state(checkpoint, type(self).__qualname__, self.state_key)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -70,7 +70,7 @@ class ProbeMonitor(PeriodicObserver):
 
     @override
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "weights": self.weights, "pool": self.pool, "method": self.method, "layers": self._layers_arg}
+        return {"weights": self.weights, "pool": self.pool, "method": self.method, "layers": self._layers_arg}
 
     # ---- setup --------------------------------------------------------------------------------
     @override

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ class RunSafety(Checkpoint):
         self._active = False
         self._previous_handlers: dict[int, Any] = {}
         self._handler = self._handle  # one bound method, so getsignal() can recognise it
+        self._stopped: tuple[int, str] | None = None  # (signal, last.ckpt) once the stop is written
 
     # ---- setup / teardown -----------------------------------------------------------------------
     @override
@@ -60,17 +60,33 @@ class RunSafety(Checkpoint):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         interrupt.clear()
-        self._active = True
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                current = signal.getsignal(signum)
-                if current is not self._handler:
-                    self._previous_handlers[signum] = current
-                    signal.signal(signum, self._handler)
+        self._active, self._stopped = True, None
+        self._install_handlers()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        # Lightning wrapped our SIGTERM handler in its own after setup; its handler makes the loop
+        # raise SIGTERMException (exit status 0, no checkpoint) and, under DDP, broadcasts from
+        # inside the handler. Ours alone decides; Lightning's teardown restores what it found.
+        self._install_handlers()
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            current = signal.getsignal(signum)
+            if current is not self._handler:
+                self._previous_handlers.setdefault(signum, current)
+                signal.signal(signum, self._handler)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        # The last hook of a fit, after Lightning restored its handlers: ours go, the previous come back.
         self._deactivate()
+        if self._stopped is not None:
+            signum, path = self._stopped
+            self._stopped = None
+            raise RunInterrupted(signum, path)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
@@ -82,10 +98,11 @@ class RunSafety(Checkpoint):
         for signum, previous in self._previous_handlers.items():
             if signal.getsignal(signum) is self._handler:
                 signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if not self._active:  # outside fit (Lightning may re-install us after teardown): behave as before
-            previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        if not self._active:  # after an exception Lightning may re-install us: behave as before
+            previous = self._previous_handlers.get(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             if callable(previous):
                 return previous(signum, frame)
             if previous != signal.SIG_IGN:
@@ -95,59 +112,83 @@ class RunSafety(Checkpoint):
         if interrupt.stop_requested() is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl+C: the user wants out now
         interrupt.request_stop(signum)
-        print(
-            f"diffprobe: {signal.Signals(signum).name} received: finishing this step, writing last.ckpt and stopping"
-            + (" (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""),
-            file=sys.stderr,
-            flush=True,
-        )
+        # os.write, not print: a print interrupted inside another write raises "reentrant call".
+        hint = " (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""
+        os.write(2, f"diffprobe: {signal.Signals(signum).name} received: finishing this step, writing last.ckpt and stopping{hint}\n".encode())
 
     # ---- stop on a signal ---------------------------------------------------------------------
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._stop_if_requested(trainer)
+        if self._stopped is not None:  # should_stop was not honoured (min_steps): stop now
+            raise RunInterrupted(*self._stopped)
+        if self._stop_requested(trainer):
+            # The step's own logging (loss, lr) still happens after this hook; the observers skip
+            # on_train_end and ExportDiffusers skips the export; teardown raises RunInterrupted.
+            self._stop(trainer)
+            trainer.should_stop = True
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self._stop_if_requested(trainer)  # skip on_fit_end work (the export) of an interrupted run
+        if self._stopped is None and self._stop_requested(trainer):
+            self._stop(trainer)
+        elif self._stopped is None:
+            # Lightning saves last.ckpt at the end only when nothing was saved before: a run that
+            # ends between two checkpoint steps would leave last.ckpt behind the final weights.
+            for callback in _model_checkpoints(trainer):
+                if callback.save_last and callback._last_global_step_saved != trainer.global_step:
+                    _save_last(trainer, callback)
 
-    def _stop_if_requested(self, trainer: pl.Trainer) -> None:
-        signum = interrupt.stop_requested()
-        requested = signum is not None
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        requested = interrupt.stop_requested() is not None
         if trainer.world_size > 1:  # every rank must stop at the same step, or the others hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if not requested:
-            return
-        signum = signum or signal.SIGTERM  # a rank that got no signal itself follows the others
+        return requested
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        signum = interrupt.stop_requested() or signal.SIGTERM  # a rank that got no signal follows the others
+        interrupt.request_stop(signum)  # every rank: observers and the export stand down
         path = save_last_checkpoint(trainer)
+        self._stopped = (signum, path)
         rank_zero_info(f"diffprobe: stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resume with --ckpt_path {path}")
-        raise RunInterrupted(signum, path)
 
     # ---- resume ---------------------------------------------------------------------------------
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         step = int(checkpoint.get("global_step", 0))
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # hp_metric is a placeholder logged at step 0 after this point: it would repeat step 0.
+                logger._default_hp_metric = False
+                if trainer.is_global_zero:
                     # Hide every event at or past the resumed step: the resumed run writes them again.
                     logger.experiment.file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
         if trainer.ckpt_path:
             _continue_checkpoint_bookkeeping(trainer, checkpoint, Path(trainer.ckpt_path))
 
 
+def _model_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:
+    return [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath is not None]
+
+
+def _save_last(trainer: pl.Trainer, callback: ModelCheckpoint) -> str:
+    if callback.save_last == "link":  # a link would point at an older top-k file: write the real state
+        path = os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+        callback.last_model_path = path
+        trainer.save_checkpoint(path)
+    else:
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+    return callback.last_model_path
+
+
 def save_last_checkpoint(trainer: pl.Trainer) -> str:
     """Write ``last.ckpt`` of the current step through every ModelCheckpoint (or into the run's
     ``checkpoints/`` folder when there is none); collective: every rank calls it."""
     written = None
-    for callback in trainer.checkpoint_callbacks:
-        if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
-            continue
+    for callback in _model_checkpoints(trainer):
         if callback._last_global_step_saved == trainer.global_step and callback.last_model_path:
             written = callback.last_model_path  # ModelCheckpoint already saved this very step
         elif callback.save_last:
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-            written = callback.last_model_path
+            written = _save_last(trainer, callback)
         else:
             written = os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
             trainer.save_checkpoint(written)

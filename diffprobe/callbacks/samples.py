@@ -43,7 +43,7 @@ class SampleGrid(PeriodicObserver):
 
     @override
     def identity(self) -> dict:
-        return {**super().identity(), "seed": self.seed, "sampler": self.sampler, "weights": self.weights}
+        return {"seed": self.seed, "sampler": self.sampler, "weights": self.weights}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
