@@ -46,6 +46,8 @@ class DiffusionModule(pl.LightningModule):
             decay is ``min(ema_decay, 1 - (1 + step / inv_gamma) ** -power)``.
         channels_last, compile, compile_mode: GPU speed options.
         check_finite_every_n_steps: how often to stop on a NaN/inf loss (each check syncs the GPU).
+        run_safety: add the RunSafety callback to every fit (atomic checkpoints, SIGTERM / SIGINT
+            checkpoint-and-stop, TensorBoard purge on resume); off for a launcher that owns the signals.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class DiffusionModule(pl.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         check_finite_every_n_steps: int = 1,
+        run_safety: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -253,7 +256,7 @@ class DiffusionModule(pl.LightningModule):
         # resume, for every fit (train.py and the Python API alike).
         from diffprobe.callbacks.run_safety import RunSafety
 
-        return [RunSafety()]
+        return [RunSafety()] if self.hparams.run_safety else []
 
     # ---- checkpoint state ---------------------------------------------------------------------
     @override

@@ -124,6 +124,7 @@ def probe_features(features: dict[str, torch.Tensor], probe_set: ProbeSet, metho
     k = len(num_classes)
     accuracy, control, correct = [], [], []
     for values in features.values():
+        interrupt.check()  # one layer's fits can take seconds (logistic, large probe sets)
         fit = fit_probes(values[:, train], labels[train], values[:, test], labels[test], num_classes * 2, method=method)
         accuracy.append(fit.accuracy[:, :k])
         control.append(fit.accuracy[:, k:])
