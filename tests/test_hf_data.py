@@ -4,7 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
-from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, write_imagefolder
+from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, read_events, write_imagefolder
 from diffprobe.data.module import HFDataModule
 
 
@@ -57,3 +57,19 @@ def test_missing_concept_column_is_named(tmp_path):
 def test_unknown_data_set_says_what_to_give(tmp_path):
     with pytest.raises(ValueError, match="(?s)could not load data set 'no-such-dataset-xyz'.*local folder"):
         HFDataModule("no-such-dataset-xyz", batch_size=2)
+
+
+def test_grayscale_data_runs_every_picture_callback(tmp_path):
+    from diffprobe.callbacks import AttentionRecorder, PredictionEvolution, SampleGrid
+
+    data = HFDataModule(str(write_imagefolder(tmp_path / "folder")), image_column="image", concept_columns=["label"], image_size=16, channels=1, batch_size=4, num_workers=0)
+    callbacks = [
+        SampleGrid(every_n_steps=2, num_images=2, num_inference_steps=2),
+        AttentionRecorder(every_n_steps=2, num_images=2),
+        PredictionEvolution(every_n_steps=2, num_images=2, trajectory_steps=2, trajectory_every=1),
+    ]
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=callbacks)
+    trainer.fit(make_module(in_channels=1), datamodule=data)
+    images = read_events(trainer.log_dir).Tags()["images"]
+    assert {"samples/ema", "pred/x0_hat", "pred/trajectory"} <= set(images)
+    assert any(tag.startswith("attention/") for tag in images), "the 1-channel image sits beside its RGB overlays"

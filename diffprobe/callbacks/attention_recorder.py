@@ -147,7 +147,8 @@ class AttentionRecorder(PeriodicObserver):
             writer.add_scalar(f"attention_object_mass/{layer}/{tb.t_tag(t)}", float((obj * small).sum(-1).mean()), step)
         cells = []
         for i, image in enumerate(self.images):
-            cells += [image, viz.heat_overlay(image, obj[i].view(side, side)), viz.heat_overlay(image, bg[i].view(side, side))]
+            rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # grayscale data beside RGB overlays
+            cells += [rgb, viz.heat_overlay(image, obj[i].view(side, side)), viz.heat_overlay(image, bg[i].view(side, side))]
         writer.add_image(f"attention/{layer}/{tb.t_tag(t)}", viz.image_grid(torch.stack(cells), columns=3), step)
 
     def _log_cross_attention(self, writer, pl_module, probs: list[torch.Tensor], t: int, step: int, token_mass: dict) -> None:

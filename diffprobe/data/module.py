@@ -8,6 +8,8 @@ probes).
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -113,6 +115,7 @@ class HFDataModule(ImageDataModule):
         config_name: the hub data set's configuration name, if it has several.
         image_size: images are resized on the shorter side and centre-cropped to this.
         channels: 3 converts to RGB, 1 to grayscale.
+        num_workers: DataLoader workers decoding images (default: the machine's cores, up to 4).
     """
 
     def __init__(
@@ -127,9 +130,11 @@ class HFDataModule(ImageDataModule):
         image_size: int = 32,
         channels: int = 3,
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         seed: int = 0,
     ):
+        if num_workers is None:  # image decoding in workers, as many as the machine has (up to 4)
+            num_workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         super().__init__(image_size=image_size, channels=channels, batch_size=batch_size, num_workers=num_workers)
         if not 0 < heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
