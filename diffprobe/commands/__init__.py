@@ -1,0 +1,1 @@
+"""The command layer: train.py and probe.py call a main here."""
