@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing import plugin_event_accumulator
 
 from conftest import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import ExportDiffusers, RunInterrupted, SampleGrid
@@ -25,9 +26,12 @@ from faults import TESTS, tiny_run_config, train
 LAST = "runs/tiny/version_0/checkpoints/last.ckpt"
 
 
-def _scalar_steps(run: Path) -> dict[str, list[int]]:
-    events = read_events(run)
-    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+def _tag_steps(run: Path) -> dict[str, list[int]]:
+    """Steps per tag (scalars, images, figures) as TensorBoard's own backend reads them (the plugin accumulator, which
+    purges on a restart only after a run's first SessionLog.START, unlike the legacy reader)."""
+    events = plugin_event_accumulator.EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
 
 
 def _not_increasing(steps: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -77,14 +81,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     history = [h["step"] for h in _state(final, "ProbeMonitor")["history"]]
     assert history == [h["step"] for h in _state(reference, "ProbeMonitor")["history"]] == [0, 4, 8]
 
-    steps, reference_steps = _scalar_steps(run), _scalar_steps(reference_run)
+    steps, reference_steps = _tag_steps(run), _tag_steps(reference_run)
     assert not _not_increasing(steps)
     assert set(steps) == set(reference_steps)
     for tag in ("train/loss", "probe/shape/mid_block/t0050/acc", "denoise/mse/t0010"):
         assert steps[tag] == reference_steps[tag], tag
-    events = read_events(run)
-    assert [e.step for e in events.Images("samples/ema")] == [0, 2, 4, 6, 8]
-    assert [e.step for e in events.Images("pred/x0_hat")] == [0, 4, 8]
+    assert steps["samples/ema"] == [0, 2, 4, 6, 8] and steps["pred/x0_hat"] == [0, 4, 8]
 
     # How close the resumed run ends to the uninterrupted one (the data order and noise after the
     # resume differ: Lightning does not restore RNG state). Printed for the record.
@@ -124,7 +126,7 @@ def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tm
     final = safe_load(run / "checkpoints/last.ckpt")
     assert final["global_step"] == 8 and final["optimizer_states"][0]["state"][0]["step"] == 8, "no step lost"
     assert [h["step"] for h in _state(final, "ProbeMonitor")["history"]] == [0, 4, 8], "the discarded evaluation runs on resume"
-    steps = _scalar_steps(run)
+    steps = _tag_steps(run)
     assert not _not_increasing(steps) and steps["train/loss"] == list(range(8))
 
 
@@ -361,8 +363,8 @@ def test_checkpoints_from_before_state_keys_restore_their_callback_state(tmp_pat
     torch.save(checkpoint, last)
     grid = SampleGrid(every_n_steps=2, num_images=1, num_inference_steps=1)
     _fit(tmp_path, 3, ckpt=last, version=0, callbacks=[grid])
-    images = read_events(tmp_path / "runs/test/version_0").Images("samples/ema")
-    assert [e.step for e in images] == [0, 2, 3], "step 2 is re-drawn once after the purge, not twice"
+    steps = _tag_steps(tmp_path / "runs/test/version_0")["samples/ema"]
+    assert steps == [0, 2, 3], "step 2 is re-drawn once after the purge, not twice"
 
 
 def test_ema_averages_stay_float32_under_half_precision():

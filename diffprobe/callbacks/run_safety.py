@@ -161,7 +161,11 @@ class RunSafety(Checkpoint):
                 logger._default_hp_metric = False
                 if trainer.is_global_zero:
                     # Hide every event at or past the resumed step: the resumed run writes them again.
-                    logger.experiment.file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+                    # TensorBoard treats a run's first SessionLog.START as the session's start, not a
+                    # restart, and purges only on later ones: the first of these two may be that one.
+                    restart = Event(step=step, session_log=SessionLog(status=SessionLog.START))
+                    logger.experiment.file_writer.add_event(restart)
+                    logger.experiment.file_writer.add_event(restart)
         if trainer.ckpt_path:
             _continue_checkpoint_bookkeeping(trainer, checkpoint, Path(trainer.ckpt_path))
 
