@@ -66,7 +66,7 @@ class ProbeMonitor(PeriodicObserver):
         self.probe_set_path = str(probe_set) if probe_set is not None else None  # plain data in the checkpoint
         self.probe_set: ProbeSet | None = None
         self.history: list[dict[str, Any]] = []
-        self._layout_written = False  # once per session: a resumed run's first write follows the purge
+        self._layout_written = False
 
     @override
     def identity(self) -> dict[str, Any]:
@@ -140,9 +140,10 @@ class ProbeMonitor(PeriodicObserver):
                 }
             )
             self._log(writer, table, step, tb.PROBE_PREFIX[kind])
-        if not self._layout_written:
+        if not self._layout_written and not _continues_its_own_run(trainer):
+            # The layout is one event at step 0 of the run folder; a run continued in place has it.
             writer.add_custom_scalars(tb.probe_layout(self.probe_set.concept_names, self.layers))
-            self._layout_written = True
+        self._layout_written = True
 
     def _log(self, writer, table: ProbeTable, step: int, prefix: str) -> None:
         for i, layer in enumerate(table.layers):
@@ -176,3 +177,10 @@ class ProbeMonitor(PeriodicObserver):
         self.layers = state_dict.get("layers") or self.layers
         if self.probe_set is None and self.probe_set_path and Path(self.probe_set_path).is_file():
             self.probe_set = ProbeSet.load(self.probe_set_path)
+
+
+def _continues_its_own_run(trainer: pl.Trainer) -> bool:
+    """Resumed from a checkpoint of the very run folder it logs to."""
+    if not trainer.ckpt_path or not trainer.log_dir:
+        return False
+    return Path(trainer.ckpt_path).resolve().parent.parent == Path(trainer.log_dir).resolve()

@@ -67,8 +67,11 @@ class RunSafety(Checkpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         # Lightning wrapped our SIGTERM handler in its own after setup; its handler makes the loop
         # raise SIGTERMException (exit status 0, no checkpoint) and, under DDP, broadcasts from
-        # inside the handler. Ours alone decides; Lightning's teardown restores what it found.
+        # inside the handler. Ours alone decides; Lightning's teardown restores what it found. A
+        # SIGTERM that came while the observers' on_train_start ran reached both handlers: ours
+        # stops at the end of this step, so Lightning's flag would only turn that into an exit 0.
         self._install_handlers()
+        trainer._signal_connector.received_sigterm = False
 
     def _install_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
