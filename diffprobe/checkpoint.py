@@ -43,7 +43,7 @@ _UNSAFE = re.compile(
 
 
 def _torch_reason(error: BaseException) -> str:
-    """torch's own reason, without its advice to retry with weights_only=False."""
+    """torch's own reason, without its advice to retry with the unsafe loader."""
     text = str(error)
     found = _UNSAFE.search(text)
     if found:

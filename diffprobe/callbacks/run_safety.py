@@ -177,10 +177,13 @@ def _model_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:
     return [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath is not None]
 
 
+def _last_path(callback: ModelCheckpoint) -> str:
+    return os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+
+
 def _save_last(trainer: pl.Trainer, callback: ModelCheckpoint) -> str:
     if callback.save_last == "link":  # a link would point at an older top-k file: write the real state
-        path = os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
-        callback.last_model_path = path
+        path = callback.last_model_path = _last_path(callback)
         trainer.save_checkpoint(path)
     else:
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
@@ -197,7 +200,7 @@ def save_last_checkpoint(trainer: pl.Trainer) -> str:
         elif callback.save_last:
             written = _save_last(trainer, callback)
         else:
-            written = os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+            written = _last_path(callback)
             trainer.save_checkpoint(written)
     if written is None:
         written = os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", "last.ckpt")
