@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import in_memory_dataset, write_ddpm_cifar10_folder
-from diffprobe.cli import train_main
+from diffprobe.commands.train import DiffprobeCLI, train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,17 @@ def test_cifar10_config_builds_with_a_local_copy(tmp_path):
     data = in_memory_dataset().rename_columns({"picture": "img", "colour": "label"})
     data.save_to_disk(str(tmp_path / "cifar"))
     cli = build(
-        "cifar10_ddpm.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--data.init_args.source", str(tmp_path / "cifar"), "--data.init_args.batch_size", "2",
-        "--model.compile", "false",
+        "cifar10_ddpm.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--data.init_args.source",
+        str(tmp_path / "cifar"),
+        "--data.init_args.batch_size",
+        "2",
+        "--model.compile",
+        "false",
     )
     assert sum(p.numel() for p in cli.model.unet.parameters()) == 35_746_307
     assert cli.model.hparams.channels_last
@@ -54,9 +62,25 @@ def test_every_config_is_covered(config):
     )
 
 
+def parse(config: str):
+    """The config as train.py's LightningCLI parser reads it (class paths resolved, init_args
+    type-checked, defaults filled in), without building the model, data or trainer."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DiffprobeCLI, "before_instantiate_classes", lambda self: None)
+        patch.setattr(DiffprobeCLI, "instantiate_classes", lambda self: None)
+        return train_main(["--config", str(REPO / "configs" / config)], run=False).config
+
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "shapes_conditional.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml"])
 def test_every_training_config_probes_while_it_trains(config):
-    text = (REPO / "configs" / config).read_text()
-    assert "diffprobe.callbacks.ProbeMonitor" in text
-    assert ("diffprobe.callbacks.OnlineProbes" in text) != ("compile: true" in text), "online heads need an eager UNet"
+    parsed = parse(config)
+    callbacks = {c.class_path: c.init_args for c in parsed.trainer.callbacks}
+    max_steps = parsed.trainer.max_steps
+    monitor = callbacks.get("diffprobe.callbacks.ProbeMonitor")
+    assert monitor is not None, f"{config} has no ProbeMonitor among {sorted(callbacks)}"
+    assert monitor.every_n_steps <= max_steps, "the probe set is evaluated during the run, not only after"
+    online = callbacks.get("diffprobe.callbacks.OnlineProbes")
+    # Online heads read the features the UNet hands back in eager mode; a compiled UNet cannot feed them.
+    assert (online is not None) == (not parsed.model.compile), "OnlineProbes exactly when the UNet is eager"
+    if online is not None:
+        assert online.log_every_n_steps <= max_steps

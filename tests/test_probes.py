@@ -1,10 +1,14 @@
 """Probe fitting, controls and significance, on planted signals and on the probe set."""
 
+import math
+
 import torch
 
 from conftest import shapes_data
 from diffprobe.data.probe_set import ProbeSet, default_timesteps
-from diffprobe.probes import binomial_p_value, fit_probes, majority_chance, wilson_interval
+from diffprobe.probes import binomial_p_value, chance_level, class_mask, fit_probes, wilson_interval
+from diffprobe.probes.fit import _ridge_weights, standardize
+from diffprobe.probes.pipeline import probe_features
 
 
 def planted(n=300, d=12, classes=3, p=4, seed=0):
@@ -25,24 +29,70 @@ def test_both_methods_recover_a_planted_signal_and_stay_at_chance_on_noise():
         assert (fit.accuracy[:, 1] < 0.5).all(), method  # chance is 1/3
 
 
-def test_dual_ridge_equals_primal_when_features_outnumber_examples():
+def test_dual_ridge_equals_primal_on_the_same_data():
     features, labels = planted(n=60, d=80)
-    a = fit_probes(features[:, :40], labels[:40], features[:, 40:], labels[40:], [3, 3], method="ridge")
-    b = fit_probes(features[:, :40, :39], labels[:40], features[:, 40:, :39], labels[40:], [3, 3], method="ridge")
-    assert a.correct.shape == b.correct.shape  # both paths run; the planted concept is found by both
-    assert (a.accuracy[:, 0] > 0.8).all() and (b.accuracy[:, 0] > 0.8).all()
+    train, test = standardize(features[:, :40], features[:, 40:])
+    targets = torch.nn.functional.one_hot(labels[:40], 3).flatten(1).float()
+    targets = targets - targets.mean(0)
+    primal = _ridge_weights(train, targets, 0.1, dual=False)  # (P, D, K * C) = (4, 80, 6)
+    dual = _ridge_weights(train, targets, 0.1, dual=True)
+    assert primal.shape == dual.shape == (4, 80, 6)
+    assert (primal - dual).abs().max() < 2e-5, "the push-through identity: both solves give one ridge"
+    assert (test @ primal - test @ dual).abs().max() < 2e-5
+    assert torch.equal(_ridge_weights(train, targets, 0.1), dual), "80 features > 40 examples: the dual is chosen"
+    fit = fit_probes(features[:, :40], labels[:40], features[:, 40:], labels[40:], [3, 3], method="ridge")
+    assert (fit.accuracy[:, 0] > 0.8).all()
+
+
+def test_class_mask_marks_each_concepts_own_classes():
+    assert class_mask([2, 4, 1]).tolist() == [[True, True, False, False], [True, True, True, True], [True, False, False, False]]
 
 
 def test_chance_p_values_and_intervals_behave():
-    train = torch.tensor([[0], [0], [0], [1]])
     test = torch.tensor([[0], [1], [0], [0]])
-    assert torch.allclose(majority_chance(train, test, [2]), torch.tensor([0.75]))
+    assert torch.allclose(chance_level(test, [2]), torch.tensor([0.75]))
     n = 100
     p = binomial_p_value(torch.tensor([50, 60, 75, 100]), n, torch.tensor(0.5))
     assert 0.4 < p[0] < 0.6 and p[1] < 0.05 and p[2] < 1e-6 and p[3] < 1e-29
     assert abs(float(binomial_p_value(torch.tensor(0), n, torch.tensor(0.3))) - 1.0) < 1e-6
     low, high = wilson_interval(torch.tensor([50, 0, 100]), n)
     assert low[0] < 0.5 < high[0] and low[1] == 0 and high[2] > 0.999 and high[1] < 0.05
+
+
+def test_chance_is_the_best_constant_answer_on_the_test_split():
+    # 10 classes; class 9 is the training split's majority but only 7% of the test split, and
+    # class 0 is the test split's largest (11%). Scoring the training majority on the test split
+    # would put chance at 0.07, below 1/10, and a probe always answering 0 would look significant.
+    test = torch.cat([torch.zeros(110), torch.arange(1, 9).repeat_interleave(102), torch.full((74,), 9)]).long()
+    train = torch.cat([torch.arange(10), torch.full((50,), 9)]).long()
+    assert torch.bincount(train).argmax() == 9 and (test == 9).float().mean() < 0.1
+    n = len(test)
+    chance = chance_level(test[:, None], [10])
+    assert torch.allclose(chance, torch.tensor([0.11]))
+    constant = torch.stack([(test == c).sum() for c in range(10)])  # correct answers of "always c"
+    assert (binomial_p_value(constant, n, chance) > 0.05).all(), "no constant answer beats chance"
+    assert binomial_p_value(constant[0], n, torch.tensor(0.074)) < 1e-3, "the training-majority chance would call it significant"
+
+
+def test_probe_table_tests_against_the_test_splits_largest_class():
+    data = shapes_data(heldout_size=90)
+    probe_set = ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=90, timesteps=[0, 50, 99], seed=3)
+    noise = {"block": torch.randn(3, 90, 16, generator=torch.Generator().manual_seed(0))}  # (T, N, D), no concept in it
+    table = probe_features(noise, probe_set, method="ridge")
+    _, test = probe_set.split()
+    labels = probe_set.labels[test]
+    largest = [torch.bincount(labels[:, k]).max() / len(test) for k in range(labels.shape[1])]
+    assert torch.allclose(table.chance, torch.stack(largest).float())
+    assert not table.significant.any(), "features without a concept are never above chance"
+
+
+def test_binomial_tail_matches_the_summed_pmf():
+    # the exact tail summed term by term (the former hand-written test) on a small case
+    n, p = 20, 0.3
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    correct = torch.tensor([0, 3, 6, 10, 15, 20])
+    expected = torch.tensor([sum(pmf[int(c) :]) for c in correct])
+    assert torch.allclose(binomial_p_value(correct, n, torch.tensor(p)), expected.float(), rtol=1e-5)
 
 
 def test_probe_set_is_deterministic_saved_and_controlled(tmp_path):

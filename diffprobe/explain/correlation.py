@@ -63,19 +63,21 @@ def spearman(x, y, *, exact_max_n: int = 8) -> Correlation:
 
 def _exact_p_value(xs: list[float], ys: list[float]) -> float:
     """Two-sided exact p of Spearman's rho: the share of all n! pairings of the ranks whose |rho| is
-    at least the observed one (ties keep their average ranks)."""
-    import itertools
-
+    at least the observed one (ties keep their average ranks), by scipy's exact permutation test."""
     import numpy as np
-    from scipy.stats import rankdata
+    from scipy.stats import permutation_test, rankdata
 
     rx, ry = rankdata(xs), rankdata(ys)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     scale = math.sqrt((rx**2).sum() * (ry**2).sum())
-    observed = abs(float(rx @ ry)) / scale
-    pairings = np.array(list(itertools.permutations(range(len(ry)))))
-    permuted = np.abs(ry[pairings] @ rx) / scale
-    return float((permuted >= observed - 1e-12).mean())
+
+    def abs_rho(ranks, axis=-1):  # vectorised over a batch of pairings: (..., n) -> (...)
+        return np.abs(np.moveaxis(ranks, axis, -1) @ rx) / scale
+
+    # |rho| with alternative "greater" counts both tails as the old enumeration did; scipy's own
+    # "two-sided" doubles the smaller one-sided p, which differs when ties skew the null.
+    result = permutation_test((ry,), abs_rho, permutation_type="pairings", vectorized=True, n_resamples=np.inf, alternative="greater")
+    return float(result.pvalue)
 
 
 def _floats(values, name: str) -> list[float]:
@@ -157,7 +159,9 @@ def role_totals(relevance: torch.Tensor, roles: list[str]) -> dict[str, float]:
     if relevance.dim() != 2:
         raise ValueError(f"relevance must be (steps, words), got shape {tuple(relevance.shape)}")
     if relevance.shape[1] != len(roles):
-        raise ValueError(f"relevance has {relevance.shape[1]} words but {len(roles)} roles were given; give one role per word (parse_triple)")
+        raise ValueError(
+            f"relevance has {relevance.shape[1]} words but {len(roles)} roles were given; give one role per word (parse_triple)"
+        )
     per_word = relevance.detach().double().sum(0).cpu().tolist()
     totals: dict[str, float] = {}
     for role, value in zip(roles, per_word):
@@ -195,11 +199,17 @@ def role_relevance_correlation(timesteps: list[int], relevance: torch.Tensor, ro
         raise ValueError(f"relevance must be (steps, words) with one role per word: shape {tuple(relevance.shape)}, {len(roles)} roles")
     if relevance.shape[0] != len(timesteps):
         raise ValueError(f"relevance has {relevance.shape[0]} steps but {len(timesteps)} timesteps were given")
-    out = {}
-    for role in dict.fromkeys(roles):
-        columns = [i for i, r in enumerate(roles) if r == role]
-        out[role] = spearman(timesteps, relevance[:, columns].double().sum(1))
-    return out
+    return {role: spearman(timesteps, values) for role, values in role_relevance(relevance, roles).items()}
+
+
+def role_relevance(relevance: torch.Tensor, roles: list[str]) -> dict[str, torch.Tensor]:
+    """relevance (steps, words), one role per word -> {role: (steps,) relevance summed over the
+    role's words}, roles in order of first appearance."""
+    if relevance.dim() != 2 or relevance.shape[1] != len(roles):
+        raise ValueError(f"relevance must be (steps, words) with one role per word: shape {tuple(relevance.shape)}, {len(roles)} roles")
+    return {
+        role: relevance[:, [i for i, r in enumerate(roles) if r == role]].detach().double().sum(1).cpu() for role in dict.fromkeys(roles)
+    }
 
 
 def _probe_rows(path: Path) -> list[dict]:
@@ -240,7 +250,9 @@ def probe_accuracy_correlations(
     kinds = sorted({str(r["weights"]) for r in rows})
     if weights is None:
         if len(kinds) > 1:
-            raise ValueError(f"{path} holds probes of several weights {kinds}; choose one with weights= (probe.py correlation --probe-weights)")
+            raise ValueError(
+                f"{path} holds probes of several weights {kinds}; choose one with weights= (probe.py correlation --probe-weights)"
+            )
         weights = kinds[0]
     rows = [r for r in rows if str(r["weights"]) == weights]
     if not rows:
@@ -259,7 +271,9 @@ def probe_accuracy_correlations(
     out = {}
     for key, by_t in series.items():
         timesteps = sorted(by_t)
-        out[key] = spearman(timesteps, [by_t[t] for t in timesteps]) if len(timesteps) > 1 else Correlation(math.nan, math.nan, 1, "one t only")
+        out[key] = (
+            spearman(timesteps, [by_t[t] for t in timesteps]) if len(timesteps) > 1 else Correlation(math.nan, math.nan, 1, "one t only")
+        )
     return out
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
-Method = Literal["logistic", "ridge"]
+from diffprobe.choices import Method  # noqa: F401  (re-exported: the core's name for it)
 
 
 @dataclass
@@ -42,10 +42,15 @@ def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, 
     return (train - mean) / std, (test - mean) / std
 
 
-def _class_mask(num_classes: Sequence[int], device) -> torch.Tensor:
-    """(K, C_max) bool: which padded class slots exist for each concept."""
-    width = max(num_classes)
-    return torch.arange(width, device=device).view(1, -1) < torch.tensor(list(num_classes), device=device).view(-1, 1)
+def class_mask(num_classes: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """(K, C_max) bool: which padded class slots exist for each concept.
+
+    Concepts with different class counts share one (K, C_max) score tensor; masked-out slots get
+    -inf before a softmax or argmax, so a probe never predicts a class its concept does not have.
+    """
+    slots = torch.arange(max(num_classes), device=device)
+    counts = torch.tensor(list(num_classes), device=device)
+    return rearrange(slots, "c -> 1 c") < rearrange(counts, "k -> k 1")
 
 
 def _predict(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -53,35 +58,47 @@ def _predict(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~mask, float("-inf")).argmax(-1)
 
 
+def _ridge_weights(x: torch.Tensor, centred: torch.Tensor, ridge: float, dual: bool | None = None) -> torch.Tensor:
+    """x (P, N, D) standardised features, centred (N, O) targets -> (P, D, O) ridge weights.
+
+    Primal and dual give the same weights (push-through identity); ``dual=None`` takes the cheaper:
+    the dual's N x N system when features outnumber examples, else the primal's D x D one.
+    """
+    n, d = x.shape[1], x.shape[2]
+    if dual is None:
+        dual = d > n
+    if not dual:  # primal: (X'X/n + rI) W = X'Y/n
+        gram = x.mT @ x / n + ridge * torch.eye(d, device=x.device)
+        return torch.linalg.solve(gram, x.mT @ centred / n)
+    # dual: W = X'(XX'/n + rI)^-1 Y/n
+    kernel = x @ x.mT / n + ridge * torch.eye(n, device=x.device)
+    return x.mT @ torch.linalg.solve(kernel, centred.expand(x.shape[0], -1, -1) / n)
+
+
 def _ridge_scores(xtr, ytr, xte, num_classes, ridge: float) -> torch.Tensor:
-    mask = _class_mask(num_classes, xtr.device)
+    mask = class_mask(num_classes, xtr.device)
     onehot = F.one_hot(ytr, mask.shape[1]).float() * mask  # (N, K, C_max)
-    targets = onehot.flatten(1)
+    targets = rearrange(onehot, "n k c -> n (k c)")  # all K concepts' classes in one solve
     target_mean = targets.mean(0)
-    centred = targets - target_mean
-    n, d = xtr.shape[1], xtr.shape[2]
-    if d <= n:  # primal: (X'X/n + rI) W = X'Y/n
-        gram = xtr.mT @ xtr / n + ridge * torch.eye(d, device=xtr.device)
-        weights = torch.linalg.solve(gram, xtr.mT @ centred / n)
-    else:  # dual, cheaper when features outnumber examples: W = X'(XX'/n + rI)^-1 Y/n
-        kernel = xtr @ xtr.mT / n + ridge * torch.eye(n, device=xtr.device)
-        weights = xtr.mT @ torch.linalg.solve(kernel, centred.expand(xtr.shape[0], -1, -1) / n)
-    scores = xte @ weights + target_mean
-    return scores.view(*scores.shape[:2], *mask.shape)
+    weights = _ridge_weights(xtr, targets - target_mean, ridge)
+    scores = xte @ weights + target_mean  # (P, N_test, K * C_max)
+    return rearrange(scores, "p n (k c) -> p n k c", k=mask.shape[0])
 
 
 def _logistic_scores(xtr, ytr, xte, num_classes, C: float, max_iter: int) -> torch.Tensor:
-    mask = _class_mask(num_classes, xtr.device)
+    mask = class_mask(num_classes, xtr.device)
     p, n, d = xtr.shape
     k, width = mask.shape
     weights = torch.zeros(p, d, k * width, device=xtr.device, requires_grad=True)
     bias = torch.zeros(p, 1, k * width, device=xtr.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weights, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe"
+    )
     targets = ytr.unsqueeze(0).expand(p, -1, -1)
 
     def closure():
         optimizer.zero_grad()
-        logits = (xtr @ weights + bias).view(p, n, k, width).masked_fill(~mask, float("-inf"))
+        logits = rearrange(xtr @ weights + bias, "p n (k c) -> p n k c", k=k).masked_fill(~mask, float("-inf"))
         nll = -logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).sum() / n
         # scikit-learn: sum of per-sample losses + ||W||^2 / (2C), here divided by n.
         loss = nll + (weights * mask.flatten()).square().sum() / (2 * C * n)
@@ -91,7 +108,7 @@ def _logistic_scores(xtr, ytr, xte, num_classes, C: float, max_iter: int) -> tor
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        return (xte @ weights + bias).view(p, xte.shape[1], k, width)
+        return rearrange(xte @ weights + bias, "p n (k c) -> p n k c", k=k)
 
 
 @torch.no_grad()
@@ -119,6 +136,6 @@ def fit_probes(
         scores = _logistic_scores(xtr, ytr, xte, num_classes, C, max_iter)
     else:
         raise ValueError(f"method must be 'logistic' or 'ridge', got {method!r}")
-    predicted = _predict(scores, _class_mask(num_classes, xtr.device))
+    predicted = _predict(scores, class_mask(num_classes, xtr.device))
     correct = (predicted == yte.unsqueeze(0)).sum(1)
     return ProbeFit(correct=correct.cpu(), n_test=int(yte.shape[0]))

@@ -12,17 +12,18 @@ from dataclasses import dataclass
 import torch
 
 from diffprobe import interrupt
-from diffprobe.capture import capture_features, default_layers
+from diffprobe.capture import capture_features, default_layers, eval_mode
 from diffprobe.capture.activations import Pool
 from diffprobe.data.probe_set import ProbeSet
 from diffprobe.probes.fit import Method, fit_probes
-from diffprobe.probes.stats import binomial_p_value, majority_chance, wilson_interval
+from diffprobe.probes.stats import binomial_p_value, chance_level, wilson_interval
 
 
 @dataclass
 class ProbeTable:
     """Results for one set of weights. Tensors are (L, T, K) = (layers, timesteps, concepts)
-    unless noted; ``chance`` is (K,)."""
+    unless noted; ``chance`` is (K,): the best accuracy a constant answer reaches on the test split
+    (``chance_level``), the null of ``p_value`` and ``significant``."""
 
     layers: list[str]
     timesteps: list[int]
@@ -131,7 +132,7 @@ def probe_features(features: dict[str, torch.Tensor], probe_set: ProbeSet, metho
         correct.append(fit.correct[:, :k])
     correct_all = torch.stack(correct)
     n = len(test)
-    chance = majority_chance(probe_set.labels[train], probe_set.labels[test], num_classes)
+    chance = chance_level(probe_set.labels[test], num_classes)
     low, high = wilson_interval(correct_all, n)
     return ProbeTable(
         layers=list(features),
@@ -160,10 +161,6 @@ def probe_unet(
 ) -> ProbeTable:
     """Features + probes in one call: the whole per-(layer, t, concept) table for these weights."""
     layers = list(layers) if layers is not None else default_layers(unet)
-    was_training = unet.training
-    unet.eval()
-    try:
+    with eval_mode(unet):
         features = extract_features(unet, scheduler, probe_set, layers, pool, batch_size, condition)
-    finally:
-        unet.train(was_training)
     return probe_features(features, probe_set, method)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
+from scipy.stats import binom
 
 
-def majority_chance(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: list[int]) -> torch.Tensor:
-    """(K,) accuracy on the test split of always answering the training split's majority class."""
-    chance = []
-    for k, classes in enumerate(num_classes):
-        majority = torch.bincount(train_labels[:, k], minlength=classes).argmax()
-        chance.append((test_labels[:, k] == majority).float().mean())
-    return torch.stack(chance)
+def chance_level(test_labels: torch.Tensor, num_classes: Sequence[int]) -> torch.Tensor:
+    """(K,) the share of each concept's most frequent class in the test split.
+
+    That is the best accuracy any constant answer reaches on the test split, so no probe is called
+    above chance for answering one class. (Scoring the training split's majority class instead can
+    fall below 1/K when that class is rare in the test split, and then a constant answer looks
+    "significant".) test_labels: (N, K) class indices.
+    """
+    counts = [torch.bincount(test_labels[:, k], minlength=classes) for k, classes in enumerate(num_classes)]
+    return torch.stack([c.max() for c in counts]).float() / test_labels.shape[0]
 
 
 def binomial_p_value(correct: torch.Tensor, n: int, chance: torch.Tensor) -> torch.Tensor:
@@ -21,17 +25,11 @@ def binomial_p_value(correct: torch.Tensor, n: int, chance: torch.Tensor) -> tor
 
     Shapes broadcast (e.g. correct (P, K) with chance (K,)).
     """
-    correct, chance = torch.broadcast_tensors(correct.double(), chance.double().clamp(1e-12, 1 - 1e-12))
-    k = torch.arange(n + 1, dtype=torch.float64)
-    log_pmf = (
-        torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64))
-        - torch.lgamma(k + 1)
-        - torch.lgamma(n - k + 1)
-        + k * chance.unsqueeze(-1).log()
-        + (n - k) * torch.log1p(-chance.unsqueeze(-1))
-    )
-    tail = torch.where(k >= correct.unsqueeze(-1), log_pmf, torch.full_like(log_pmf, -math.inf))
-    return tail.logsumexp(-1).exp().clamp(max=1.0).float()
+    correct, chance = torch.broadcast_tensors(correct.double(), chance.double())
+    # binom.sf(k) is P(X > k), so P(X >= correct) is sf(correct - 1); scipy keeps the tail exact
+    # far below float64's 1 - p resolution (p-values of 1e-30 stay 1e-30, not 0).
+    tail = binom.sf(correct.cpu().numpy() - 1, n, chance.cpu().numpy())
+    return torch.as_tensor(tail, dtype=torch.float32).reshape(correct.shape)
 
 
 def wilson_interval(correct: torch.Tensor, n: int, z: float = 1.96) -> tuple[torch.Tensor, torch.Tensor]:
