@@ -79,9 +79,15 @@ class CaptionEncoder(ModelMixin, ConfigMixin):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.norm(self.token_embedding(ids) + self.position_embedding[: ids.shape[1]])
 
-    def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        """Captions -> (B, L, dim) on this encoder's device."""
-        return self(self.tokenizer.encode(captions).to(self.position_embedding.device))
+    def encode(self, captions: Sequence[str], drop_probability: float = 0.0) -> torch.Tensor:
+        """Captions -> (B, L, dim) on this encoder's device; each caption replaced by the empty one
+        with ``drop_probability`` (classifier-free guidance training)."""
+        device = self.position_embedding.device
+        ids = self.tokenizer.encode(captions).to(device)
+        if drop_probability > 0:
+            keep = torch.rand(ids.shape[0], 1, device=device) >= drop_probability
+            ids = ids * keep
+        return self(ids)
 
     def unconditional(self, batch_size: int) -> torch.Tensor:
         """The empty caption (all padding): the null condition of classifier-free guidance."""

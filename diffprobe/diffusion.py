@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from diffprobe.choices import Schedule  # noqa: F401  (re-exported: the core's name for it)
+
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 BetaSchedule = Literal["linear", "cosine", "scaled_linear"]
 
@@ -31,9 +33,7 @@ def build_scheduler(
     if beta_schedule not in _DIFFUSERS_BETA_SCHEDULE:
         raise ValueError(f"beta_schedule must be one of {sorted(_DIFFUSERS_BETA_SCHEDULE)}, got {beta_schedule!r}")
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(
-            f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
-        )
+        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
     if num_train_timesteps < 2:
         raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
     return DDPMScheduler(
@@ -118,13 +118,7 @@ def bucket_bounds(num_train_timesteps: int, num_buckets: int) -> list[tuple[int,
     return bounds
 
 
-def build_scheduler_from_config(config) -> DDPMScheduler:
-    """A ``DDPMScheduler`` from a stored scheduler config (a pretrained folder's, or a checkpoint's)."""
-    return DDPMScheduler.from_config(config)
-
-
 # ---- timestep schedules (Park, Ju & Lee 2024: exponential timestep sampling) ----------------------
-Schedule = Literal["uniform", "early", "latter", "window"]
 
 
 def _exponential_base(num_train_timesteps: int, num_steps: int, lam: float) -> float:
@@ -136,7 +130,7 @@ def early_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: f
     """N steps packed at high noise ("semantic" stage), descending.
 
     t_i = T - floor(alpha ** (i + 1 + lambda)) for i = 0..N-1; then T - 1 is prepended and the last
-    value dropped, exactly as in ../shared/paper.md.
+    value dropped: the paper's early schedule (Park, Ju & Lee 2024).
     """
     alpha = _exponential_base(num_train_timesteps, num_steps, lam)
     values = [num_train_timesteps - _floor(alpha ** (i + 1 + lam)) for i in range(num_steps)]
@@ -175,7 +169,9 @@ def uniform_timesteps(scheduler, num_steps: int = 30) -> list[int]:
     return [int(t) for t in copy.timesteps]
 
 
-def window_timesteps(num_train_timesteps: int = 1000, uniform_steps: int = 10, window_steps: int = 20, start: int = 400, width: int = 200) -> list[int]:
+def window_timesteps(
+    num_train_timesteps: int = 1000, uniform_steps: int = 10, window_steps: int = 20, start: int = 400, width: int = 200
+) -> list[int]:
     """``uniform_steps`` evenly spread steps plus ``window_steps`` packed in [start, start + width],
     descending and unique: slide ``start`` across [0, T) to see what each stage contributes."""
     if not 0 <= start < start + width <= num_train_timesteps:

@@ -28,7 +28,8 @@ class AveragedWeights(nn.Module):
 
     def __init__(self, modules: dict[str, nn.Module | None], decay: float, use_ema_warmup: bool, inv_gamma: float, power: float):
         super().__init__()
-        self.copy = nn.ModuleDict({name: copy.deepcopy(module) for name, module in modules.items() if module is not None}).requires_grad_(False)
+        self.copy = nn.ModuleDict({name: copy.deepcopy(module) for name, module in modules.items() if module is not None})
+        self.copy.requires_grad_(False)
         self.schedule = EMAModel([], decay=decay, use_ema_warmup=use_ema_warmup, inv_gamma=inv_gamma, power=power, foreach=True)
         self.schedule.shadow_params = list(self.copy.parameters())  # EMAModel updates the copy in place
 
@@ -86,10 +87,10 @@ class AveragedWeights(nn.Module):
     def schedule_state(self) -> dict[str, Any]:
         return {key: getattr(self.schedule, key) for key in SCHEDULE_KEYS}
 
-    def load_schedule_state(self, state: dict[str, Any], *, decay: float, use_ema_warmup: bool, inv_gamma: float, power: float) -> None:
-        """The step count from the checkpoint, the settings from this run."""
+    def load_schedule_state(self, state: dict[str, Any]) -> None:
+        """The step count from the checkpoint; the settings (decay, warm-up) stay this run's, as
+        given to the constructor, so a resumed run may change them."""
         self.schedule.optimization_step = int(state.get("optimization_step", 0))
-        self.schedule.decay, self.schedule.use_ema_warmup, self.schedule.inv_gamma, self.schedule.power = decay, use_ema_warmup, inv_gamma, power
 
     def upgrade_checkpoint(self, checkpoint: dict[str, Any], prefix: str) -> None:
         """Checkpoints written before the averages were a submodule kept them as a list in

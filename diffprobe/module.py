@@ -6,7 +6,7 @@ Thin by design: the noise maths lives in ``diffusion``, the UNets in ``unet``, t
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -17,10 +17,10 @@ from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb
 from diffprobe.captions import CaptionEncoder
-from diffprobe.capture import capture_features
+from diffprobe.capture import capture_features, eval_mode
 from diffprobe.ema import AveragedWeights
 from diffprobe.metrics import TimestepBinnedMean
-from diffprobe.unet import build_unet, count_parameters, load_pretrained
+from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 
 CHECKPOINT_MARKER = "diffprobe"
 
@@ -97,27 +97,22 @@ class DiffusionModule(pl.LightningModule):
         self._feature_request: tuple[list[str], str] | None = None
         self._nonfinite_seen = torch.zeros((), dtype=torch.bool)
         self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
+        shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
         if pretrained is not None:
             if unet:
                 raise ValueError(
                     "--model.unet cannot be combined with --model.pretrained: the architecture comes from the "
                     "pretrained folder. Drop one of them."
                 )
-            loaded = load_pretrained(pretrained, conditional=conditional, in_channels=in_channels, image_size=image_size)
+            noise_process = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
+            loaded = fine_tuning_unet(pretrained, **shape, noise_process=noise_process, warn=rank_zero_warn)
             self.unet = loaded.unet
-            if self.unet.config.sample_size != image_size:
-                rank_zero_warn(f"pretrained UNet was made for {self.unet.config.sample_size}px images; fine-tuning at {image_size}px")
-                self.unet.register_to_config(sample_size=image_size)
             if loaded.scheduler is not None:  # keep the noise process the weights were trained with
-                self.use_scheduler(diffusion.build_scheduler_from_config(loaded.scheduler.config))
-                ours = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
-                differ = {k: self.scheduler.config[k] for k, v in ours.items() if self.scheduler.config[k] != v}
-                if differ:
-                    rank_zero_warn(f"using the pretrained folder's noise process {differ} instead of the configured {ours}")
+                self.use_scheduler(loaded.scheduler)
         elif preset is None and not unet:
             raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
         else:
-            self.unet = build_unet(preset, conditional=conditional, image_size=image_size, in_channels=in_channels, overrides=unet)
+            self.unet = build_unet(preset, **shape, overrides=unet)
 
         # 2. Captions -> cross-attention context (conditional models only).
         self.caption_encoder: CaptionEncoder | None = None
@@ -129,9 +124,8 @@ class DiffusionModule(pl.LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         # 3. EMA of every trained weight (diffusers' EMAModel); training always continues from the raw weights.
-        self.ema = AveragedWeights(
-            {"unet": self.unet, "caption_encoder": self.caption_encoder}, decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power
-        )
+        schedule = {"decay": ema_decay, "use_ema_warmup": ema_warmup, "inv_gamma": ema_inv_gamma, "power": ema_power}
+        self.ema = AveragedWeights({"unet": self.unet, "caption_encoder": self.caption_encoder}, **schedule)
 
     def use_scheduler(self, scheduler) -> None:
         """Set the training noise process (and the timestep buckets that depend on its length)."""
@@ -140,10 +134,8 @@ class DiffusionModule(pl.LightningModule):
         self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
-        params = list(self.unet.parameters())
-        if self.caption_encoder is not None:
-            params += list(self.caption_encoder.parameters())
-        return params
+        encoder = [] if self.caption_encoder is None else list(self.caption_encoder.parameters())
+        return list(self.unet.parameters()) + encoder
 
     @override
     def configure_model(self) -> None:
@@ -153,15 +145,8 @@ class DiffusionModule(pl.LightningModule):
 
     # ---- conditioning -------------------------------------------------------------------------
     def encode_captions(self, captions: list[str], drop_probability: float = 0.0) -> torch.Tensor | None:
-        """(B, L, D) cross-attention context; each caption replaced by the empty one with
-        ``drop_probability`` (classifier-free guidance training)."""
-        if self.caption_encoder is None:
-            return None
-        ids = self.caption_encoder.tokenizer.encode(captions).to(self.device)
-        if drop_probability > 0:
-            keep = torch.rand(ids.shape[0], 1, device=self.device) >= drop_probability
-            ids = ids * keep
-        return self.caption_encoder(ids)
+        """(B, L, D) cross-attention context (:meth:`CaptionEncoder.encode`), None when unconditional."""
+        return None if self.caption_encoder is None else self.caption_encoder.encode(captions, drop_probability)
 
     # ---- training -----------------------------------------------------------------------------
     @override
@@ -176,10 +161,7 @@ class DiffusionModule(pl.LightningModule):
         # 2. Predict and score against the prediction-type target, per sample.
         context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
         with capture_features(self.unet, *self._feature_request) if self._feature_request else nullcontext({}) as features:
-            if context is None:
-                prediction = self.unet(x_t, t).sample
-            else:
-                prediction = self.unet(x_t, t, encoder_hidden_states=context).sample
+            prediction = sampling.guided_output(self.unet, x_t, t, context)
         losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
         loss = losses.mean()
         # 3. Stop on a non-finite loss before the optimizer can spread it into the weights. The flag
@@ -209,9 +191,8 @@ class DiffusionModule(pl.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             raise FloatingPointError(
-                f"{what}; training stopped before any checkpoint of these weights was written, so the checkpoints "
-                "on disk are the last good ones. Lower --model.learning_rate, set "
-                "--trainer.gradient_clip_val, or check the data for NaNs."
+                f"{what}; training stopped before any checkpoint of these weights was written, so the checkpoints on disk are the "
+                "last good ones. Lower --model.learning_rate, set --trainer.gradient_clip_val, or check the data for NaNs."
             )
 
     @override
@@ -242,12 +223,13 @@ class DiffusionModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self):
+        hp = self.hparams
         optimizer = torch.optim.AdamW(
-            self.trained_parameters(), lr=self.hparams.learning_rate, betas=tuple(self.hparams.adam_betas), weight_decay=self.hparams.weight_decay
+            self.trained_parameters(), lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay
         )
-        name = "cosine" if self.hparams.lr_schedule == "cosine" else "constant_with_warmup"
+        name = "cosine" if hp.lr_schedule == "cosine" else "constant_with_warmup"
         total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
-        schedule = get_scheduler(name, optimizer, num_warmup_steps=self.hparams.warmup_steps, num_training_steps=max(total, 1))
+        schedule = get_scheduler(name, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=max(total, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @override
@@ -275,15 +257,12 @@ class DiffusionModule(pl.LightningModule):
         # Called before the state dict is loaded: older checkpoints get their averages moved into it.
         if "ema" in checkpoint:
             self.ema.upgrade_checkpoint(checkpoint, prefix="ema.")
-            hp = self.hparams
-            self.ema.load_schedule_state(checkpoint["ema"], decay=hp.ema_decay, use_ema_warmup=hp.ema_warmup, inv_gamma=hp.ema_inv_gamma, power=hp.ema_power)
+            self.ema.load_schedule_state(checkpoint["ema"])
 
     # ---- sampling -----------------------------------------------------------------------------
-    @contextmanager
-    def ema_weights(self):
+    def ema_weights(self) -> AbstractContextManager:
         """Swap the EMA weights in for the duration; the raw training weights come back exactly."""
-        with self.ema.swapped_into(self.trained_parameters()):
-            yield
+        return self.ema.swapped_into(self.trained_parameters())
 
     @torch.no_grad()
     def sample(
@@ -300,27 +279,21 @@ class DiffusionModule(pl.LightningModule):
         """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after."""
         if self.caption_encoder is not None and captions is None:
             raise ValueError("a conditional model needs captions to sample")
-        if captions is not None:
-            num_images = len(captions)
-        was_training = self.training
-        self.eval()
-        try:
-            with self.ema_weights() if use_ema else nullcontext():
-                context = self.encode_captions(captions) if captions is not None else None
-                uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
-                generator = torch.Generator(device=self.device).manual_seed(seed)
-                return sampling.generate(
-                    self.unet,
-                    diffusion.sampling_scheduler(self.scheduler, sampler),
-                    batch_size=num_images,
-                    num_inference_steps=num_inference_steps,
-                    generator=generator,
-                    condition=context,
-                    uncondition=uncontext,
-                    guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
-                ).float()
-        finally:
-            self.train(was_training)
+        num_images = len(captions) if captions is not None else num_images
+        with eval_mode(self), self.ema_weights() if use_ema else nullcontext():
+            context = self.encode_captions(captions) if captions is not None else None
+            uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
+            return sampling.seeded_samples(
+                self.unet,
+                self.scheduler,
+                num_images,
+                seed=seed,
+                num_inference_steps=num_inference_steps,
+                sampler=sampler,
+                condition=context,
+                uncondition=uncontext,
+                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
+            )
 
     def describe(self) -> str:
         return f"{type(self.unet).__name__} with {count_parameters(self.unet):,} parameters"

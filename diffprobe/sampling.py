@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffprobe import interrupt
+from diffprobe import diffusion, interrupt
+from diffprobe.choices import Sampler
 from diffprobe.unet import UNet
 
 
@@ -45,15 +46,22 @@ def guided_output(
     uncondition: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """UNet output at (x_t, t); classifier-free guided when both conditions are given:
-    out_u + w (out_c - out_u), in one UNet call on the doubled batch."""
+    """UNet output at (x_t, t); classifier-free guided when both conditions are given, in one UNet
+    call on the doubled batch (unconditional half first, see :func:`cfg_combine`)."""
     if condition is None:
         return unet(x_t, t).sample
     if uncondition is None or guidance_scale == 1.0:
         return unet(x_t, t, encoder_hidden_states=condition).sample
     both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncondition, condition])).sample
-    out_u, out_c = both.chunk(2)
-    return out_u + guidance_scale * (out_c - out_u)
+    return cfg_combine(both, guidance_scale)
+
+
+def cfg_combine(both: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: (2B, ...) unconditional then conditional halves -> (B, ...)
+    u + w (c - u). Anything computed on the doubled batch (outputs, activations, gradients)
+    combines the same way."""
+    uncond, cond = both.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
 
 
 @torch.no_grad()
@@ -95,6 +103,32 @@ def denoise(
         step = scheduler.step(output, t, x_t, generator=generator)
         yield StepRecord(index=index, t=int(t), x_t=x_t, model_output=output, x0_hat=step.pred_original_sample, x_prev=step.prev_sample)
         x_t = step.prev_sample
+
+
+def seeded_samples(
+    unet: UNet,
+    train_scheduler,
+    num_images: int,
+    *,
+    seed: int = 0,
+    num_inference_steps: int = 100,
+    sampler: Sampler = "ddpm",
+    condition: torch.Tensor | None = None,
+    uncondition: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Final samples (N, C, H, W) float32 in [-1, 1] from a fixed seed, on a fresh ``sampler``
+    copy of the training noise schedule (``train_scheduler`` itself is not touched)."""
+    return generate(
+        unet,
+        diffusion.sampling_scheduler(train_scheduler, sampler),
+        batch_size=num_images,
+        num_inference_steps=num_inference_steps,
+        generator=torch.Generator(device=unet.device).manual_seed(seed),
+        condition=condition,
+        uncondition=uncondition,
+        guidance_scale=guidance_scale,
+    ).float()
 
 
 def generate(unet: UNet, scheduler, **kwargs) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,9 @@ def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
-def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int | None = None, image_size: int | None = None) -> PretrainedUNet:
+def load_pretrained(
+    name_or_path: str, *, conditional: bool, in_channels: int | None = None, image_size: int | None = None
+) -> PretrainedUNet:
     """Load a diffusers UNet (and its scheduler config when present) for fine-tuning.
 
     Accepts a pipeline folder (with ``unet/`` and ``scheduler/``), a bare UNet folder, or a hub id
@@ -195,6 +199,37 @@ def load_pretrained(name_or_path: str, *, conditional: bool, in_channels: int | 
         except OSError:
             scheduler = None
     return PretrainedUNet(unet=unet, scheduler=scheduler, source=name_or_path)
+
+
+def fine_tuning_unet(
+    pretrained: str,
+    *,
+    conditional: bool,
+    image_size: int,
+    in_channels: int,
+    noise_process: dict[str, Any],
+    warn: Callable[[str], None] = warnings.warn,
+) -> PretrainedUNet:
+    """:func:`load_pretrained`, made ready to train at ``image_size`` (its ``sample_size`` set to it).
+
+    The stored scheduler stays the noise process (the weights were trained with it); where it
+    differs from the configured ``noise_process`` (e.g. ``num_train_timesteps``,
+    ``prediction_type``), ``warn`` says so. ``warn`` is a parameter so that a Lightning module
+    can warn on rank zero only without the core importing Lightning.
+    """
+    loaded = load_pretrained(pretrained, conditional=conditional, in_channels=in_channels, image_size=image_size)
+    if loaded.unet.config.sample_size != image_size:
+        warn(f"pretrained UNet was made for {loaded.unet.config.sample_size}px images; fine-tuning at {image_size}px")
+        loaded.unet.register_to_config(sample_size=image_size)
+    if loaded.scheduler is not None:
+        stored = loaded.scheduler.config
+        differ = {k: stored[k] for k, v in noise_process.items() if stored[k] != v}
+        if differ:
+            warn(f"using the pretrained folder's noise process {differ} instead of the configured {noise_process}")
+    # from_pretrained returns the UNet in eval mode, and Lightning keeps a submodule's mode as it
+    # finds it: without this, fine-tuning would run with dropout off.
+    loaded.unet.train()
+    return loaded
 
 
 def count_parameters(module) -> int:

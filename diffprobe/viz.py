@@ -1,13 +1,25 @@
-"""Tensors -> pictures (no logger access here): image grids and PNG files."""
+"""Tensors -> pictures (no logger access here): image grids, PNG files and matplotlib figures.
+
+Figures come from :func:`new_figure`: matplotlib ``Figure`` objects made without pyplot (no GUI
+backend, no global list of open figures to leak) and laid out by constrained layout, which also
+makes room for colour bars and super-titles that ``tight_layout`` warns about.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from diffprobe.probes.pipeline import ProbeTable
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -44,6 +56,15 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
     return path
 
 
+def new_figure(rows: int = 1, columns: int = 1, *, size: tuple[float, float], dpi: int) -> tuple[Figure, np.ndarray]:
+    """A Figure of ``size`` inches with a (rows, columns) array of axes (always 2-D). It renders
+    with Agg when saved (``savefig``) or logged (``SummaryWriter.add_figure``)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=dpi, layout="constrained")
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
 def accuracy_heatmap(
     values: torch.Tensor,
     rows: list[str],
@@ -57,41 +78,58 @@ def accuracy_heatmap(
     ``chance`` (scalar or one per row) is written in the row label; cells that are not significant
     are greyed out with a dot, so an above-chance colour is never mistaken for a result.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     values = values.detach().cpu().float()
-    figure, axis = plt.subplots(figsize=(1.0 + 0.55 * len(timesteps), 0.9 + 0.42 * len(rows)), dpi=100)
-    image = axis.imshow(values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     labels = list(rows)
     if chance is not None:
         chance_row = torch.as_tensor(chance, dtype=torch.float32).expand(len(rows))
         labels = [f"{r} (chance {c:.2f})" for r, c in zip(rows, chance_row.tolist())]
+    # Room for the row labels (about 0.06 inch a character) and the colour bar beside the cells:
+    # with few timesteps a fixed width leaves the cells none, and matplotlib gives up on the layout.
+    width = 1.3 + 0.06 * max(map(len, labels), default=0) + 0.55 * len(timesteps)
+    figure, axes = new_figure(size=(max(width, 0.07 * len(title)), 0.9 + 0.42 * len(rows)), dpi=100)
+    axis = axes[0, 0]
+    image = axis.imshow(values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     axis.set_yticks(range(len(rows)), labels, fontsize=8)
     axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps], fontsize=7, rotation=90)
     axis.set_xlabel("timestep t (0 = clean)", fontsize=8)
-    axis.set_title(title, fontsize=9)
+    figure.suptitle(title, fontsize=9)  # centred on the figure: wider than the cells when they are few
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             dim = significant is not None and not bool(significant[i, j])
-            axis.text(j, i, "·" if dim else f"{values[i, j]:.2f}"[1:] if values[i, j] < 1 else "1", ha="center", va="center", fontsize=6, color="white" if values[i, j] < 0.6 else "black")
+            value = float(values[i, j])
+            text = "·" if dim else f"{value:.2f}"[1:] if value < 1 else "1"
+            axis.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
     figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02, label="test accuracy")
-    figure.tight_layout()
     return figure
+
+
+def probe_heatmaps(
+    table: ProbeTable, note: str, by: Sequence[Literal["concept", "layer"]] = ("concept", "layer")
+) -> Iterator[tuple[str, str, Figure]]:
+    """The accuracy heatmaps of a probe table, one at a time, as ``(by, name, figure)``: per concept
+    (layers x timesteps) and / or per layer (concepts x timesteps), titled
+    ``"<name>: probe accuracy (<note>)"``, with chance levels and significance as
+    :func:`accuracy_heatmap` shows them."""
+    if "concept" in by:
+        for k, concept in enumerate(table.concepts):
+            title = f"{concept}: probe accuracy ({note})"
+            figure = accuracy_heatmap(
+                table.accuracy[:, :, k], table.layers, table.timesteps, title, float(table.chance[k]), table.significant[:, :, k]
+            )
+            yield "concept", concept, figure
+    if "layer" in by:
+        for i, layer in enumerate(table.layers):
+            title = f"{layer}: probe accuracy ({note})"
+            figure = accuracy_heatmap(table.accuracy[i].T, table.concepts, table.timesteps, title, table.chance, table.significant[i].T)
+            yield "layer", layer, figure
 
 
 def decodability_curves(best_accuracy: torch.Tensor, chance: torch.Tensor, timesteps: list[int], concepts: list[str], title: str):
     """A matplotlib Figure: for each concept, the best layer's probe accuracy over t, as the share
     of the way from chance (0) to perfect (1). best_accuracy: (T, K); chance: (K,)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     above = ((best_accuracy - chance) / (1 - chance).clamp_min(1e-6)).clamp(min=-0.1)
-    figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    figure, axes = new_figure(size=(6.4, 3.6), dpi=110)
+    axis = axes[0, 0]
     positions = list(range(len(timesteps)))
     for k, concept in enumerate(concepts):
         axis.plot(positions, above[:, k].numpy(), marker="o", markersize=3, label=concept)
@@ -103,21 +141,15 @@ def decodability_curves(best_accuracy: torch.Tensor, chance: torch.Tensor, times
     axis.set_ylim(-0.1, 1.02)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, frameon=False)
-    figure.tight_layout()
     return figure
 
 
 def metric_curves(curves: dict[str, list[float]], timesteps: list[int], title: str):
     """A matplotlib Figure with one small panel per metric, each a curve over t."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     names = list(curves)
     columns = min(4, len(names))
     rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), dpi=90, squeeze=False)
+    figure, axes = new_figure(rows, columns, size=(3.0 * columns, 2.3 * rows), dpi=90)
     for axis, name in zip(axes.flat, names):
         axis.plot(timesteps, curves[name], marker="o", markersize=3)
         axis.set_title(name, fontsize=8)
@@ -126,7 +158,6 @@ def metric_curves(curves: dict[str, list[float]], timesteps: list[int], title: s
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
     return figure
 
 
@@ -147,17 +178,14 @@ def heat_overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -
 
 def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xlabel: str, ylabel: str, invert_x: bool = False):
     """A Figure with one panel per key of ``panels``, a line (x, y) per inner key (legend)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.9 * rows), dpi=90, squeeze=False)
+    figure, axes = new_figure(rows, columns, size=(4.0 * columns, 2.9 * rows), dpi=90)
     for axis, (name, lines) in zip(axes.flat, panels.items()):
         # tab10 repeats after 10 lines (13 caption words would share colours): tab20 beyond that.
-        colours = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20").colors
+        colours = colormaps["tab10" if len(lines) <= 10 else "tab20"].colors
         for index, (label, (x, y)) in enumerate(lines.items()):
             axis.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, label=label, color=colours[index % len(colours)])
         if invert_x:
@@ -170,18 +198,13 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xla
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
     return figure
 
 
 def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, ylabel: str):
     """A Figure of bars: one group per label, one bar per key of ``values`` (e.g. a schedule)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) * max(1, len(values)) ** 0.5), 2.9), dpi=90)
+    figure, axes = new_figure(size=(max(4.0, 0.45 * len(labels) * max(1, len(values)) ** 0.5), 2.9), dpi=90)
+    axis = axes[0, 0]
     width = 0.8 / max(1, len(values))
     for offset, (name, heights) in enumerate(values.items()):
         axis.bar(np.arange(len(labels)) + offset * width - 0.4 + width / 2, heights, width, label=name)
@@ -189,25 +212,18 @@ def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, 
     axis.set_ylabel(ylabel, fontsize=8)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, frameon=False)
-    figure.tight_layout()
     return figure
 
 
 def image_panels(images: dict[str, torch.Tensor], title: str, columns: int = 6):
     """A Figure of (3, H, W) images in [-1, 1], each titled with its key (e.g. a layer name)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), dpi=90, squeeze=False)
+    figure, axes = new_figure(rows, columns, size=(1.9 * columns, 2.1 * rows), dpi=90)
     for axis, (name, image) in zip(axes.flat, images.items()):
         axis.imshow(to_unit(image.detach().cpu()).permute(1, 2, 0).numpy(), interpolation="nearest")
         axis.set_title(name, fontsize=5.5)
     for axis in axes.flat:
         axis.axis("off")
     figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
     return figure

@@ -64,7 +64,7 @@ def test_restored_on_exceptions_and_works_under_bf16_autocast():
 
 def test_bad_layer_and_query_point_are_named():
     unet = make_module().unet
-    with pytest.raises(ValueError, match=r"no all attention module\(s\) \['mid_block'\].*mid_block.attentions.0"):
+    with pytest.raises(ValueError, match=r"no attention module\(s\) \['mid_block'\].*mid_block.attentions.0"):
         with record_attention(unet, ["mid_block"]):
             pass
     with pytest.raises(ValueError, match="outside the image"):

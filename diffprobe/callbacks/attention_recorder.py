@@ -19,12 +19,13 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from einops import rearrange
 from typing_extensions import override
 
 from diffprobe import interrupt, tb, viz
 from diffprobe.callbacks.periodic import PeriodicObserver
-from diffprobe.capture import attention_modules, eager, query_indices, record_attention
-from diffprobe.data.probe_set import fixed_examples
+from diffprobe.capture import attention_modules, eager, eval_mode, query_indices, record_attention
+from diffprobe.data.probe_set import check_timesteps, fixed_examples, scaled_timesteps
 
 DEFAULT_T_1000 = (50, 200, 500, 800)
 
@@ -50,18 +51,21 @@ def attention_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     distance (in image widths) over all queries and images."""
     side = int(round(probs.shape[-1] ** 0.5))
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).view(-1, 2).float() / side
+    coords = (
+        rearrange(torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1), "h w xy -> (h w) xy").float()
+        / side
+    )
     distance = torch.cdist(coords, coords).to(probs.device)  # (Q, K)
     return entropy, (probs * distance).sum(-1).mean()
 
 
 class AttentionRecorder(PeriodicObserver):
     """Args:
-        every_n_steps: record after every this many optimizer steps (and at the start and end).
-        num_images: fixed images recorded (rows of each grid).
-        timesteps: t grid (default 50, 200, 500, 800 scaled to T).
-        layers: self-attention module names (default: all of them).
-        weights: record with the ``ema`` or the ``raw`` weights.
+    every_n_steps: record after every this many optimizer steps (and at the start and end).
+    num_images: fixed images recorded (rows of each grid).
+    timesteps: t grid (default 50, 200, 500, 800 scaled to T).
+    layers: self-attention module names (default: all of them).
+    weights: record with the ``ema`` or the ``raw`` weights.
     """
 
     def __init__(
@@ -85,16 +89,11 @@ class AttentionRecorder(PeriodicObserver):
         super().setup(trainer, pl_module, stage)
         if stage != "fit" or self.images is not None:
             return
-        available = attention_modules(pl_module.unet, "self")
-        self.layers = self.layers or list(available)
-        missing = [n for n in self.layers if n not in available]
-        if missing:
-            raise ValueError(f"AttentionRecorder: no self-attention module(s) {missing}; this UNet has {sorted(available)}")
+        self.layers = list(attention_modules(pl_module.unet, "self", self.layers or None, who="AttentionRecorder"))
         self.cross_layers = list(attention_modules(pl_module.unet, "cross"))
         T = pl_module.num_train_timesteps
-        self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
-        if any(not 0 <= t < T for t in self.timesteps):
-            raise ValueError(f"AttentionRecorder timesteps {self.timesteps} must lie in [0, {T})")
+        self.timesteps = self.timesteps or scaled_timesteps(DEFAULT_T_1000, T)
+        check_timesteps(self.timesteps, T, "AttentionRecorder")
         examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
         self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
@@ -118,55 +117,63 @@ class AttentionRecorder(PeriodicObserver):
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
+        scalars: dict[str, float] = {}
         token_mass: dict[str, list[float]] = {}
-        try:
-            with eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
-                for j, t in enumerate(self.timesteps):
-                    interrupt.check()
-                    maps = self.maps(pl_module, j)
-                    for layer in self.layers:
-                        self._log_self_attention(writer, layer, maps[layer].cpu(), t, step)
-                    if self.cross_layers:
-                        self._log_cross_attention(writer, pl_module, [maps[n].cpu() for n in self.cross_layers], t, step, token_mass)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
+            for j, t in enumerate(self.timesteps):
+                interrupt.check()
+                maps = self.maps(pl_module, j)
+                for layer in self.layers:
+                    scalars |= self._log_self_attention(writer, layer, maps[layer].cpu(), t, step)
+                if self.cross_layers:
+                    scalars |= self._log_cross_attention(writer, pl_module, [maps[n].cpu() for n in self.cross_layers], t, step, token_mass)
+        tb.log_scalars(writer, scalars, step)
         if token_mass:
-            writer.add_figure("cross_attention/mass_curves", viz.metric_curves(token_mass, self.timesteps, f"token attention mass by t (step {step})"), step)
+            writer.add_figure(
+                tb.CROSS_ATTENTION_CURVES, viz.metric_curves(token_mass, self.timesteps, f"token attention mass by t (step {step})"), step
+            )
 
-    def _log_self_attention(self, writer, layer: str, probs: torch.Tensor, t: int, step: int) -> None:
+    def _log_self_attention(self, writer, layer: str, probs: torch.Tensor, t: int, step: int) -> dict[str, float]:
+        """Logs the overlays of self-attention probs (N, Q, K) at t; returns its scalars by tag."""
         side = int(round(probs.shape[-1] ** 0.5))
-        obj = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.object_points]]
+        obj = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.object_points]]  # (N, K)
         bg = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.background_points]]
         entropy, distance = attention_statistics(probs)
-        writer.add_scalar(f"attention_entropy/{layer}/{tb.t_tag(t)}", float(entropy), step)
-        writer.add_scalar(f"attention_distance/{layer}/{tb.t_tag(t)}", float(distance), step)
+        scalars = {
+            tb.attention_statistic_tag("entropy", layer, t): float(entropy),
+            tb.attention_statistic_tag("distance", layer, t): float(distance),
+        }
         if self.masks is not None:
             small = torch.nn.functional.adaptive_avg_pool2d(self.masks.float(), side).flatten(1)  # (N, K) share of each key on the object
-            writer.add_scalar(f"attention_object_mass/{layer}/{tb.t_tag(t)}", float((obj * small).sum(-1).mean()), step)
+            scalars[tb.attention_statistic_tag("object_mass", layer, t)] = float((obj * small).sum(-1).mean())
+        obj, bg = (rearrange(keys, "n (h w) -> n h w", h=side) for keys in (obj, bg))
         cells = []
         for i, image in enumerate(self.images):
             rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # grayscale data beside RGB overlays
-            cells += [rgb, viz.heat_overlay(image, obj[i].view(side, side)), viz.heat_overlay(image, bg[i].view(side, side))]
-        writer.add_image(f"attention/{layer}/{tb.t_tag(t)}", viz.image_grid(torch.stack(cells), columns=3), step)
+            cells += [rgb, viz.heat_overlay(image, obj[i]), viz.heat_overlay(image, bg[i])]
+        writer.add_image(tb.attention_map_tag(layer, t), viz.image_grid(torch.stack(cells), columns=3), step)
+        return scalars
 
-    def _log_cross_attention(self, writer, pl_module, probs: list[torch.Tensor], t: int, step: int, token_mass: dict) -> None:
+    def _log_cross_attention(self, writer, pl_module, probs: list[torch.Tensor], t: int, step: int, token_mass: dict) -> dict[str, float]:
+        """Logs each token's cross-attention map at t (probs: per layer (N, Q, tokens)); returns its scalars by tag."""
         words = pl_module.caption_encoder.tokenizer.decode(pl_module.caption_encoder.tokenizer.encode(self.captions[:1]))[0]
         side = max(int(round(p.shape[1] ** 0.5)) for p in probs)
         # DAAM-style aggregation: every layer's (Q, tokens) map upsampled to one grid and averaged.
         upsampled = []
         for p in probs:
-            s = int(round(p.shape[1] ** 0.5))
-            grid = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], s, s)
+            grid = rearrange(p, "n (h w) k -> n k h w", h=int(round(p.shape[1] ** 0.5)))
             upsampled.append(torch.nn.functional.interpolate(grid, size=side, mode="bilinear", align_corners=False))
         mean_map = torch.stack(upsampled).mean(0)  # (N, tokens, side, side)
         mass = torch.stack([p[0].mean(0) for p in probs]).mean(0)  # (tokens,) of image 0, whose words name them
+        scalars = {}
         for k, word in enumerate(words):
-            name = f"{k:02d}_{word}"
-            writer.add_image(f"cross_attention/{name}/{tb.t_tag(t)}", viz.image_grid(viz.heat_overlay(self.images[0], mean_map[0, k])[None], columns=1), step)
-            writer.add_scalar(f"cross_attention_mass/{name}/{tb.t_tag(t)}", float(mass[k]), step)
+            name = tb.token_name(k, word)
+            writer.add_image(
+                tb.cross_attention_tag(name, t), viz.image_grid(viz.heat_overlay(self.images[0], mean_map[0, k])[None], columns=1), step
+            )
+            scalars[tb.cross_attention_mass_tag(name, t)] = float(mass[k])
             token_mass.setdefault(name, []).append(float(mass[k]))
+        return scalars
 
     # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
     @override

@@ -13,13 +13,15 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 from typing_extensions import override
 
 from diffprobe import diffusion, tb
 from diffprobe.callbacks.periodic import adopt_unkeyed_state
-from diffprobe.capture import default_layers
+from diffprobe.capture import check_layers, default_layers
 from diffprobe.metrics import CellAccuracy
+from diffprobe.probes import class_mask
 
 
 def _key(layer: str) -> str:
@@ -27,7 +29,9 @@ def _key(layer: str) -> str:
 
 
 class OnlineProbes(pl.Callback):
-    """Args:
+    """Linear heads per (layer, timestep bucket, concept), trained on the training step's own features.
+
+    Args:
         layers: UNet module names (default: each down block, the mid block, each up block).
         pool: ``mean`` or ``grid2`` / ``grid4`` pooling of the block outputs.
         num_buckets: equal timestep buckets over [0, T), one head per bucket.
@@ -56,17 +60,13 @@ class OnlineProbes(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        self.layers = self.layers or default_layers(pl_module.unet)
-        modules = dict(pl_module.unet.named_modules())
-        missing = [name for name in self.layers if name not in modules]
-        if missing:
-            raise ValueError(f"OnlineProbes: UNet has no module(s) {missing}; block names are {default_layers(pl_module.unet)}")
+        self.layers = check_layers(pl_module.unet, self.layers or default_layers(pl_module.unet), who="OnlineProbes")
         self.concepts = dict(trainer.datamodule.concepts)
         if not self.concepts:
             raise ValueError("OnlineProbes needs concept labels; this data has none (set --data.concept_columns)")
         self.num_classes = [len(v) for v in self.concepts.values()]
         self.width = max(self.num_classes)
-        self.class_mask = torch.arange(self.width).view(1, -1) < torch.tensor(self.num_classes).view(-1, 1)  # (K, C_max)
+        self.class_mask = class_mask(self.num_classes)  # (K, C_max)
         self.bounds = diffusion.bucket_bounds(pl_module.num_train_timesteps, self.num_buckets)
         self.accuracy = CellAccuracy((len(self.layers), self.num_buckets, len(self.num_classes)))
         pl_module.request_features(self.layers, self.pool)
@@ -96,14 +96,12 @@ class OnlineProbes(pl.Callback):
         rows = torch.arange(labels.shape[0], device=labels.device)
         # 1. One matmul per layer gives every head's logits; keep each sample's own bucket.
         with torch.enable_grad():
-            logits = torch.stack(
-                [
-                    self.heads[_key(n)](features[n].float()).view(-1, self.num_buckets, len(self.num_classes), self.width)[rows, bucket]
-                    for n in self.layers
-                ]
-            ).masked_fill(~mask, float("-inf"))  # (L, B, K, C_max)
+            heads = torch.stack([self.heads[_key(n)](features[n].float()) for n in self.layers])  # (L, N, buckets * K * C_max)
+            heads = rearrange(heads, "l n (b k c) -> l n b k c", b=self.num_buckets, k=len(self.num_classes))
+            logits = heads[:, rows, bucket].masked_fill(~mask, float("-inf"))  # (L, N, K, C_max)
             # 2. One loss for all heads; the features are detached, so nothing reaches the UNet.
-            loss = F.cross_entropy(logits.flatten(0, 2), labels.unsqueeze(0).expand(len(self.layers), -1, -1).flatten())
+            targets = repeat(labels, "n k -> (l n k)", l=len(self.layers))
+            loss = F.cross_entropy(rearrange(logits, "l n k c -> (l n k) c"), targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -119,7 +117,8 @@ class OnlineProbes(pl.Callback):
             for b, (first, last) in enumerate(self.bounds):
                 for k, concept in enumerate(self.concepts):
                     if accuracy[i, b, k] == accuracy[i, b, k]:
-                        values[tb.probe_tag(tb.PROBE_PREFIX["online"], concept, layer, tb.bucket_tag(first, last))] = float(accuracy[i, b, k])
+                        tag = tb.probe_tag(tb.PROBE_PREFIX["online"], concept, layer, tb.bucket_tag(first, last))
+                        values[tag] = float(accuracy[i, b, k])
         pl_module.log_dict(values, sync_dist=False)  # already reduced by the metric
 
     @property

@@ -17,13 +17,14 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from einops import rearrange
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from typing_extensions import override
 
 from diffprobe import diffusion, interrupt, sampling, tb, viz
 from diffprobe.callbacks.periodic import PeriodicObserver
-from diffprobe.capture import eager
-from diffprobe.data.probe_set import fixed_examples
+from diffprobe.capture import eager, eval_mode
+from diffprobe.data.probe_set import check_timesteps, fixed_examples, scaled_timesteps
 from diffprobe.metrics import frequency_band_errors, mean_colour_error
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
@@ -46,12 +47,12 @@ def concept_recovery(x0_hat: torch.Tensor, x0: torch.Tensor, masks: torch.Tensor
 
 class PredictionEvolution(PeriodicObserver):
     """Args:
-        every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
-        num_images: fixed probe images shown (columns).
-        timesteps: the t of each row (default 8 values from 10 to 950, scaled to T).
-        trajectory_steps: sampling steps of the trajectory (DDPM, EMA weights); 0 turns it off.
-        trajectory_every: keep every k-th step of the trajectory.
-        weights: predict with the ``ema`` or the ``raw`` weights.
+    every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
+    num_images: fixed probe images shown (columns).
+    timesteps: the t of each row (default 8 values from 10 to 950, scaled to T).
+    trajectory_steps: sampling steps of the trajectory (DDPM, EMA weights); 0 turns it off.
+    trajectory_every: keep every k-th step of the trajectory.
+    weights: predict with the ``ema`` or the ``raw`` weights.
     """
 
     def __init__(
@@ -78,9 +79,8 @@ class PredictionEvolution(PeriodicObserver):
         if stage != "fit" or self.images is not None:
             return
         T = pl_module.num_train_timesteps
-        self.timesteps = self.timesteps or sorted({min(T - 1, round(t * T / 1000)) for t in DEFAULT_T_1000})
-        if any(not 0 <= t < T for t in self.timesteps):
-            raise ValueError(f"PredictionEvolution timesteps {self.timesteps} must lie in [0, {T})")
+        self.timesteps = self.timesteps or scaled_timesteps(DEFAULT_T_1000, T)
+        check_timesteps(self.timesteps, T, "PredictionEvolution")
         examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
 
@@ -90,22 +90,17 @@ class PredictionEvolution(PeriodicObserver):
         device, unet = pl_module.device, pl_module.unet
         x0 = self.images.to(device)
         noisy, predicted = [], []
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
-                # A conditional model predicts from each image's own caption (no guidance).
-                condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
-                for j, t in enumerate(self.timesteps):
-                    interrupt.check()
-                    timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
-                    noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
-                    x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
-                    output = sampling.guided_output(unet, x_t, timesteps, condition)
-                    noisy.append(x_t.cpu())
-                    predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).cpu())
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
+            # A conditional model predicts from each image's own caption (no guidance).
+            condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
+            for j, t in enumerate(self.timesteps):
+                interrupt.check()
+                timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
+                noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
+                x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
+                output = sampling.guided_output(unet, x_t, timesteps, condition)
+                noisy.append(x_t.cpu())
+                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).cpu())
         return torch.stack(noisy), torch.stack(predicted)
 
     @override
@@ -113,8 +108,10 @@ class PredictionEvolution(PeriodicObserver):
         writer = tb.tensorboard_writer(trainer)
         noisy, predicted = self.predictions(pl_module)
         columns = len(self.images)
-        writer.add_image("pred/x0_hat", viz.image_grid(predicted.flatten(0, 1), columns=columns), step)
-        writer.add_image("pred/x_t", viz.image_grid(noisy.flatten(0, 1), columns=columns), step)
+        # One row per t, one column per image.
+        writer.add_image(tb.PRED_X0_HAT, viz.image_grid(rearrange(predicted, "t n c h w -> (t n) c h w"), columns=columns), step)
+        writer.add_image(tb.PRED_X_T, viz.image_grid(rearrange(noisy, "t n c h w -> (t n) c h w"), columns=columns), step)
+        scalars: dict[str, float] = {}
         curves: dict[str, list[float]] = {}
         truth = viz.to_unit(self.images)
         for j, t in enumerate(self.timesteps):
@@ -132,12 +129,13 @@ class PredictionEvolution(PeriodicObserver):
                 recovery = concept_recovery(predicted[j], self.images, self.masks)
                 values.update({f"recovery_{k}": float(v.mean()) for k, v in recovery.items()})
             for name, value in values.items():
-                group = "recovery" if name.startswith("recovery_") else "denoise"
-                writer.add_scalar(f"{group}/{name.removeprefix('recovery_')}/{tb.t_tag(t)}", value, step)
+                recovered = name.startswith("recovery_")
+                scalars[tb.recovery_tag(name.removeprefix("recovery_"), t) if recovered else tb.denoise_tag(name, t)] = value
                 curves.setdefault(name, []).append(value)
-        writer.add_figure("denoise/curves", viz.metric_curves(curves, self.timesteps, f"x0_hat vs x0 by timestep (step {step})"), step)
+        tb.log_scalars(writer, scalars, step)
+        writer.add_figure(tb.DENOISE_CURVES, viz.metric_curves(curves, self.timesteps, f"x0_hat vs x0 by timestep (step {step})"), step)
         if self.trajectory_steps:
-            writer.add_image("pred/trajectory", self._trajectory(pl_module), step)
+            writer.add_image(tb.PRED_TRAJECTORY, self._trajectory(pl_module), step)
 
     def _trajectory(self, pl_module) -> torch.Tensor:
         """Rows: x_t and x0_hat every k steps of one reverse process from fixed noise (EMA weights)."""
@@ -148,19 +146,23 @@ class PredictionEvolution(PeriodicObserver):
         generator = torch.Generator(device=pl_module.device).manual_seed(0)
         scheduler = diffusion.sampling_scheduler(pl_module.scheduler, "ddpm")
         rows_t, rows_x0 = [], []
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad(), eager(pl_module.unet), pl_module.ema_weights():
-                condition = pl_module.encode_captions(captions) if captions else None
-                for record in sampling.denoise(pl_module.unet, scheduler, batch_size=count, num_inference_steps=self.trajectory_steps, generator=generator, condition=condition):
-                    if record.index % self.trajectory_every == 0 or record.index == self.trajectory_steps - 1:
-                        rows_t.append(record.x_t.float().cpu())
-                        rows_x0.append(record.x0_hat.float().clamp(-1, 1).cpu())
-        finally:
-            pl_module.train(was_training)
-        both = torch.stack([torch.stack(rows_t), torch.stack(rows_x0)], dim=2)  # (steps, count, 2, C, H, W)
-        return viz.image_grid(both.flatten(0, 2), columns=2 * count)
+        with torch.no_grad(), eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights():
+            condition = pl_module.encode_captions(captions) if captions else None
+            records = sampling.denoise(
+                pl_module.unet,
+                scheduler,
+                batch_size=count,
+                num_inference_steps=self.trajectory_steps,
+                generator=generator,
+                condition=condition,
+            )
+            for record in records:
+                if record.index % self.trajectory_every == 0 or record.index == self.trajectory_steps - 1:
+                    rows_t.append(record.x_t.float().cpu())
+                    rows_x0.append(record.x0_hat.float().clamp(-1, 1).cpu())
+        # A row per kept step: x_t and x0_hat side by side for each image.
+        both = torch.stack([torch.stack(rows_t), torch.stack(rows_x0)])  # (2, steps, count, C, H, W)
+        return viz.image_grid(rearrange(both, "kind s n c h w -> (s n kind) c h w"), columns=2 * count)
 
     # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
     @override

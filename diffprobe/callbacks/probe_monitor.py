@@ -18,24 +18,24 @@ from typing_extensions import override
 
 from diffprobe import tb, viz
 from diffprobe.callbacks.periodic import PeriodicObserver
-from diffprobe.capture import default_layers, eager
-from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, default_timesteps
+from diffprobe.capture import check_layers, default_layers, eager
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, check_timesteps, default_timesteps
 from diffprobe.probes.pipeline import ProbeTable, probe_unet
 
 
 class ProbeMonitor(PeriodicObserver):
     """Args:
-        every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
-        num_images: probe-set size (held-out images; 2/3 fit the probes, 1/3 score them).
-        timesteps: the t grid; default 15 values over [0, T), dense at small t.
-        layers: UNet module names; default each down block, the mid block, each up block.
-        pool: ``mean`` (global average) or ``grid2`` / ``grid4`` (spatial cells).
-        method: ``logistic`` (scikit-learn's objective, batched L-BFGS) or ``ridge`` (closed form).
-        weights: probe the ``ema`` weights, the ``raw`` ones, or ``both``.
-        batch_size: UNet batch for feature extraction.
-        heatmaps: also log the heatmap figures.
-        probe_set: path of a saved probe set to use instead of building one.
-        seed: seed of the probe set's noise, split and control labels.
+    every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
+    num_images: probe-set size (held-out images; 2/3 fit the probes, 1/3 score them).
+    timesteps: the t grid; default 15 values over [0, T), dense at small t.
+    layers: UNet module names; default each down block, the mid block, each up block.
+    pool: ``mean`` (global average) or ``grid2`` / ``grid4`` (spatial cells).
+    method: ``logistic`` (scikit-learn's objective, batched L-BFGS) or ``ridge`` (closed form).
+    weights: probe the ``ema`` weights, the ``raw`` ones, or ``both``.
+    batch_size: UNet batch for feature extraction.
+    heatmaps: also log the heatmap figures.
+    probe_set: path of a saved probe set to use instead of building one.
+    seed: seed of the probe set's noise, split and control labels.
     """
 
     def __init__(
@@ -78,12 +78,8 @@ class ProbeMonitor(PeriodicObserver):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        layers = self.layers or default_layers(pl_module.unet)
-        modules = dict(pl_module.unet.named_modules())
-        missing = [name for name in layers if name not in modules]
-        if missing:  # fail before training starts, not at the first evaluation
-            raise ValueError(f"ProbeMonitor: UNet has no module(s) {missing}; block names are {default_layers(pl_module.unet)}")
-        self.layers = layers
+        # Fail before training starts, not at the first evaluation.
+        self.layers = check_layers(pl_module.unet, self.layers or default_layers(pl_module.unet), who="ProbeMonitor")
         saved = Path(trainer.log_dir or trainer.default_root_dir) / PROBE_SET_FILE
         if self.probe_set is None:
             if self.probe_set_path is not None:
@@ -99,9 +95,7 @@ class ProbeMonitor(PeriodicObserver):
                     timesteps=self.timesteps or default_timesteps(pl_module.num_train_timesteps),
                     seed=self.seed,
                 )
-        too_late = [t for t in self.probe_set.timesteps.tolist() if not 0 <= t < pl_module.num_train_timesteps]
-        if too_late:
-            raise ValueError(f"ProbeMonitor timesteps {too_late} are outside [0, {pl_module.num_train_timesteps}), the model's T")
+        check_timesteps(self.probe_set.timesteps.tolist(), pl_module.num_train_timesteps, "ProbeMonitor")
         if trainer.is_global_zero and not saved.exists():
             self.probe_set.save(saved)
             self.probe_set_path = str(saved)
@@ -113,7 +107,9 @@ class ProbeMonitor(PeriodicObserver):
             # A conditional UNet gets the empty caption: probes read what it sees in the image,
             # not what a caption tells it.
             condition = pl_module.caption_encoder.unconditional(1) if pl_module.caption_encoder is not None else None
-            return probe_unet(pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition)
+            return probe_unet(
+                pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition
+            )
 
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
@@ -146,24 +142,16 @@ class ProbeMonitor(PeriodicObserver):
         self._layout_written = True
 
     def _log(self, writer, table: ProbeTable, step: int, prefix: str) -> None:
-        for i, layer in enumerate(table.layers):
-            for j, t in enumerate(table.timesteps):
-                for k, concept in enumerate(table.concepts):
-                    writer.add_scalar(tb.probe_tag(prefix, concept, layer, t), float(table.accuracy[i, j, k]), step)
-        if not self.heatmaps:
-            return
-        for k, concept in enumerate(table.concepts):
-            figure = viz.accuracy_heatmap(
-                table.accuracy[:, :, k], table.layers, table.timesteps, f"{concept}: probe accuracy (step {step})",
-                chance=float(table.chance[k]), significant=table.significant[:, :, k],
-            )
-            writer.add_figure(f"{prefix}_heatmap/concept/{concept}", figure, step)
-        for i, layer in enumerate(table.layers):
-            figure = viz.accuracy_heatmap(
-                table.accuracy[i].T, table.concepts, table.timesteps, f"{layer}: probe accuracy (step {step})",
-                chance=table.chance, significant=table.significant[i].T,
-            )
-            writer.add_figure(f"{prefix}_heatmap/layer/{layer}", figure, step)
+        scalars = {
+            tb.probe_tag(prefix, concept, layer, t): float(table.accuracy[i, j, k])
+            for i, layer in enumerate(table.layers)
+            for j, t in enumerate(table.timesteps)
+            for k, concept in enumerate(table.concepts)
+        }
+        tb.log_scalars(writer, scalars, step)
+        if self.heatmaps:
+            for by, name, figure in viz.probe_heatmaps(table, f"step {step}"):
+                writer.add_figure(tb.probe_heatmap_tag(prefix, by, name), figure, step)
 
     # ---- state --------------------------------------------------------------------------------
     @override

@@ -14,13 +14,13 @@ from diffprobe.callbacks.periodic import PeriodicObserver
 
 class SampleGrid(PeriodicObserver):
     """Args:
-        every_n_steps: sample after every this many optimizer steps (and at the start and end).
-        num_images: images per grid; a conditional model uses the first held-out captions.
-        seed: the fixed seed; the same initial noise at every evaluation.
-        num_inference_steps, sampler: the reverse process. Ancestral DDPM is the default: early in
-            training DDIM's deterministic steps collapse samples to grey averages, while DDPM shows
-            what the model has learned (the right background colours already after a few hundred steps).
-        weights: which weights to sample with: ``ema``, ``raw`` or ``both``.
+    every_n_steps: sample after every this many optimizer steps (and at the start and end).
+    num_images: images per grid; a conditional model uses the first held-out captions.
+    seed: the fixed seed; the same initial noise at every evaluation.
+    num_inference_steps, sampler: the reverse process. Ancestral DDPM is the default: early in
+        training DDIM's deterministic steps collapse samples to grey averages, while DDPM shows
+        what the model has learned (the right background colours already after a few hundred steps).
+    weights: which weights to sample with: ``ema``, ``raw`` or ``both``.
     """
 
     def __init__(
@@ -56,7 +56,7 @@ class SampleGrid(PeriodicObserver):
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
         if step == 0 and self._captions is not None:
-            writer.add_text("samples/captions", "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
+            writer.add_text(tb.SAMPLE_CAPTIONS, "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
         for kind in kinds:
             images = pl_module.sample(

@@ -12,21 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 from torch import nn
 
-Pool = Literal["mean", "grid2", "grid4"]
+from diffprobe.capture.layers import default_layers, find_layers
+from diffprobe.choices import Pool  # noqa: F401  (re-exported: the core's name for it)
+
 DEFAULT_POOL: Pool = "mean"
-
-
-def default_layers(unet: nn.Module) -> list[str]:
-    """Each down block, the mid block, each up block: the UNet's resolution stages."""
-    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
-    if getattr(unet, "mid_block", None) is not None:
-        names.append("mid_block")
-    return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
 
 
 def pool_features(hidden: torch.Tensor, pool: Pool = DEFAULT_POOL) -> torch.Tensor:
@@ -40,15 +33,6 @@ def pool_features(hidden: torch.Tensor, pool: Pool = DEFAULT_POOL) -> torch.Tens
     return nn.functional.adaptive_avg_pool2d(hidden, cells).flatten(1)
 
 
-def _find(unet: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    modules = dict(unet.named_modules())
-    missing = [n for n in names if n not in modules or n == ""]
-    if missing:
-        valid = default_layers(unet)
-        raise ValueError(f"UNet has no module(s) {missing}; block names are {valid} (any name from unet.named_modules() works)")
-    return {n: modules[n] for n in names}
-
-
 @contextmanager
 def capture_features(unet: nn.Module, layers: Sequence[str] | None = None, pool: Pool = DEFAULT_POOL) -> Iterator[dict[str, torch.Tensor]]:
     """Record pooled, detached outputs of ``layers`` for every forward inside the block.
@@ -58,7 +42,7 @@ def capture_features(unet: nn.Module, layers: Sequence[str] | None = None, pool:
     through a captured feature.
     """
     pool_features(torch.zeros(1, 1, 4, 4), pool)  # validate before hooking anything
-    targets = _find(unet, list(layers) if layers is not None else default_layers(unet))
+    targets = find_layers(unet, list(layers) if layers is not None else default_layers(unet))
     features: dict[str, torch.Tensor] = {}
     handles = []
 

@@ -28,19 +28,27 @@ from typing import Literal
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
+from einops import rearrange
 from torch import nn
 
+from diffprobe.capture.layers import find_layers
+
 Kind = Literal["self", "cross", "all"]
+_WHAT = {"self": "self-attention module", "cross": "cross-attention module", "all": "attention module"}
 
 
-def attention_modules(unet: nn.Module, kind: Kind = "all") -> dict[str, Attention]:
-    """Every diffusers ``Attention`` module of the UNet by name (self-, cross- or all)."""
+def attention_modules(
+    unet: nn.Module, kind: Kind = "all", names: Sequence[str] | None = None, who: str | None = None
+) -> dict[str, Attention]:
+    """Every diffusers ``Attention`` module of the UNet by name (self-, cross- or all), or those
+    called ``names`` (checked: a ValueError, prefixed with ``who``, lists the UNet's modules of
+    that kind)."""
     found = {name: m for name, m in unet.named_modules() if isinstance(m, Attention)}
     if kind == "self":
-        return {n: m for n, m in found.items() if not m.is_cross_attention}
-    if kind == "cross":
-        return {n: m for n, m in found.items() if m.is_cross_attention}
-    return found
+        found = {n: m for n, m in found.items() if not m.is_cross_attention}
+    elif kind == "cross":
+        found = {n: m for n, m in found.items() if m.is_cross_attention}
+    return found if names is None else find_layers(unet, names, among=found, what=_WHAT[kind], who=who)
 
 
 def query_indices(points: torch.Tensor, num_queries: int) -> torch.Tensor:
@@ -64,8 +72,9 @@ class TracedAttention:
     heads: int
 
     def split(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch * heads, ...) -> (batch, heads, ...), e.g. ``probs`` or its gradient."""
         tensor = self.probs if tensor is None else tensor
-        return tensor.view(self.batch, self.heads, *tensor.shape[1:])
+        return rearrange(tensor, "(b h) ... -> b h ...", b=self.batch, h=self.heads)
 
 
 class _RecordingProcessor:
@@ -98,8 +107,8 @@ class _RecordingProcessor:
         scores = attn.get_attention_scores
 
         def recording_scores(query, key, mask=None):
-            probs = scores(query, key, mask)  # (B * heads, Q, K)
-            kept = probs.detach().float().view(batch, attn.heads, *probs.shape[1:])
+            probs = scores(query, key, mask)
+            kept = rearrange(probs.detach().float(), "(b h) q k -> b h q k", b=batch, h=attn.heads)
             if self.query_points is not None:
                 kept = kept[:, :, query_indices(self.query_points, kept.shape[2]).to(kept.device)]
             self.store.append(kept if self.keep_heads else kept.mean(1))
@@ -135,14 +144,7 @@ def record_attention(
     """
     if differentiable and (keep_heads or query_points is not None):
         raise ValueError("differentiable recording keeps every head and query; leave keep_heads and query_points unset")
-    available = attention_modules(unet, kind)
-    if layers is None:
-        targets = available
-    else:
-        missing = [n for n in layers if n not in available]
-        if missing:
-            raise ValueError(f"no {kind} attention module(s) {missing}; this UNet has {sorted(available)}")
-        targets = {n: available[n] for n in layers}
+    targets = attention_modules(unet, kind, layers)
     if query_points is not None:
         query_points = torch.as_tensor(query_points, dtype=torch.float32)
         if query_points.ndim != 2 or query_points.shape[1] != 2:

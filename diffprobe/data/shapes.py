@@ -51,7 +51,6 @@ SIZE_RADIUS = {"small": 0.14, "medium": 0.20, "large": 0.26}  # half-extent as a
 POSITION_JITTER = 0.06  # fraction of the image side
 TEXTURE_SHADE = 0.55  # how much darker the pattern's "on" pixels are
 CAPTION_TEMPLATE = "a {size} {colour} {texture} {shape} at the {position} on a {background} background"
-CAPTION_WORDS = 12  # every caption has this many words (fixed template)
 SPLIT_IDS = {"train": 0, "test": 1}
 SUPPORTED_SIZES = (16, 32, 64)
 
@@ -174,7 +173,9 @@ class ConceptShapes(Dataset):
     concepts = CONCEPTS
     concept_names = CONCEPT_NAMES
 
-    def __init__(self, size: int = 10_000, image_size: int = 32, split: Literal["train", "test"] = "train", seed: int = 0, chunk: int = 2048):
+    def __init__(
+        self, size: int = 10_000, image_size: int = 32, split: Literal["train", "test"] = "train", seed: int = 0, chunk: int = 2048
+    ):
         if image_size not in SUPPORTED_SIZES:
             raise ValueError(f"ConceptShapes image_size must be one of {SUPPORTED_SIZES}, got {image_size}")
         if split not in SPLIT_IDS:

@@ -17,6 +17,7 @@ import torch
 from diffprobe.capture.gradients import block_layers, capture_outputs
 from diffprobe.explain.model import ExplainModel
 from diffprobe.explain.run import ExplainedStep, normalise_map, resize_map
+from diffprobe.sampling import cfg_combine
 
 
 @dataclass
@@ -26,12 +27,6 @@ class CamResult:
 
     layer_maps: dict[str, torch.Tensor]
     total: torch.Tensor
-
-
-def _combine(both: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """(2, ...) unconditional and conditional halves -> u + w (c - u), (1, ...)."""
-    uncond, cond = both.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
 
 
 def df_cam(model: ExplainModel, step: ExplainedStep, *, layers: Sequence[str] | None = None) -> CamResult:
@@ -54,7 +49,7 @@ def df_cam(model: ExplainModel, step: ExplainedStep, *, layers: Sequence[str] | 
         activation = activation.detach().float()
         gradient = torch.zeros_like(activation) if gradient is None else gradient.float()
         if guided:
-            activation, gradient = _combine(activation, model.guidance_scale), _combine(gradient, model.guidance_scale)
+            activation, gradient = cfg_combine(activation, model.guidance_scale), cfg_combine(gradient, model.guidance_scale)
         if activation.ndim != 4:
             raise ValueError(f"layer {name} outputs shape {tuple(activation.shape)}, not a (B, C, h, w) feature map; choose a block layer")
         alpha = gradient.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from diffprobe.choices import Response  # noqa: F401  (re-exported: the core's name for it)
 from diffprobe.explain.model import ExplainModel
 from diffprobe.explain.run import ExplainedStep, predict_prev
 from diffprobe.explain.similarity import similarity_map
 
-Response = Literal["mean", "similarity"]
 RESPONSES: tuple[str, ...] = ("mean", "similarity")
 
 

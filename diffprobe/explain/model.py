@@ -20,6 +20,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from diffprobe.captions import PAD, CaptionEncoder
+from diffprobe.sampling import guided_output
 
 
 @dataclass
@@ -96,19 +97,15 @@ class ExplainModel:
         return DDIMScheduler.from_config(self.scheduler_config)
 
     def guided(self, x: torch.Tensor, t: torch.Tensor | int, prompt: Prompt | None, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """UNet output for a batch x (B, C, h, w) at one t, classifier-free guided when conditional:
-        eps_u + w (eps_c - eps_u) in one call on the doubled batch. ``condition`` overrides the
-        prompt's (e.g. a traced condition that carries gradients)."""
+        """UNet output for a batch x (B, C, h, w) at one t, classifier-free guided when conditional
+        (:func:`diffprobe.sampling.guided_output`). ``condition`` overrides the prompt's (e.g. a
+        traced condition that carries gradients)."""
         if prompt is None:
-            return self.unet(x, t).sample
+            return guided_output(self.unet, x, t)
         batch = x.shape[0]
         cond = (prompt.condition if condition is None else condition).expand(batch, -1, -1)
-        if self.guidance_scale == 1.0:
-            return self.unet(x, t, encoder_hidden_states=cond).sample
         uncond = prompt.uncondition.expand(batch, -1, -1)
-        both = self.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-        out_u, out_c = both.chunk(2)
-        return out_u + self.guidance_scale * (out_c - out_u)
+        return guided_output(self.unet, x, t, cond, uncond, self.guidance_scale)
 
 
 def caption_prompt_encoder(encoder: CaptionEncoder) -> Callable[[str], Prompt]:
@@ -132,7 +129,9 @@ def caption_prompt_encoder(encoder: CaptionEncoder) -> Callable[[str], Prompt]:
     return encode
 
 
-def from_parts(unet: nn.Module, scheduler_config: dict, caption_encoder: CaptionEncoder | None = None, guidance_scale: float = 1.0) -> ExplainModel:
+def from_parts(
+    unet: nn.Module, scheduler_config: dict, caption_encoder: CaptionEncoder | None = None, guidance_scale: float = 1.0
+) -> ExplainModel:
     """An ExplainModel for a diffprobe UNet (and its caption encoder when conditional).
 
     The modules are used as they are, not changed: put them in ``eval()`` mode first (dropout).
@@ -147,4 +146,3 @@ def from_parts(unet: nn.Module, scheduler_config: dict, caption_encoder: Caption
         kind="conditional",
         extras={"caption_encoder": caption_encoder},
     )
-

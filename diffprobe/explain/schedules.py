@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from diffprobe import diffusion, sampling
+from diffprobe import sampling
 from diffprobe.explain.model import ExplainModel, Prompt
 
 
@@ -30,15 +30,20 @@ def _final_sample(unet, scheduler_config, seed: int, timesteps: list[int], condi
 
 
 @torch.no_grad()
-def schedule_images(model: ExplainModel, prompt: Prompt | None, seeds: list[int], schedules: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+def schedule_images(
+    model: ExplainModel, prompt: Prompt | None, seeds: list[int], schedules: dict[str, list[int]]
+) -> dict[str, torch.Tensor]:
     """Decoded final images (len(seeds), 3 or 1, H, W) in [-1, 1] per schedule; each seed's initial
     noise is the same under every schedule. Works for pixel models and Stable Diffusion alike."""
     condition = None if prompt is None else prompt.condition
     uncondition = None if prompt is None else prompt.uncondition
-    return {
-        name: torch.cat([model.decode(_final_sample(model.unet, model.scheduler_config, seed, timesteps, condition, uncondition, model.guidance_scale)).cpu() for seed in seeds])
-        for name, timesteps in schedules.items()
-    }
+
+    def final(seed: int, timesteps: list[int]) -> torch.Tensor:
+        return model.decode(
+            _final_sample(model.unet, model.scheduler_config, seed, timesteps, condition, uncondition, model.guidance_scale)
+        ).cpu()
+
+    return {name: torch.cat([final(seed, timesteps) for seed in seeds]) for name, timesteps in schedules.items()}
 
 
 @torch.no_grad()
@@ -53,12 +58,8 @@ def compare_schedules(
 ) -> dict[str, torch.Tensor]:
     """Final images (len(seeds), C, H, W) in [-1, 1] per schedule of a pixel-space UNet (see
     :func:`schedule_images` for any ExplainModel). ``condition`` / ``uncondition``: (1, L, D)."""
-    return {
-        name: torch.cat([_final_sample(unet, scheduler.config, seed, timesteps, condition, uncondition, guidance_scale).float().clamp(-1, 1).cpu() for seed in seeds])
-        for name, timesteps in schedules.items()
-    }
 
+    def final(seed: int, timesteps: list[int]) -> torch.Tensor:
+        return _final_sample(unet, scheduler.config, seed, timesteps, condition, uncondition, guidance_scale).float().clamp(-1, 1).cpu()
 
-def paper_schedules(scheduler, num_steps: int = 30, lam: float = 60) -> dict[str, list[int]]:
-    """uniform, early and latter with the paper's defaults (N = 30, lambda = 60)."""
-    return {kind: diffusion.schedule_timesteps(kind, scheduler, num_steps, lam) for kind in ("uniform", "early", "latter")}
+    return {name: torch.cat([final(seed, timesteps) for seed in seeds]) for name, timesteps in schedules.items()}

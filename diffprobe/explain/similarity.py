@@ -7,13 +7,14 @@ over channels. ``structure`` follows the paper's reference code, (2 s_xy + C3) /
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 from torch.nn import functional as F
 
-Similarity = Literal["structure", "contrast", "luminance", "ssim", "cosine"]
-SIMILARITIES: tuple[str, ...] = ("structure", "contrast", "luminance", "ssim", "cosine")
+from diffprobe.choices import Similarity  # noqa: F401  (re-exported: the core's name for it)
+
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 
 
 def gaussian_window(size: int, sigma: float) -> torch.Tensor:
