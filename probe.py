@@ -1,6 +1,6 @@
-"""Tools on checkpoints: python probe.py {export,sample} --ckpt runs/.../checkpoints/last.ckpt ..."""
+"""Tools on checkpoints: python probe.py --help (probes, explanations, export, samples)."""
 
-from diffprobe.cli import probe_main
+from diffprobe.commands.probe import probe_main
 
 if __name__ == "__main__":
     probe_main()

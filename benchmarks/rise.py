@@ -50,9 +50,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.ckpt:
-        from diffprobe.explain_cli import load_explain_model
+        from diffprobe.commands.source import load_explain_model, resolve
 
-        model, _ = load_explain_model(args.ckpt, device=args.device)
+        model, _ = load_explain_model(resolve(args.ckpt).newest, device=args.device)
         if model.conditional:
             raise SystemExit("give an unconditional checkpoint (the benchmark times the UNet, not prompts)")
         name = args.ckpt

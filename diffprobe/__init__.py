@@ -1,33 +1,42 @@
-"""diffprobe: train or fine-tune diffusers DDPM UNets with Lightning and see what they learn at each timestep."""
+"""diffprobe: train or fine-tune diffusers DDPM UNets with Lightning and see what they learn at each timestep.
 
-from diffprobe.captions import CaptionEncoder, CaptionTokenizer
-from diffprobe.checkpoint import export, find_checkpoints, load_exported, load_module
-from diffprobe.data.module import ConceptShapesDataModule, HFDataModule, ImageDataModule
-from diffprobe.data.shapes import CONCEPTS, ConceptShapes
-from diffprobe.module import DiffusionModule
-from diffprobe.sampling import StepRecord, denoise, generate
-from diffprobe.unet import CONDITIONAL_PRESETS, UNCONDITIONAL_PRESETS, build_unet, load_pretrained
+The public names below load on first use (PEP 562; export a checkpoint with ``diffprobe.checkpoint.export``): ``import diffprobe.commands.common`` or
+``probe.py --help`` must not pay for Lightning and diffusers.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CONCEPTS",
-    "CONDITIONAL_PRESETS",
-    "UNCONDITIONAL_PRESETS",
-    "CaptionEncoder",
-    "CaptionTokenizer",
-    "ConceptShapes",
-    "ConceptShapesDataModule",
-    "DiffusionModule",
-    "HFDataModule",
-    "ImageDataModule",
-    "StepRecord",
-    "build_unet",
-    "denoise",
-    "export",
-    "find_checkpoints",
-    "generate",
-    "load_exported",
-    "load_module",
-    "load_pretrained",
-]
+_PUBLIC = {
+    "CONCEPTS": "diffprobe.data.shapes",
+    "CONDITIONAL_PRESETS": "diffprobe.unet",
+    "UNCONDITIONAL_PRESETS": "diffprobe.unet",
+    "CaptionEncoder": "diffprobe.captions",
+    "CaptionTokenizer": "diffprobe.captions",
+    "ConceptShapes": "diffprobe.data.shapes",
+    "ConceptShapesDataModule": "diffprobe.data.module",
+    "DiffusionModule": "diffprobe.module",
+    "HFDataModule": "diffprobe.data.module",
+    "ImageDataModule": "diffprobe.data.module",
+    "StepRecord": "diffprobe.sampling",
+    "build_unet": "diffprobe.unet",
+    "denoise": "diffprobe.sampling",
+    "find_checkpoints": "diffprobe.checkpoint",
+    "generate": "diffprobe.sampling",
+    "load_exported": "diffprobe.checkpoint",
+    "load_module": "diffprobe.checkpoint",
+    "load_pretrained": "diffprobe.unet",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'diffprobe' has no attribute {name!r}")
+    return getattr(import_module(_PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

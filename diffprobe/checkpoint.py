@@ -124,6 +124,18 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
+def run_directory(path: str | Path) -> Path | None:
+    """The run a checkpoint file or folder belongs to: ``<run>`` for ``<run>/checkpoints/x.ckpt``
+    and for ``<run>`` itself (a folder with ``checkpoints/``); None outside a run. The path is taken
+    as given (resolve it first to see through a link)."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        return path
+    if path.parent.name == "checkpoints" and not path.is_dir():
+        return path.parent.parent
+    return None
+
+
 def find_checkpoints(run_or_file: str | Path) -> list[Path]:
     """One checkpoint file, or every ``step=*.ckpt`` of a run directory in order of global step."""
     path = Path(run_or_file)

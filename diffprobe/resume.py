@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffprobe.checkpoint import CHECKPOINT_MARKER, safe_load
+from diffprobe.checkpoint import CHECKPOINT_MARKER, run_directory, safe_load
 
 _STEP = re.compile(r"step=(\d+)")
 
@@ -59,7 +59,7 @@ def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
     if not isinstance(checkpoint, dict) or CHECKPOINT_MARKER not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"--ckpt_path {path} is not a diffprobe training checkpoint (no '{CHECKPOINT_MARKER}' entry); give a .ckpt written by train.py")
     step = int(checkpoint.get("global_step", 0))
-    run_dir = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else None
+    run_dir = run_directory(path.resolve()) if path.is_file() else None
     newest, newest_path = True, path
     if run_dir is not None:
         later = [(s, p) for p in path.resolve().parent.glob("*.ckpt") if p != path.resolve() and (s := _step_of(p)) > step]

@@ -13,8 +13,10 @@ import datasets
 import pytest
 
 from conftest import TINY_UNET, in_memory_dataset, make_module, make_trainer, shapes_data, write_imagefolder
-from diffprobe.cli import probe_main, train_main
+from diffprobe.commands.probe import probe_main
+from diffprobe.commands.train import train_main
 from diffprobe.data.probe_set import ProbeSet
+from helpers import refusal
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "true", "--model.unet", json.dumps(TINY_UNET)]
@@ -24,7 +26,7 @@ def train(*extra: str) -> list[str]:
     return ["fit", "--config", str(REPO / "configs/quickstart.yaml"), *FAST, *extra]
 
 
-def refusal(args: list[str], capsys) -> str:
+def train_refusal(args: list[str], capsys) -> str:
     """What train_main tells the user as it exits (the exit message, or stderr for a command line it
     cannot read); it must come before any work, so no runs/ folder exists."""
     capsys.readouterr()
@@ -37,7 +39,7 @@ def refusal(args: list[str], capsys) -> str:
 @pytest.mark.parametrize("flag", ["--model.learning_rat", "--trainer.max_step", "--data.init_args.image_siz"])
 def test_abbreviated_or_misspelt_train_flag_is_named_first(flag, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    message = refusal(train(flag, "2"), capsys)
+    message = train_refusal(train(flag, "2"), capsys)
     assert message.splitlines()[0].startswith("error: ") and flag.rsplit(".", 1)[1] in message.splitlines()[0] + message.splitlines()[1]
     assert "Does not validate" not in message
 
@@ -46,6 +48,7 @@ def test_abbreviated_probe_flag_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         probe_main(["sample", "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "g.png"), "--nu", "2"])
     assert "unrecognized arguments: --nu" in capsys.readouterr().err
+    assert "--batch-size" in refusal(["rise", "--ckpt", "x", "--out", "y", "--batch-size", "2"], capsys), "train.py's spelling: --batch_size"
 
 
 def _hf(source: str, *extra: str) -> list[str]:
@@ -87,7 +90,7 @@ DATA_CASES = [
 def test_bad_data_settings_show_the_data_modules_own_message_first(case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     flags, expected = _data_case(case, tmp_path)
-    message = refusal(train(*flags), capsys)
+    message = train_refusal(train(*flags), capsys)
     assert message.splitlines()[0].startswith(expected), message
     assert "Does not validate" not in message and "no run directory was made" in message
 
@@ -128,16 +131,16 @@ def run(trained, tmp_path):
 def test_linear_checks_timesteps_before_writing_and_a_corrected_rerun_works(run, tmp_path):
     out = tmp_path / "probes"
     args = ["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(out), "--layers", "mid_block",
-            "--method", "ridge", "--num-images", "12", "--device", "cpu"]
-    with pytest.raises(ValueError, match=r"--timesteps \[5000\] out of range: .* has 100 training timesteps"):
-        probe_main([*args, "--timesteps", "0", "5000"])
+            "--method", "ridge", "--num_images", "12", "--device", "cpu"]
+    with pytest.raises(SystemExit, match=r"--timesteps \[5000\] out of range: .* has 100 training timesteps"):
+        probe_main([*args, "--timesteps", "[0, 5000]"])
     assert not out.exists()
     # a probe set made for another T is refused the same way, before --out is made
     ProbeSet.from_dataset(shapes_data().heldout_dataset(), shapes_data().concepts, size=12, timesteps=[0, 500]).save(tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"timesteps \[500\] are outside \[0, 100\)"):
-        probe_main([*args, "--probe-set", str(tmp_path / "other.pt")])
+    with pytest.raises(SystemExit, match=r"timesteps \[500\] are outside \[0, 100\)"):
+        probe_main([*args, "--probe_set", str(tmp_path / "other.pt")])
     assert not out.exists()
-    assert probe_main([*args, "--timesteps", "0", "50"]) == out
+    assert probe_main([*args, "--timesteps", "[0, 50]"]) == out
     assert {r["t"] for r in csv.DictReader((out / "probes.csv").open())} == {"0", "50"}
     assert ProbeSet.load(out / "probe_set.pt").timesteps.tolist() == [0, 50]
 

@@ -8,7 +8,8 @@ import torch
 from diffusers import DDPMPipeline
 
 from conftest import TINY_UNET, read_events
-from diffprobe.cli import probe_main, train_main
+from diffprobe.commands.probe import probe_main
+from diffprobe.commands.train import train_main
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -119,7 +120,7 @@ def test_probe_export_and_sample_commands(tmp_path, monkeypatch):
     ckpt = tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt"
     out = probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     assert DDPMPipeline.from_pretrained(out).unet.config.sample_size == 16
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SystemExit, match="exists and is not empty"):
         probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     png = probe_main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "grid.png"), "--num", "4", "--steps", "2"])
     assert png.stat().st_size > 0

@@ -9,7 +9,6 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from diffprobe import offline
 from diffprobe.explain.correlation import (
     Correlation,
     jsonable,
@@ -20,6 +19,7 @@ from diffprobe.explain.correlation import (
     spearman,
     timestep_relevance_correlation,
 )
+from diffprobe.probes import results
 from diffprobe.probes.pipeline import ProbeTable
 
 TIMESTEPS = [999, 900, 800, 700, 600, 500, 400, 300, 200, 100]
@@ -39,6 +39,16 @@ def test_small_samples_get_an_exact_p_value():
     assert spearman([1, 2, 3], [3, 1, 2]).p_value == pytest.approx(1.0)
 
 
+def test_exact_p_values_keep_the_former_enumerations_values():
+    # p-values the former hand-written enumeration of all n! pairings gave; ties included, where
+    # "two-sided" by doubling the smaller tail would give 1/30 instead of 1/60
+    untied = spearman([1, 2, 3, 4, 5, 6, 7, 8], [3, 1, 2, 5, 4, 8, 6, 7])
+    assert untied.rho == pytest.approx(5 / 6) and untied.p_value == pytest.approx(31 / 2016) and untied.n == 8
+    tied = spearman([1, 2, 2, 3, 4, 5], [1, 1, 1, 2, 3, 3])
+    assert tied.rho == pytest.approx(0.9393364366277243) and tied.p_value == pytest.approx(1 / 60)
+    assert spearman([1, 2, 3, 4, 5], [0, 0, 0, 0, 1]).p_value == pytest.approx(0.4)
+
+
 def test_constant_input_gives_nan_with_a_note_and_bad_input_raises():
     flat = spearman([1, 2, 3, 4], [5, 5, 5, 5])
     assert math.isnan(flat.rho) and math.isnan(flat.p_value) and "constant" in flat.note
@@ -48,7 +58,10 @@ def test_constant_input_gives_nan_with_a_note_and_bad_input_raises():
         spearman([1], [1])
     with pytest.raises(ValueError, match="NaN"):
         spearman([1, 2, 3], [1, float("nan"), 2])
-    assert json.dumps(jsonable(flat), allow_nan=False) == '{"rho": null, "p_value": null, "n": 4, "note": "y constant: rank correlation undefined"}'
+    assert (
+        json.dumps(jsonable(flat), allow_nan=False)
+        == '{"rho": null, "p_value": null, "n": 4, "note": "y constant: rank correlation undefined"}'
+    )
 
 
 def test_parse_triple_assigns_roles_in_order():
@@ -124,8 +137,16 @@ def _table(timesteps: list[int], shape_accuracy: list[float], colour_accuracy: l
     accuracy[1, :, 1] = 0.5  # constant: no correlation defined
     zeros = torch.zeros_like(accuracy)
     return ProbeTable(
-        layers=layers, timesteps=timesteps, concepts=concepts, accuracy=accuracy, control_accuracy=zeros + 0.3,
-        chance=torch.full((2,), 0.25), p_value=zeros + 0.01, ci_low=zeros, ci_high=zeros + 1, n_test=50,
+        layers=layers,
+        timesteps=timesteps,
+        concepts=concepts,
+        accuracy=accuracy,
+        control_accuracy=zeros + 0.3,
+        chance=torch.full((2,), 0.25),
+        p_value=zeros + 0.01,
+        ci_low=zeros,
+        ci_high=zeros + 1,
+        n_test=50,
     )
 
 
@@ -137,7 +158,7 @@ def probe_dir(tmp_path):
     new = _table(timesteps, ramp[::-1], [0.4, 0.5, 0.45, 0.6, 0.55, 0.7, 0.65, 0.8, 0.75, 0.9]).rows(
         step=200, checkpoint="epoch=1-step=200.ckpt", weights="ema"
     )
-    offline._write_rows(tmp_path, old + new)  # exactly what probe.py linear writes: probes.csv and probes.json
+    results.write_rows(tmp_path, old + new)  # exactly what probe.py linear writes: probes.csv and probes.json
     return tmp_path
 
 
@@ -159,7 +180,7 @@ def test_probe_file_correlations_use_the_newest_checkpoint(probe_dir, name):
 
 def test_probe_file_with_both_weights_needs_a_choice(probe_dir):
     rows = json.loads((probe_dir / "probes.json").read_text())
-    offline._write_rows(probe_dir, rows + [{**r, "weights": "raw"} for r in rows])
+    results.write_rows(probe_dir, rows + [{**r, "weights": "raw"} for r in rows])
     with pytest.raises(ValueError, match="weights="):
         probe_accuracy_correlations(probe_dir)
     assert probe_accuracy_correlations(probe_dir, weights="raw")[("shape", "mid_block")].rho == pytest.approx(-1.0)

@@ -9,7 +9,7 @@ import torch
 
 from conftest import read_events
 from diffprobe.checkpoint import safe_load
-from diffprobe.cli import train_main
+from diffprobe.commands.train import train_main
 from faults import tiny_run_config, train
 
 

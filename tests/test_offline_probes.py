@@ -8,7 +8,8 @@ import pytest
 
 from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import ProbeMonitor
-from diffprobe.cli import probe_main
+from diffprobe.commands.probe import probe_main
+from helpers import refusal
 
 LAYERS = ["down_blocks.1", "mid_block"]
 
@@ -22,7 +23,7 @@ def run(tmp_path):
 
 
 def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
-    args = ["linear", "--ckpt", str(run), "--layers", *LAYERS, "--method", "ridge", "--device", "cpu"]
+    args = ["linear", "--ckpt", str(run), "--layers", json.dumps(LAYERS), "--method", "ridge", "--device", "cpu"]
     out = probe_main(args)
     assert out == run / "probes"
     rows = list(csv.DictReader((out / "probes.csv").open()))
@@ -44,16 +45,20 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
     mtime = (out / "probes.csv").stat().st_mtime_ns
     probe_main(args)
     assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
-    probe_main([*args, "--overwrite"])
+    probe_main([*args, "--overwrite", "true"])
     assert len(list(csv.DictReader((out / "probes.csv").open()))) == len(rows)
     assert (out / "probes.csv").read_text().splitlines()[0] == before.splitlines()[0]
 
 
-def test_linear_errors_are_clear(run, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+def test_linear_errors_are_clear(run, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"--ckpt .*nothing does not exist. Give a diffprobe .ckpt or run directory"):
         probe_main(["linear", "--ckpt", str(tmp_path / "nothing")])
-    with pytest.raises(ValueError, match=r"no module\(s\) \['middle'\]"):
+    with pytest.raises(SystemExit, match=r"--layers: UNet has no module\(s\) \['middle'\]"):
         probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--layers", "middle", "--device", "cpu"])
+    assert "num_images" in refusal(["linear", "--ckpt", str(run), "--num_images", "5"], capsys)
+    assert "heldout_fraction" in refusal(["linear", "--ckpt", str(run), "--heldout_fraction", "1.5"], capsys)
+    assert "timesteps" in refusal(["linear", "--ckpt", str(run), "--timesteps", "[-1, 5]"], capsys)
+    assert not (run / "probes").exists()
     (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="is not a diffprobe checkpoint"):  # a clean exit naming the file
         probe_main(["linear", "--ckpt", str(tmp_path / "foreign.ckpt"), "--device", "cpu"])
@@ -66,10 +71,10 @@ def test_linear_on_a_pretrained_diffusers_unet_with_a_local_data_set(tmp_path):
 
     UNet2DModel(sample_size=16, **TINY_UNET).save_pretrained(tmp_path / "unet")
     data = write_imagefolder(tmp_path / "images")
-    base = ["linear", "--ckpt", str(tmp_path / "unet"), "--data", str(data), "--image-column", "image", "--device", "cpu", "--method", "ridge", "--timesteps", "0", "500", "--heldout-fraction", "0.9"]
-    out = probe_main([*base, "--num-images", "12", "--out", str(tmp_path / "probes")])
+    base = ["linear", "--ckpt", str(tmp_path / "unet"), "--data", str(data), "--image_column", "image", "--device", "cpu", "--method", "ridge", "--timesteps", "[0, 500]", "--heldout_fraction", "0.9"]
+    out = probe_main([*base, "--num_images", "12", "--out", str(tmp_path / "probes")])
     rows = list(csv.DictReader((out / "probes.csv").open()))
     assert {r["concept"] for r in rows} == {"label"} and {r["t"] for r in rows} == {"0", "500"}
     assert {r["checkpoint"] for r in rows} == {"unet"} and (out / "probe_set.pt").exists()
-    with pytest.raises(ValueError, match=r"concept columns \['smiling'\] not in"):
-        probe_main([*base, "--concept-columns", "smiling", "--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match=r"--data: .*concept columns \['smiling'\] not in"):
+        probe_main([*base, "--concept_columns", "[smiling]", "--out", str(tmp_path / "other")])

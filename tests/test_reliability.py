@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from conftest import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import ExportDiffusers, RunInterrupted, SampleGrid
 from diffprobe.checkpoint import find_checkpoints, safe_load
-from diffprobe.cli import train_main
+from diffprobe.commands.train import train_main
 from faults import TESTS, tiny_run_config, train
 
 LAST = "runs/tiny/version_0/checkpoints/last.ckpt"
@@ -154,7 +154,7 @@ def open_(file, mode="r", *args, **kwargs):
     return handle
 
 builtins.open = open_
-from diffprobe.cli import train_main
+from diffprobe.commands.train import train_main
 train_main(["fit", "--config", "tiny.yaml"])
 """
 

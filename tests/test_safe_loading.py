@@ -14,7 +14,7 @@ import torch
 from conftest import make_module, make_trainer, shapes_data
 from diffprobe import checkpoint
 from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
-from diffprobe.cli import probe_main
+from diffprobe.commands.probe import probe_main
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, fixed_examples
 
 CAPTION = "a large red solid circle at the top left on a navy background"
@@ -152,18 +152,17 @@ CHECKPOINT_COMMANDS = {
     "cam": lambda ckpt, out: ["cam", "--ckpt", ckpt, "--out", out, "--steps", "2", "--step", "1"],
     "lime": lambda ckpt, out: ["lime", "--ckpt", ckpt, "--out", out, "--samples", "2", "--steps", "2", "--step", "1"],
     "auc": lambda ckpt, out: ["auc", "--ckpt", ckpt, "--out", out, "--inputs", "1", "--steps", "2", "--step", "1"],
-    "schedules": lambda ckpt, out: ["schedules", "--ckpt", ckpt, "--out", out, "--seeds", "0", "--steps", "2"],
-    "relevance": lambda ckpt, out: ["relevance", "--ckpt", ckpt, "--out", out, "--prompt", CAPTION, "--schedule-steps", "2"],
-    "correlation": lambda ckpt, out: ["correlation", "--ckpt", ckpt, "--out", out, "--triple", "a large red solid circle", "at", "the top left", "--schedule-steps", "2"],
+    "schedules": lambda ckpt, out: ["schedules", "--ckpt", ckpt, "--out", out, "--seeds", "[0]", "--schedule.steps", "2"],
+    "relevance": lambda ckpt, out: ["relevance", "--ckpt", ckpt, "--out", out, "--prompt", CAPTION, "--schedule.steps", "2"],
+    "correlation": lambda ckpt, out: ["correlation", "--ckpt", ckpt, "--out", out, "--triple", "[[a large red solid circle, at, the top left]]", "--schedule.steps", "2"],
     "groundtruth": lambda ckpt, out: ["groundtruth", "--ckpt", ckpt, "--out", out, "--inputs", "1", "--steps", "2"],
 }
 
 
 def test_every_command_that_reads_a_checkpoint_is_covered():
-    from diffprobe.cli import probe_parser
+    from diffprobe.commands.probe import COMMANDS
 
-    commands = set(probe_parser()._subparsers._group_actions[0].choices)
-    assert commands == set(CHECKPOINT_COMMANDS), "a new probe.py command: add it to CHECKPOINT_COMMANDS"
+    assert set(COMMANDS) == set(CHECKPOINT_COMMANDS), "a new probe.py command: add it to CHECKPOINT_COMMANDS"
 
 
 @pytest.mark.parametrize("command", sorted(CHECKPOINT_COMMANDS))
@@ -173,8 +172,7 @@ def test_every_command_refuses_a_crafted_checkpoint(command, crafted, tmp_path):
         probe_main(CHECKPOINT_COMMANDS[command](str(crafted["ckpt"]), str(out)))
     _refused(error.value, crafted["ckpt"])
     assert not crafted["marker"].exists(), "the crafted checkpoint ran code"
-    if command != "linear":  # linear makes its output folder first; the others write nothing
-        assert not out.exists() and not Path(f"{out}.png").exists()
+    assert not out.exists() and not Path(f"{out}.png").exists()
 
 
 @pytest.mark.parametrize("command", ["linear", "rise"])
@@ -185,10 +183,10 @@ def test_a_run_directory_with_a_crafted_checkpoint_is_refused(command, crafted, 
     assert not crafted["marker"].exists()
 
 
-@pytest.mark.parametrize("where", ["--probe-set", "the run's own"])
+@pytest.mark.parametrize("where", ["--probe_set", "the run's own"])
 def test_linear_refuses_a_crafted_probe_set(where, crafted, run, tmp_path):
-    if where == "--probe-set":
-        args = ["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--probe-set", str(crafted["probe_set"])]
+    if where == "--probe_set":
+        args = ["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--probe_set", str(crafted["probe_set"])]
         named = crafted["probe_set"]
     else:
         args = ["linear", "--ckpt", str(crafted["run_with_evil_probe_set"])]

@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 
 from conftest import make_module, make_trainer
 from diffprobe import diffusion
-from diffprobe.cli import probe_main
+from diffprobe.commands.probe import probe_main
 from diffprobe.explain.schedules import compare_schedules
 
 
@@ -71,7 +71,7 @@ def test_probe_schedules_command(tmp_path):
 
     trainer.fit(make_module(num_train_timesteps=1000), datamodule=shapes_data())
     ckpt = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
-    out = probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--seeds", "0", "1", "--steps", "4", "--lam", "4"])
+    out = probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--seeds", "[0, 1]", "--schedule.steps", "4", "--schedule.lam", "4"])
     info = json.loads((out / "schedules.json").read_text())
     assert set(info["timesteps"]) == {"uniform", "early", "latter"} and info["timesteps"]["early"][0] == 999
     assert torch.load(out / "early.pt", weights_only=True).shape == (2, 3, 16, 16) and (out / "schedules.png").stat().st_size > 0

@@ -110,7 +110,10 @@ class DiffprobeCLI(LightningCLI):
                 )
             )
         if self._in_place:
-            print(f"diffprobe: resuming {source.run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place", file=sys.stderr)
+            print(
+                f"diffprobe: resuming {source.run_dir} at step {source.global_step} (its newest checkpoint); the run continues in place",
+                file=sys.stderr,
+            )
         elif not source.newest:
             print(
                 f"diffprobe: {source.path} (step {source.global_step}) is not the newest checkpoint of {source.run_dir} "
@@ -192,7 +195,12 @@ def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
             parser_kwargs=parser_kwargs,
             args=args,
             run=run,
-            trainer_defaults={"logger": {"class_path": TensorBoardLogger.__module__ + ".TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "default"}}},
+            trainer_defaults={
+                "logger": {
+                    "class_path": TensorBoardLogger.__module__ + ".TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "default"},
+                }
+            },
         )
     except argparse.ArgumentError as error:
         inner = unwrapped(error)
@@ -214,4 +222,6 @@ def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
                 refused_by = type(trace.tb_frame.f_locals["self"]).__name__
                 break
             trace = trace.tb_next
-        raise SystemExit(f"error: {message}\n(refused by {refused_by} while train.py built the config's objects, before training; no run directory was made)") from inner
+        raise SystemExit(
+            f"error: {message}\n(refused by {refused_by} while train.py built the config's objects, before training; no run directory was made)"
+        ) from inner

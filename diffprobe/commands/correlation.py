@@ -1,0 +1,101 @@
+"""``probe.py correlation``: the paper's correlation quantification. Token relevance by subject /
+relation / object role under each timestep schedule, Spearman's rho of t against each role's
+relevance, and (from ``probe.py linear``'s table) of t against probe accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonargparse.typing import PositiveInt
+
+from diffprobe.commands.common import CommandError, Device, DType, Weights, command, flag
+from diffprobe.commands.outputs import Outputs
+from diffprobe.commands.schedules import TimestepSchedules
+from diffprobe.commands.source import load_explain_model, require_conditional, resolve
+
+ROLES = ("subject", "relation", "object")
+
+
+def _role_relevance(model, triples, schedules: dict[str, list[int]], seed: int) -> dict:
+    """Relevance by role of each prompt's run under each schedule: totals, pooled per-step pairs
+    and one rho per prompt."""
+    from diffprobe.explain import correlation
+    from diffprobe.explain.relevance import relevance_over_run
+
+    totals = {name: dict.fromkeys(ROLES, 0.0) for name in schedules}
+    pooled = {name: {role: ([], []) for role in ROLES} for name in schedules}
+    prompts, per_prompt = [], []
+    for subject, relation, obj in triples:
+        text = f"{subject} {relation} {obj}"
+        with flag("--triple"):
+            encoded = model.prompt(text)
+            roles = correlation.parse_triple(text, subject, relation, obj, words=encoded.word_tokens).roles
+        prompts.append({"prompt": text, "roles": roles})
+        for name, timesteps in schedules.items():
+            run = relevance_over_run(model, encoded, seed=seed, timesteps=timesteps)
+            by_role = correlation.role_relevance(run.scores, roles)
+            for role in ROLES:  # words outside the three phrases ("other") are not totalled
+                values = by_role[role].tolist() if role in by_role else [0.0] * len(run.timesteps)
+                totals[name][role] += sum(values)
+                pooled[name][role][0].extend(run.timesteps)
+                pooled[name][role][1].extend(values)
+                per_prompt.append({"prompt": text, "schedule": name, "role": role, "rho": correlation.spearman(run.timesteps, values).rho})
+    spearman = {name: {role: correlation.spearman(*pooled[name][role]) for role in ROLES} for name in schedules}
+    return {
+        "prompts": prompts,
+        "role_totals": totals,
+        "spearman_timestep_vs_role_relevance": spearman,
+        "spearman_note": (
+            "(t, relevance) pairs are pooled over the prompts' runs, which share their timesteps; the p-values treat the pairs "
+            "as independent, so read them as descriptive. spearman_per_prompt has one rho per prompt."
+        ),
+        "spearman_per_prompt": per_prompt,
+    }
+
+
+@command
+def correlation(
+    ckpt: str, out: str, triple: list[tuple[str, str, str]] | None = None, probe_results: str | None = None, probe_weights: Weights | None = None,
+    probe_step: int | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
+    raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+) -> Path:  # fmt: skip
+    """Relevance by subject / relation / object role; Spearman's rho of t against role relevance
+    and against probe accuracy.
+
+    Args:
+        triple: prompts, each as three phrases: --triple '[[a red cat, "on", the mat]]' (conditional models; quote words YAML reads as true / false: on, off, yes, no)
+        probe_results: probes.csv written by 'probe.py linear': Spearman of t against accuracy per concept and layer
+        probe_weights: which probes of a file holding both EMA and raw ones
+        probe_step: the checkpoint step whose probes to use (default: the newest)
+    """
+    from diffprobe import viz
+    from diffprobe.explain import correlation as stats
+
+    if not triple and not probe_results:
+        raise CommandError("give --triple (a list of [subject, relation, object] phrases) and/or --probe_results probes.csv")
+    if triple and schedule.steps < 2:
+        raise CommandError(f"--schedule.steps {schedule.steps}: a correlation over timesteps needs at least 2 steps")
+    numbers: dict = {}
+    if probe_results:  # read and check the probe file before any sampling
+        with flag(f"--probe_results {probe_results}"):
+            numbers["spearman_timestep_vs_probe_accuracy"] = stats.probe_accuracy_correlations(
+                probe_results, weights=probe_weights, step=probe_step
+            )
+    model, global_step = None, 0
+    if triple:
+        model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+        require_conditional(model, "--triple")
+    outputs = Outputs(out, run, global_step, scale)
+    if triple:
+        timesteps = schedule.timesteps(model.scheduler_config)
+        numbers.update(_role_relevance(model, triple, timesteps, seed))
+        totals = numbers["role_totals"]
+        bars = {name: [totals[name][role] for role in ROLES] for name in timesteps}
+        figure = viz.grouped_bars(bars, list(ROLES), f"relevance by role, {len(triple)} prompts", "summed relevance")
+        outputs.figure("role_totals", figure, "explain/correlation/role_totals")
+        for name in timesteps:
+            for role in ROLES:
+                outputs.scalar(f"explain/correlation/{name}/{role}_total", totals[name][role])
+    outputs.save("correlation", stats.jsonable(numbers))
+    print(f"correlations -> {outputs.out}/correlation.json")
+    return outputs.close()

@@ -1,0 +1,212 @@
+"""``probe.py linear``: linear concept probes on saved checkpoints (or an exported / diffusers UNet).
+
+For one checkpoint or every checkpoint of a run (in order of global step) it extracts the features
+of the run's probe set, fits every (layer, t, concept) probe and writes into ``out`` (default
+``<run>/probes``): ``probes.csv`` / ``probes.json`` (``diffprobe.probes.results``), heatmap PNGs,
+``emergence.json`` (where and when each concept becomes decodable), ``decodability_<weights>.png``,
+and TensorBoard scalars ``probe_ckpt/<concept>/<layer>/t<tttt>/acc`` in the run's own log
+directory at each checkpoint's global step. Cells already in the table are skipped unless
+``overwrite``: a second call after more training probes only the new checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt, restricted_number_type
+
+from diffprobe.choices import Method, Pool
+from diffprobe.commands.common import CommandError, Device, Weights, as_list, command, flag
+from diffprobe.commands.source import Source, load_parts, resolve
+
+ProbeSetSize = restricted_number_type("ProbeSetSize", int, [(">=", 10)])  # probes are fitted and tested on a split of it
+
+
+def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data, size: int, seed: int, parts, data_options: dict):
+    """(probe set, path it was loaded from or None): the given one, the run's own, the one an
+    earlier call saved in ``out``, or a new one made for this model."""
+    from diffprobe import checkpoint
+    from diffprobe.data.probe_set import ProbeSet, default_timesteps
+
+    candidates = (
+        [Path(probe_set)] if probe_set else [p for p in (source.run_dir and source.run_dir / "probe_set.pt", out / "probe_set.pt") if p]
+    )
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is not None:
+        try:
+            loaded = ProbeSet.load(found)
+        except checkpoint.LoadError as error:
+            raise CommandError(str(error)) from error
+        if timesteps or data:
+            ignored = " and ".join(f for f, given in (("--timesteps", timesteps), ("--data", data)) if given)
+            print(f"probe.py linear: {ignored} ignored: using the probe set {found} (t = {loaded.timesteps.tolist()})", file=sys.stderr)
+        return loaded, found
+    T = parts.scheduler.config.num_train_timesteps
+    grid = list(timesteps) if timesteps else default_timesteps(T)
+    outside = sorted({t for t in grid if t >= T})
+    if outside:
+        raise CommandError(
+            f"--timesteps {outside} out of range: {source.weights[0].path} has {T} training timesteps, so t must be in [0, {T}) (0 = the clean end)"
+        )
+    from diffprobe.data.module import ConceptShapesDataModule, HFDataModule
+
+    image_size = parts.unet.config.sample_size
+    with flag("--data"):
+        if data in (None, "shapes"):
+            module = ConceptShapesDataModule(image_size=image_size, heldout_size=size, batch_size=1)
+        else:
+            module = HFDataModule(data, image_size=image_size, batch_size=1, num_workers=0, **data_options)
+        return ProbeSet.from_dataset(module.heldout_dataset(), module.concepts, size=size, timesteps=grid, seed=seed), None
+
+
+def _check_probe_set(probe_set, unet, T: int, where: str) -> None:
+    """A probe set (given, the run's own or a new one) that fits the model: t in [0, T), image size, channels."""
+    outside = [t for t in probe_set.timesteps.tolist() if not 0 <= t < T]
+    if outside:
+        raise CommandError(
+            f"{where}: timesteps {outside} are outside [0, {T}); this model has {T} training timesteps (t = 0 is the clean end)"
+        )
+    size = unet.config.sample_size
+    expected = (unet.config.in_channels, *(size if isinstance(size, (tuple, list)) else (size, size)))
+    if tuple(probe_set.images.shape[1:]) != expected:
+        shape = "x".join(map(str, probe_set.images.shape[1:]))
+        raise CommandError(
+            f"{where}: its images are {shape}, the model takes {'x'.join(map(str, expected))}; use a probe set made for this model"
+        )
+
+
+@command
+def linear(
+    ckpt: str, out: str | None = None, probe_set: str | None = None, layers: list[str] | str | None = None, pool: Pool = "mean", method: Method = "logistic",
+    weights: Weights = "ema", logdir: str | None = None, overwrite: bool = False, device: Device | None = None, batch_size: PositiveInt = 128,
+    num_images: ProbeSetSize = 300, timesteps: list[NonNegativeInt] | None = None, seed: int = 0, data: str | None = None, image_column: str = "img",
+    concept_columns: tuple[str, ...] = ("label",), heldout_fraction: OpenUnitInterval = 0.05,
+) -> Path:  # fmt: skip
+    """Linear concept probes per (layer, t, concept) on one checkpoint or every checkpoint of a run.
+
+    Args:
+        ckpt: a .ckpt file, a run directory (all its checkpoints, in step order), a 'probe.py export' folder or a diffusers UNet folder
+        out: output folder (default: <run>/probes, or probes-<name> beside --ckpt outside a run)
+        probe_set: probe_set.pt to use (default: the run's own)
+        layers: UNet module names (default: every down / mid / up block)
+        pool: how a block's feature map becomes a probe's input
+        method: how the probes are fitted
+        weights: probe the EMA or the raw weights of a checkpoint
+        logdir: TensorBoard directory (default: the run's own)
+        overwrite: redo cells already in probes.csv
+        device: where features are extracted (default: cuda when there is one, else cpu)
+        batch_size: images per UNet call
+        num_images: probe-set size when one is made (at least 10: probes are fitted and tested on a split)
+        timesteps: t grid (training indices, 0 = the clean end) when a probe set is made
+        seed: seed of a new probe set's images and noise
+        data: the images of a new probe set: 'shapes' (ConceptShapes) or a Hugging Face data set / local path
+        image_column: --data's image column
+        concept_columns: --data's concept columns
+        heldout_fraction: share of --data held out when it has no test split
+    """
+    import torch
+
+    from diffprobe import tb
+    from diffprobe.capture import check_layers, default_layers
+    from diffprobe.probes import results
+    from diffprobe.probes.pipeline import probe_unet
+
+    layers = as_list(layers) or None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if probe_set and not Path(probe_set).is_file():
+        raise CommandError(f"--probe_set {probe_set} does not exist")
+    # 1. Every input is checked (and the first model loaded, for T, image size and block names)
+    #    before out is made, so a bad call leaves nothing behind that a corrected rerun would trip on.
+    source = resolve(ckpt)
+    folder = Path(out) if out else (source.run_dir / "probes" if source.run_dir else source.path.parent / f"probes-{source.path.stem}")
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py linear wrote)")
+    raw = weights == "raw"
+    first = load_parts(source.weights[0], raw=raw, device=device)
+    T = first.scheduler.config.num_train_timesteps
+    with flag("--layers"):
+        check_layers(first.unet, layers or default_layers(first.unet))
+    data_options = {"image_column": image_column, "concept_columns": list(concept_columns), "heldout_fraction": heldout_fraction}
+    probes, found = _probe_set(source, folder, probe_set, timesteps, data, num_images, seed, first, data_options)
+    _check_probe_set(probes, first.unet, T, f"probe set {found}" if found is not None else "the new probe set")
+
+    # 2. Write: the probe set, then each checkpoint's rows, heatmaps and TensorBoard scalars.
+    folder.mkdir(parents=True, exist_ok=True)
+    if found is None:
+        probes.save(folder / "probe_set.pt")
+    rows = results.read_rows(folder)
+    done = {results.cell(r) for r in rows}
+    logdir = Path(logdir) if logdir else source.run_dir
+    writer = None
+    for index, entry in enumerate(source.weights):
+        print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.weights)})", file=sys.stderr)
+        parts = first if index == 0 else load_parts(entry, raw=raw, device=device)
+        first = None  # let the first model go once it is probed
+        names = layers or default_layers(parts.unet)
+        with flag("--layers"):
+            check_layers(parts.unet, names)
+        cells = {
+            (entry.name, weights, layer, str(t), c) for layer in names for t in probes.timesteps.tolist() for c in probes.concept_names
+        }
+        if cells <= done and not overwrite:
+            continue
+        # A conditional UNet gets the empty caption: probes read the image, not the caption.
+        condition = parts.caption_encoder.unconditional(1) if parts.caption_encoder is not None else None
+        table = probe_unet(parts.unet, parts.scheduler, probes, names, pool, method, batch_size, condition)
+        new_rows = table.rows(step=parts.step, checkpoint=entry.name, weights=weights)
+        rows = [r for r in rows if results.cell(r) not in cells] + new_rows
+        done |= cells
+        results.write_rows(folder, rows)
+        _heatmaps(table, folder / "heatmaps", parts.step, weights)
+        if logdir is not None:
+            writer = writer or _writer(logdir)
+            for r in new_rows:
+                writer.add_scalar(tb.probe_tag("probe_ckpt", r["concept"], r["layer"], r["t"]), r["accuracy"], parts.step)
+    if writer is not None:
+        writer.close()
+    rows = results.read_rows(folder)
+    if rows:
+        (folder / "emergence.json").write_text(json.dumps(results.emergence(rows), indent=1))
+        _curves(rows, folder)
+    print(f"probe.py linear: {len(rows)} probe results -> {folder}")
+    return folder
+
+
+def _writer(logdir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(logdir))  # a new event file beside the run's own: nothing is overwritten
+
+
+def _curves(rows: list[dict], out: Path) -> None:
+    """``decodability_<weights>.png``: per concept, the best layer's accuracy over t, at the last step."""
+    import torch
+
+    from diffprobe import viz
+
+    for weights in sorted({r["weights"] for r in rows}):
+        mine = [r for r in rows if r["weights"] == weights]
+        step = max(int(r["step"]) for r in mine)
+        last = [r for r in mine if int(r["step"]) == step]
+        timesteps = sorted({int(r["t"]) for r in last})
+        concepts = list(dict.fromkeys(r["concept"] for r in last))
+        best = torch.zeros(len(timesteps), len(concepts))
+        chance = torch.zeros(len(concepts))
+        for r in last:
+            j, k = timesteps.index(int(r["t"])), concepts.index(r["concept"])
+            best[j, k] = max(best[j, k], float(r["accuracy"]))
+            chance[k] = float(r["chance"])
+        figure = viz.decodability_curves(
+            best, chance, timesteps, concepts, f"concept decodability by timestep ({weights} weights, step {step})"
+        )
+        figure.savefig(out / f"decodability_{weights}.png")
+
+
+def _heatmaps(table, folder: Path, step: int, weights: str) -> None:
+    from diffprobe import viz
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for _, concept, figure in viz.probe_heatmaps(table, f"{weights}, step {step}", by=("concept",)):
+        figure.savefig(folder / f"step{step:06d}_{weights}_{concept}.png")

@@ -1,0 +1,75 @@
+"""Where an explanation command's results go: a new ``--out`` folder (PNGs, ``.pt`` tensors, a JSON
+of numbers) and, with ``--run``, the same images, figures and scalars in that run's TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffprobe.commands.common import CommandError, new_folder
+
+
+class Outputs:
+    """A new output folder, plus the run's TensorBoard when ``run`` is given. Checked on creation,
+    before any sampling: a refusal costs nothing."""
+
+    def __init__(self, out: str | Path, run: str | Path | None, global_step: int, scale: int):
+        self.out = new_folder(out)
+        if run is not None and not Path(run).is_dir():
+            raise CommandError(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.scale, self.global_step = scale, global_step
+        self.writer = None
+        if run is not None:  # a new events file beside the run's own: nothing of the run is rewritten
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run))
+
+    def image(self, name: str, image, tag: str | None = None) -> Path:
+        """(C, H, W) tensor in [-1, 1]."""
+        from diffprobe import viz
+
+        image = viz.to_unit(image.detach().float().cpu())
+        path = viz.save_png(image, self.out / f"{name}.png", scale=self.scale)
+        if self.writer is not None:
+            self.writer.add_image(tag or f"explain/{name}", image, self.global_step)
+        return path
+
+    def overlays(self, name: str, heat, model, step, tag: str) -> None:
+        """The (h, w) map over the decoded x_t and over the final image (the paper's two views)."""
+        from diffprobe import viz
+
+        self.image(f"{name}_xt", viz.heat_overlay(model.decode(step.x_t)[0], heat), f"{tag}/x_t")
+        self.image(f"{name}_final", viz.heat_overlay(model.decode(step.final)[0], heat), f"{tag}/final")
+
+    def figure(self, name: str, figure, tag: str | None = None) -> None:
+        figure.savefig(self.out / f"{name}.png")
+        if self.writer is not None:
+            self.writer.add_figure(tag or f"explain/{name}", figure, self.global_step)
+
+    def scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, self.global_step)
+
+    def save(self, name: str, numbers: dict, tensors: dict | None = None) -> None:
+        (self.out / f"{name}.json").write_text(json.dumps(numbers, indent=1))
+        if tensors is not None:
+            import torch
+
+            torch.save(tensors, self.out / f"{name}.pt")
+
+    def close(self) -> Path:
+        if self.writer is not None:
+            self.writer.close()
+        return self.out
+
+
+def step_tag(tool: str, step) -> str:
+    """TensorBoard tag prefix of one explained step: ``explain/<tool>/step15_t0249``."""
+    return f"explain/{tool}/step{step.index:02d}_t{step.t:04d}"
+
+
+def step_numbers(step, seconds: float) -> dict:
+    """What every single-step result file records about the explained step."""
+    prompt = None if step.prompt is None else step.prompt.text
+    return {"step": step.index, "t": step.t, "timesteps": step.timesteps, "seed": step.seed, "prompt": prompt, "seconds": round(seconds, 3)}

@@ -1,0 +1,68 @@
+"""``probe.py``: every command on checkpoints, its flags built from the command's signature.
+
+Each command is a typed function (``diffprobe.commands.<area>.<name>``) and the same function is
+the Python API. jsonargparse turns its parameters into flags (``--batch_size``), its docstring into
+``--help``, and gives every command ``--config file.yaml`` and ``--print_config``; types and ranges
+are checked before the command runs, and misspelt or abbreviated flags are errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from importlib import import_module
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from diffprobe.commands.common import CommandError
+
+# name -> module of the command; the order is probe.py --help's.
+COMMANDS = {
+    "export": "checkpoints",
+    "sample": "checkpoints",
+    "linear": "linear",
+    "rise": "saliency",
+    "cam": "saliency",
+    "lime": "saliency",
+    "schedules": "schedules",
+    "relevance": "schedules",
+    "auc": "evaluate",
+    "groundtruth": "evaluate",
+    "correlation": "correlation",
+}
+
+
+def command_function(name: str) -> Callable:
+    return getattr(import_module(f"diffprobe.commands.{COMMANDS[name]}"), name)
+
+
+def probe_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="probe.py", description="diffprobe's tools on checkpoints: probes, explanations, export.", allow_abbrev=False
+    )
+    subcommands = parser.add_subcommands(dest="command", required=True)
+    for name in COMMANDS:
+        function = command_function(name)
+        summary = (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
+        sub = ArgumentParser(prog=f"probe.py {name}", description=summary, allow_abbrev=False)
+        sub.add_argument(
+            "--config", action=ActionConfigFile, help="a YAML file of this command's settings (configs/probe/*.yaml: the paper's)"
+        )
+        sub.add_function_arguments(function, as_positional=False)
+        subcommands.add_subcommand(name, sub, help=summary)
+    return parser
+
+
+def probe_main(args: list[str] | None = None):
+    """Run one probe.py command; its result (usually the output folder) is returned. A command's
+    refusal (CommandError, said in the flags' words) ends the program with its message."""
+    parser = probe_parser()
+    config = parser.parse_args(sys.argv[1:] if args is None else args)
+    name = config.command
+    settings = parser.instantiate(config)[name].as_dict()
+    settings.pop("config", None)
+    try:
+        return command_function(name)(**settings)
+    except CommandError as error:
+        raise SystemExit(f"probe.py {name}: error: {error}") from error

@@ -1,0 +1,134 @@
+"""``probe.py schedules | relevance``: sampling under the paper's timestep schedules (uniform,
+exponential early / latter, or a window), and token relevance at every step of those runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+
+from diffprobe.choices import Schedule
+from diffprobe.commands.common import Device, DType, command, flag
+from diffprobe.commands.outputs import Outputs
+from diffprobe.commands.source import load_explain_model, require_conditional, resolve
+
+
+@dataclass(frozen=True)
+class TimestepSchedules:
+    """The timestep schedules a run samples under (paper: N = 30, lambda = 60).
+
+    Args:
+        kinds: which schedules, one run each (paper: uniform, early, latter)
+        steps: N, steps of the uniform / early / latter schedules
+        lam: lambda of the exponential early / latter schedules
+        window_start: window schedule: steps packed in [start, start + width]
+        window_width: window schedule: width of the window
+        window_steps: window schedule: steps inside the window
+        window_uniform_steps: window schedule: evenly spread steps besides the window
+    """
+
+    kinds: tuple[Schedule, ...] = ("uniform", "early", "latter")
+    steps: PositiveInt = 30
+    lam: PositiveFloat = 60.0
+    window_start: NonNegativeInt = 400
+    window_width: PositiveInt = 200
+    window_steps: PositiveInt = 20
+    window_uniform_steps: PositiveInt = 10
+
+    def timesteps(self, scheduler_config: dict) -> dict[str, list[int]]:
+        """Each schedule's timesteps for a model's noise schedule (T from its config)."""
+        from diffusers import DDPMScheduler
+
+        from diffprobe import diffusion
+
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        window = dict(
+            uniform_steps=self.window_uniform_steps, window_steps=self.window_steps, start=self.window_start, width=self.window_width
+        )
+        with flag("--schedule"):
+            return {kind: diffusion.schedule_timesteps(kind, scheduler, self.steps, self.lam, **window) for kind in self.kinds}
+
+
+@command
+def schedules(
+    ckpt: str, out: str, schedule: TimestepSchedules = TimestepSchedules(), seeds: tuple[int, ...] = (0, 1, 2, 3), prompt: str | None = None,
+    guidance: float | None = None, raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+) -> Path:  # fmt: skip
+    """Sample the same seeds under each timestep schedule: rows are schedules, columns seeds.
+
+    Args:
+        seeds: one image per seed and schedule
+    """
+    import torch
+
+    from diffprobe import viz
+    from diffprobe.explain.schedules import schedule_images
+
+    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    with flag("--prompt"):
+        encoded = model.prompt(prompt)
+    timesteps = schedule.timesteps(model.scheduler_config)
+    outputs = Outputs(out, run, global_step, scale)
+    started = time.perf_counter()
+    images = schedule_images(model, encoded, list(seeds), timesteps)
+    seconds = time.perf_counter() - started
+    grid = torch.cat([images[name] for name in timesteps])  # rows: schedules, columns: seeds
+    outputs.image("schedules", viz.image_grid(grid, columns=len(seeds)) * 2 - 1, "explain/schedules/images")
+    for name, batch in images.items():
+        torch.save(batch, outputs.out / f"{name}.pt")
+    outputs.save("schedules", {"seeds": list(seeds), "prompt": prompt, "timesteps": timesteps, "seconds": round(seconds, 3)})
+    print(f"wrote {outputs.out}/schedules.png (rows: {', '.join(timesteps)}; columns: seeds {list(seeds)})")
+    return outputs.close()
+
+
+@command
+def relevance(
+    ckpt: str, out: str, prompt: str | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
+    raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+) -> Path:  # fmt: skip
+    """Cross-attention token relevance at every step of a run under each timestep schedule
+    (conditional models)."""
+    import torch
+
+    from diffprobe import viz
+    from diffprobe.explain.relevance import relevance_over_run
+
+    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    require_conditional(model, "token relevance")
+    with flag("--prompt"):
+        encoded = model.prompt(prompt)
+    timesteps = schedule.timesteps(model.scheduler_config)
+    outputs = Outputs(out, run, global_step, scale)
+    started = time.perf_counter()
+    runs = {name: relevance_over_run(model, encoded, seed=seed, timesteps=steps) for name, steps in timesteps.items()}
+    seconds = time.perf_counter() - started
+    words = encoded.word_tokens
+    labels = [f"{i}:{w}" for i, w in enumerate(words)]
+    panels = {name: {label: (run.timesteps, run.scores[:, i].tolist()) for i, label in enumerate(labels)} for name, run in runs.items()}
+    outputs.figure(
+        "relevance_curves",
+        viz.line_panels(panels, f"token relevance per step: {encoded.text!r}", "timestep t", "relevance (min-max per step)", invert_x=True),
+        "explain/relevance/curves",
+    )
+    totals = {name: run.totals().tolist() for name, run in runs.items()}
+    outputs.figure(
+        "relevance_totals",
+        viz.grouped_bars(totals, labels, "token relevance summed over the run's steps", "sum of relevance"),
+        "explain/relevance/totals",
+    )
+    finals = torch.cat([model.decode(run.final) for run in runs.values()])
+    outputs.image("relevance_images", viz.image_grid(finals, columns=len(finals)) * 2 - 1, "explain/relevance/images")
+    for name, values in totals.items():
+        for label, value in zip(labels, values):
+            outputs.scalar(f"explain/relevance/{name}/{label}", value)
+    per_schedule = {name: {"timesteps": run.timesteps, "scores": run.scores.tolist(), "totals": totals[name]} for name, run in runs.items()}
+    numbers = {"prompt": encoded.text, "words": words, "seed": seed, "seconds": round(seconds, 3), "schedules": per_schedule}
+    outputs.save(
+        "relevance",
+        numbers,
+        {name: {"timesteps": run.timesteps, "scores": run.scores, "final": run.final.cpu()} for name, run in runs.items()},
+    )
+    print(f"token relevance under {', '.join(runs)} ({seconds:.1f} s) -> {outputs.out}")
+    return outputs.close()

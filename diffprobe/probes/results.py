@@ -1,0 +1,68 @@
+"""The table ``probe.py linear`` keeps: one row per (checkpoint, weights, layer, t, concept), as
+``probes.csv`` / ``probes.json``, and the summary of when each concept becomes decodable."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+FIELDS = [
+    "step",
+    "checkpoint",
+    "weights",
+    "layer",
+    "t",
+    "concept",
+    "accuracy",
+    "chance",
+    "control_accuracy",
+    "selectivity",
+    "p_value",
+    "significant",
+    "ci_low",
+    "ci_high",
+    "n",
+]
+
+
+def cell(row: dict) -> tuple[str, str, str, str, str]:
+    """A row's key: which probe it is, whatever its numbers."""
+    return (row["checkpoint"], row["weights"], row["layer"], str(row["t"]), row["concept"])
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The rows of ``folder/probes.csv`` (none when it does not exist yet), as strings."""
+    path = Path(folder) / "probes.csv"
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(folder: Path, rows: list[dict]) -> None:
+    with (Path(folder) / "probes.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (Path(folder) / "probes.json").write_text(json.dumps(rows, indent=1))
+
+
+def emergence(rows: list[dict]) -> dict:
+    """Per concept: at the last step, the t range where it is decodable (significantly above chance
+    at some layer); and, for each t, the first step at which it became decodable."""
+    summary: dict[str, dict] = {}
+    steps = sorted({int(r["step"]) for r in rows})
+    for concept in sorted({r["concept"] for r in rows}):
+        mine = [r for r in rows if r["concept"] == concept and str(r["significant"]) == "True"]
+        last = [int(r["t"]) for r in mine if int(r["step"]) == steps[-1]]
+        first_step = {}
+        for t in sorted({int(r["t"]) for r in rows}):
+            decoded = sorted(int(r["step"]) for r in mine if int(r["t"]) == t)
+            first_step[str(t)] = decoded[0] if decoded else None
+        summary[concept] = {
+            "decodable_t_at_last_step": sorted(set(last)),
+            "max_decodable_t": max(last) if last else None,
+            "first_step_decodable_by_t": first_step,
+        }
+    return summary
