@@ -19,24 +19,26 @@ from diffprobe.commands.outputs import Outputs, step_numbers, step_tag
 from diffprobe.commands.source import load_explain_model, resolve
 
 
-def explained_step(
-    ckpt: str, out: str, *, prompt: str | None, seed: int, steps: int, step: int, guidance: float | None, raw: bool, run: str | None,
-    device: str, dtype: str, scale: int, check_model: Callable | None = None,
-):  # fmt: skip
-    """(model, explained step, outputs) shared by the single-step tools; ``check_model(model)``
-    checks the tool's settings against the model before the sampling run."""
+def explained_step(flags: dict, check_model: Callable | None = None):
+    """(model, explained step, outputs) shared by the single-step tools, from a command's
+    ``locals()`` (its flags: ckpt, out, prompt, seed, steps, step, guidance, raw, run, device, dtype,
+    scale); ``check_model(model)`` checks the tool's settings against the model before the
+    sampling run."""
     from diffprobe.explain.run import check_step, explain_step
 
     with flag("--step"):
-        check_step(step, steps)  # before loading anything
-    source = resolve(ckpt)
-    model, global_step = load_explain_model(source.newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+        check_step(flags["step"], flags["steps"])  # before loading anything
+    weights = resolve(flags["ckpt"]).newest
+    model, global_step = load_explain_model(
+        weights, device=flags["device"], raw=flags["raw"], guidance=flags["guidance"], dtype=flags["dtype"]
+    )
     with flag("--prompt"):
-        encoded = model.prompt(prompt)
+        encoded = model.prompt(flags["prompt"])
     if check_model is not None:
         check_model(model)
-    outputs = Outputs(out, run, global_step, scale)
-    return model, explain_step(model, prompt=encoded, seed=seed, num_inference_steps=steps, step=step), outputs
+    outputs = Outputs(flags["out"], flags["run"], global_step, flags["scale"])
+    explained = explain_step(model, prompt=encoded, seed=flags["seed"], num_inference_steps=flags["steps"], step=flags["step"])
+    return model, explained, outputs
 
 
 @command
@@ -63,20 +65,7 @@ def rise(
 
     with flag("--window"):
         gaussian_window(window, sigma)  # an even window is refused before the sampling run
-    model, explained, outputs = explained_step(
-        ckpt,
-        out,
-        prompt=prompt,
-        seed=seed,
-        steps=steps,
-        step=step,
-        guidance=guidance,
-        raw=raw,
-        run=run,
-        device=device,
-        dtype=dtype,
-        scale=scale,
-    )
+    model, explained, outputs = explained_step(locals())
     started = time.perf_counter()
     result = df_rise(
         model,
@@ -125,21 +114,7 @@ def cam(
             with flag("--layers"):
                 check_layers(model.unet, layers, choices=block_layers(model.unet))
 
-    model, explained, outputs = explained_step(
-        ckpt,
-        out,
-        prompt=prompt,
-        seed=seed,
-        steps=steps,
-        step=step,
-        guidance=guidance,
-        raw=raw,
-        run=run,
-        device=device,
-        dtype=dtype,
-        scale=scale,
-        check_model=check_model,
-    )
+    model, explained, outputs = explained_step(locals(), check_model)
     started = time.perf_counter()
     try:
         result = df_cam(model, explained, layers=layers)
@@ -184,20 +159,7 @@ def lime(
     from diffprobe.explain.lime import lime_saliency
     from diffprobe.explain.run import normalise_map
 
-    model, explained, outputs = explained_step(
-        ckpt,
-        out,
-        prompt=prompt,
-        seed=seed,
-        steps=steps,
-        step=step,
-        guidance=guidance,
-        raw=raw,
-        run=run,
-        device=device,
-        dtype=dtype,
-        scale=scale,
-    )
+    model, explained, outputs = explained_step(locals())
     started = time.perf_counter()
     result = lime_saliency(
         model, explained, num_samples=samples, kernel_width=kernel_width, response=response, kernel_size=kernel_size, max_dist=max_dist,
