@@ -33,7 +33,7 @@ def flag(name: str) -> Iterator[None]:
     """Core errors (said in the core's words) raised inside, prefixed with the flag they concern."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a file that is missing, unreadable or not what it should be
         raise CommandError(f"{name}: {error}") from error
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from diffprobe.commands.common import CommandError
+from diffprobe.commands.common import CommandError, flag
 
 Kind = Literal["checkpoint", "export", "unet", "stable-diffusion"]
 
@@ -141,21 +140,13 @@ def load_parts(weights: Weights, *, raw: bool = False, device: str = "cpu") -> D
                 f"--ckpt {weights.path} is a bare conditional UNet without its caption encoder; give the folder 'probe.py export' wrote, "
                 "which holds both"
             )
-        with flag_errors(weights.path):
+        with flag(f"--ckpt {weights.path}"):
             loaded = load_pretrained(str(weights.path), conditional=False)
         parts = DiffusionParts(loaded.unet, loaded.scheduler or DDPMScheduler(), None, 1.0, 0)
     for part in (parts.unet, parts.caption_encoder):
         if part is not None:
             part.to(device).eval().requires_grad_(False)
     return parts
-
-
-@contextmanager
-def flag_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except (ValueError, OSError) as error:
-        raise CommandError(f"--ckpt {path}: {error}") from error
 
 
 def load_explain_model(weights: Weights, *, device: str = "cpu", raw: bool = False, guidance: float | None = None, dtype: str = "float32"):
@@ -170,7 +161,7 @@ def load_explain_model(weights: Weights, *, device: str = "cpu", raw: bool = Fal
 
         if raw:
             raise CommandError(f"--raw true: {weights.path} is a Stable Diffusion pipeline, which holds one set of weights")
-        with flag_errors(weights.path):
+        with flag(f"--ckpt {weights.path}"):
             return load_stable_diffusion(
                 weights.path, guidance_scale=7.5 if guidance is None else guidance, device=device, dtype=getattr(torch, dtype)
             ), 0
