@@ -3,10 +3,12 @@
 Every tag that depends on a timestep carries the training index t (0 = clean end), zero-padded
 to four digits: ``train/loss_by_t/t0000-0099``, ``probe/<concept>/<layer>/t0500/acc``.
 
-Two ways scalars reach the run, each for one kind of callback: what every rank measures on the
-training batches (loss, OnlineProbes) goes through Lightning's ``log`` / ``log_dict``; what a
-PeriodicObserver sees on rank zero at one step goes to the run's writer with :func:`log_scalars`
-(Lightning's ``log`` is not allowed in ``on_train_end`` and would wait for the other ranks).
+Two ways scalars reach the run: what the training step measures on every batch (the loss, its
+per-t buckets, the learning rate) goes through Lightning's ``log``; what an observer measures now
+and then (OnlineProbes every N steps, a PeriodicObserver on rank zero) is written once, at the step
+it was measured, with :func:`log_scalars` or the loggers' ``log_metrics``. (Lightning's ``log``
+would re-write a value at every ``log_every_n_steps`` until it changes, is not allowed in
+``on_train_end``, and waits for the other ranks.)
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ AttentionStatistic = Literal["entropy", "distance", "object_mass"]
 CROSS_ATTENTION_CURVES = "cross_attention/mass_curves"
 
 
-def attention_map_tag(layer: str, t: int) -> str:
-    return f"attention/{layer}/{t_tag(t)}"
+def attention_map_tag(layer: str) -> str:
+    """``attention/<layer>``: where an object and a background query attend, a row per t."""
+    return f"attention/{layer}"
 
 
 def attention_statistic_tag(statistic: AttentionStatistic, layer: str, t: int) -> str:
@@ -95,6 +98,28 @@ def log_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -
         writer.add_scalar(tag, float(value), step)
 
 
+def _flat(params: Mapping, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested settings as TensorBoard's HPARAMS columns: ``unet/block_out_channels`` -> "[32, 64]"."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def log_hyperparameters(writer: SummaryWriter, params: Mapping, metric_tags: list[str]) -> None:
+    """The run's settings in the HPARAMS tab, which shows each of ``metric_tags`` (scalars the run
+    logs anyway, e.g. ``train/loss``) at its latest value; nothing is logged under those tags here."""
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, start, end = hparams(_flat(params), dict.fromkeys(metric_tags, 0.0))
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+
+
 PROBE_PREFIX = {"ema": "probe", "raw": "probe_raw", "online": "probe_online"}
 
 
@@ -109,9 +134,31 @@ def probe_heatmap_tag(prefix: str, by: Literal["concept", "layer"], name: str) -
     return f"{prefix}_heatmap/{by}/{name}"
 
 
-def probe_layout(concepts: list[str], layers: list[str], prefix: str = "probe") -> dict:
-    """Custom-scalars layout: a category per concept, a chart per layer, one line per t."""
+# The group a reader starts from. TensorBoard sorts groups by plain string order and opens the
+# first ones: "Overview" sorts before every lower-case group (attention/, probe/, train/ ...).
+OVERVIEW = "Overview"
+_SUMMARY_SOURCE = {"probe": "", "probe_raw": "_raw", "probe_ckpt": "_ckpt"}
+
+
+def probe_summary_tag(prefix: str, concept: str) -> str:
+    """``Overview/decodable_t/<concept>``: the largest significantly decodable t (-1: at none);
+    ``decodable_t_raw`` for ProbeMonitor's raw weights, ``decodable_t_ckpt`` for probe.py linear."""
+    return f"{OVERVIEW}/decodable_t{_SUMMARY_SOURCE[prefix]}/{concept}"
+
+
+def probe_summary_figure_tag(prefix: str, name: Literal["decodable_t", "decodability"]) -> str:
+    """``Overview/decodable_t`` (that t against step, a line per concept) and ``Overview/decodability``
+    (accuracy above chance against t, a line per step), with the same suffixes."""
+    return f"{OVERVIEW}/{name}{_SUMMARY_SOURCE[prefix]}_over_training"
+
+
+def probe_layout() -> dict:
+    """Custom-scalars layout: the largest significantly decodable t of every concept against
+    training step, one chart per set of probes (hover a line for its concept)."""
+    charts = {"ProbeMonitor (EMA)": "", "ProbeMonitor (raw)": "_raw", "probe.py linear": "_ckpt"}
     return {
-        f"{prefix}: {concept}": {layer: ["Multiline", [rf"{prefix}/{concept}/{layer}/t\d+/acc"]] for layer in layers}
-        for concept in concepts
+        OVERVIEW: {
+            f"largest significantly decodable t (-1: none), a line per concept: {name}": ["Multiline", [rf"{OVERVIEW}/decodable_t{suffix}/.*"]]
+            for name, suffix in charts.items()
+        }
     }

@@ -7,9 +7,8 @@ makes room for colour bars and super-titles that ``tight_layout`` warns about.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,8 +17,6 @@ from PIL import Image
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from diffprobe.probes.pipeline import ProbeTable
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -65,85 +62,6 @@ def new_figure(rows: int = 1, columns: int = 1, *, size: tuple[float, float], dp
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def accuracy_heatmap(
-    values: torch.Tensor,
-    rows: list[str],
-    timesteps: list[int],
-    title: str,
-    chance: torch.Tensor | float | None = None,
-    significant: torch.Tensor | None = None,
-):
-    """A matplotlib Figure: rows x timesteps grid coloured by accuracy (0..1), each cell annotated.
-
-    ``chance`` (scalar or one per row) is written in the row label; cells that are not significant
-    are greyed out with a dot, so an above-chance colour is never mistaken for a result.
-    """
-    values = values.detach().cpu().float()
-    labels = list(rows)
-    if chance is not None:
-        chance_row = torch.as_tensor(chance, dtype=torch.float32).expand(len(rows))
-        labels = [f"{r} (chance {c:.2f})" for r, c in zip(rows, chance_row.tolist())]
-    # Room for the row labels (about 0.06 inch a character) and the colour bar beside the cells:
-    # with few timesteps a fixed width leaves the cells none, and matplotlib gives up on the layout.
-    width = 1.3 + 0.06 * max(map(len, labels), default=0) + 0.55 * len(timesteps)
-    figure, axes = new_figure(size=(max(width, 0.07 * len(title)), 0.9 + 0.42 * len(rows)), dpi=100)
-    axis = axes[0, 0]
-    image = axis.imshow(values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    axis.set_yticks(range(len(rows)), labels, fontsize=8)
-    axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps], fontsize=7, rotation=90)
-    axis.set_xlabel("timestep t (0 = clean)", fontsize=8)
-    figure.suptitle(title, fontsize=9)  # centred on the figure: wider than the cells when they are few
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            dim = significant is not None and not bool(significant[i, j])
-            value = float(values[i, j])
-            text = "·" if dim else f"{value:.2f}"[1:] if value < 1 else "1"
-            axis.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
-    figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02, label="test accuracy")
-    return figure
-
-
-def probe_heatmaps(
-    table: ProbeTable, note: str, by: Sequence[Literal["concept", "layer"]] = ("concept", "layer")
-) -> Iterator[tuple[str, str, Figure]]:
-    """The accuracy heatmaps of a probe table, one at a time, as ``(by, name, figure)``: per concept
-    (layers x timesteps) and / or per layer (concepts x timesteps), titled
-    ``"<name>: probe accuracy (<note>)"``, with chance levels and significance as
-    :func:`accuracy_heatmap` shows them."""
-    if "concept" in by:
-        for k, concept in enumerate(table.concepts):
-            title = f"{concept}: probe accuracy ({note})"
-            figure = accuracy_heatmap(
-                table.accuracy[:, :, k], table.layers, table.timesteps, title, float(table.chance[k]), table.significant[:, :, k]
-            )
-            yield "concept", concept, figure
-    if "layer" in by:
-        for i, layer in enumerate(table.layers):
-            title = f"{layer}: probe accuracy ({note})"
-            figure = accuracy_heatmap(table.accuracy[i].T, table.concepts, table.timesteps, title, table.chance, table.significant[i].T)
-            yield "layer", layer, figure
-
-
-def decodability_curves(best_accuracy: torch.Tensor, chance: torch.Tensor, timesteps: list[int], concepts: list[str], title: str):
-    """A matplotlib Figure: for each concept, the best layer's probe accuracy over t, as the share
-    of the way from chance (0) to perfect (1). best_accuracy: (T, K); chance: (K,)."""
-    above = ((best_accuracy - chance) / (1 - chance).clamp_min(1e-6)).clamp(min=-0.1)
-    figure, axes = new_figure(size=(6.4, 3.6), dpi=110)
-    axis = axes[0, 0]
-    positions = list(range(len(timesteps)))
-    for k, concept in enumerate(concepts):
-        axis.plot(positions, above[:, k].numpy(), marker="o", markersize=3, label=concept)
-    axis.axhline(0.0, color="grey", linestyle="--", linewidth=1)
-    axis.text(positions[-1], 0.02, "chance", ha="right", va="bottom", fontsize=7, color="grey")
-    axis.set_xticks(positions, [str(t) for t in timesteps], fontsize=7, rotation=90)
-    axis.set_xlabel("timestep t of the noised input (0 = clean)", fontsize=8)
-    axis.set_ylabel("(accuracy - chance) / (1 - chance)", fontsize=8)
-    axis.set_ylim(-0.1, 1.02)
-    axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=7, frameon=False)
-    return figure
-
-
 def metric_curves(curves: dict[str, list[float]], timesteps: list[int], title: str):
     """A matplotlib Figure with one small panel per metric, each a curve over t."""
     names = list(curves)
@@ -153,7 +71,8 @@ def metric_curves(curves: dict[str, list[float]], timesteps: list[int], title: s
     for axis, name in zip(axes.flat, names):
         axis.plot(timesteps, curves[name], marker="o", markersize=3)
         axis.set_title(name, fontsize=8)
-        axis.set_xlabel("t", fontsize=7)
+        axis.set_xlabel("timestep t (0 = clean)", fontsize=7)
+        axis.set_ylabel(name, fontsize=7)
         axis.tick_params(labelsize=6)
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
@@ -201,7 +120,7 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xla
     return figure
 
 
-def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, ylabel: str):
+def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, ylabel: str, xlabel: str):
     """A Figure of bars: one group per label, one bar per key of ``values`` (e.g. a schedule)."""
     figure, axes = new_figure(size=(max(4.0, 0.45 * len(labels) * max(1, len(values)) ** 0.5), 2.9), dpi=90)
     axis = axes[0, 0]
@@ -210,20 +129,97 @@ def grouped_bars(values: dict[str, list[float]], labels: list[str], title: str, 
         axis.bar(np.arange(len(labels)) + offset * width - 0.4 + width / 2, heights, width, label=name)
     axis.set_xticks(np.arange(len(labels)), labels, fontsize=7, rotation=45, ha="right")
     axis.set_ylabel(ylabel, fontsize=8)
+    axis.set_xlabel(xlabel, fontsize=8)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, frameon=False)
     return figure
 
 
-def image_panels(images: dict[str, torch.Tensor], title: str, columns: int = 6):
-    """A Figure of (3, H, W) images in [-1, 1], each titled with its key (e.g. a layer name)."""
+def image_panels(images: dict[str, torch.Tensor], title: str, columns: int = 6, heat_label: str | None = None):
+    """A Figure of (3, H, W) images in [-1, 1], each titled with its key (e.g. a layer name).
+    ``heat_label``: the images are :func:`heat_overlay` maps; a colour bar says what colour means."""
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
-    figure, axes = new_figure(rows, columns, size=(1.9 * columns, 2.1 * rows), dpi=90)
+    figure, axes = new_figure(rows, columns, size=(2.0 * columns + (0.8 if heat_label else 0), 2.1 * rows + 0.3), dpi=100)
     for axis, (name, image) in zip(axes.flat, images.items()):
         axis.imshow(to_unit(image.detach().cpu()).permute(1, 2, 0).numpy(), interpolation="nearest")
-        axis.set_title(name, fontsize=5.5)
+        axis.set_title(name, fontsize=7)
     for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in list(axes.flat)[len(images) :]:
         axis.axis("off")
-    figure.suptitle(title, fontsize=8)
+    if heat_label:
+        _heat_colorbar(figure, axes, heat_label)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def _heat_colorbar(figure, axes, label: str) -> None:
+    from matplotlib import cm, colormaps
+    from matplotlib.colors import Normalize
+
+    mappable = cm.ScalarMappable(Normalize(0, 1), colormaps["jet"])
+    bar = figure.colorbar(mappable, ax=axes, fraction=0.05, pad=0.02, ticks=[0, 0.5, 1])
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def saliency_figure(views: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str, label: str = "saliency (min-max: 0 least, 1 most)"):
+    """One panel per view name -> (image (C, H, W) in [-1, 1], map (h, w)): the map in ``jet``
+    over the image (the paper's presentation), with a colour bar, at a size a reader can see."""
+    figure, axes = new_figure(1, len(views), size=(3.0 * len(views) + 0.9, 3.4), dpi=110)
+    for axis, (name, (image, heat)) in zip(axes.flat, views.items()):
+        axis.imshow(to_unit(heat_overlay(image, heat)).permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_title(name, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    _heat_colorbar(figure, axes, label)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _labelled_grid(cells: torch.Tensor, row_labels: list[str], column_labels: list[str], title: str, cell_inches: float = 1.3):
+    """A Figure of one image grid (rows x columns cells, (R*C, C, H, W) in [-1, 1]) in ONE axes,
+    its rows and columns named by tick labels: one axes, not one per cell, draws in a fraction of
+    the time (the observers log many of these during training)."""
+    rows, columns = len(row_labels), len(column_labels)
+    grid = image_grid(cells, columns=columns)  # (3, rows * (H + 1) + 1, columns * (W + 1) + 1) in [0, 1]
+    cell_h, cell_w = cells.shape[-2] + 1, cells.shape[-1] + 1
+    longest = max(map(len, row_labels), default=0)
+    figure, axes = new_figure(size=(cell_inches * columns + 0.08 * longest + 1.6, cell_inches * rows + 0.8), dpi=100)
+    figure.set_layout_engine("compressed")  # fits the picture's equal aspect without clipping the row labels
+    axis = axes[0, 0]
+    axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axis.set_xticks([cell_w * (c + 0.5) for c in range(columns)], column_labels, fontsize=8)
+    axis.set_yticks([cell_h * (r + 0.5) for r in range(rows)], row_labels, fontsize=8)
+    axis.xaxis.tick_top()
+    axis.tick_params(length=0)
+    figure.suptitle(title, fontsize=9)
+    return figure, axis, (cell_h, cell_w)
+
+
+def image_rows(rows: dict[str, torch.Tensor], column_labels: list[str], title: str):
+    """A Figure of images (N, C, H, W) in [-1, 1]: one labelled row per key, labelled columns."""
+    cells = torch.cat([images[: len(column_labels)].detach().cpu().float() for images in rows.values()])
+    figure, axis, _ = _labelled_grid(cells, list(rows), column_labels, title)
+    axis.set_ylabel("", fontsize=8)
+    return figure
+
+
+def attention_grid(images: torch.Tensor, maps: dict[str, torch.Tensor], object_points, background_points, title: str):
+    """One column per image; the first row the images, then one labelled row per attention map
+    (e.g. "object query (+), t = 50"), each map over its image. Landscape, so it stays large in a
+    TensorBoard card. images (N, C, H, W) in [-1, 1]; maps (N, h, w) each; points (N, 2) as (x, y)
+    in [0, 1], marked on every panel (+ object query, x background query)."""
+    count = len(images)
+    rows = {"image": [image.detach().cpu().float().expand(3, -1, -1) for image in images]}
+    rows |= {name: [heat_overlay(image, heat[i]) for i, image in enumerate(images)] for name, heat in maps.items()}
+    cells = torch.stack([cell for row in rows.values() for cell in row])
+    figure, axis, (cell_h, cell_w) = _labelled_grid(cells, list(rows), [f"image {i + 1}" for i in range(count)], title, cell_inches=1.1)
+    size = images.shape[-1]
+    for points, marker in ((object_points, "+"), (background_points, "x")):
+        xy = [(cell_w * c + 1 + x * size - 0.5, cell_h * r + 1 + y * size - 0.5) for r in range(len(rows)) for c, (x, y) in enumerate(points[:count].tolist())]
+        axis.scatter(*zip(*xy), marker=marker, s=25, color="white", linewidths=1.2)
+    _heat_colorbar(figure, np.array([[axis]]), "attention (min-max per map)")
     return figure

@@ -29,7 +29,7 @@ def quickstart(*extra):
 
 
 def _no_rich(args):
-    # The quickstart config adds a RichProgressBar; with the bar disabled the trainer refuses it.
+    # The quickstart config adds a StepProgressBar; with the bar disabled the trainer refuses it.
     return [a if a != "false" or args[i - 1] != "--trainer.enable_progress_bar" else "true" for i, a in enumerate(args)]
 
 

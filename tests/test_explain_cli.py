@@ -44,7 +44,7 @@ def tiny_sd(tmp_path_factory):
 
 def test_rise_and_cam_write_overlays_maps_json_and_tensorboard(unconditional_run, tmp_path):
     out = probe_main(["rise", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "rise"), "--masks", "16", "--run", str(unconditional_run), *FAST])
-    assert {p.name for p in out.iterdir()} == {"rise_xt.png", "rise_final.png", "rise.pt", "rise.json"}
+    assert {p.name for p in out.iterdir()} == {"rise.png", "rise_xt.png", "rise_final.png", "rise.pt", "rise.json"}
     numbers = json.loads((out / "rise.json").read_text())
     assert numbers["step"] == 2 and numbers["t"] == numbers["timesteps"][2] and numbers["masks"] == 16
     saliency = torch.load(out / "rise.pt", weights_only=True)["saliency"]
@@ -56,6 +56,7 @@ def test_rise_and_cam_write_overlays_maps_json_and_tensorboard(unconditional_run
     tags = read_events(unconditional_run).Tags()["images"]
     t = numbers["t"]
     assert f"explain/rise/step02_t{t:04d}/x_t" in tags and f"explain/cam/step02_t{t:04d}/final" in tags
+    assert f"explain/rise/step02_t{t:04d}/figure" in tags  # the titled figure with its colour bar
 
 
 def test_config_sets_settings_and_flags_override_it(unconditional_run, tmp_path, capsys):

@@ -14,7 +14,7 @@ LAYERS = ["down_blocks.1", "mid_block"]
 
 def test_probe_monitor_logs_scalars_heatmaps_layout_and_saves_the_probe_set(tmp_path):
     data = shapes_data(heldout_size=40)
-    monitor = ProbeMonitor(every_n_steps=2, num_images=30, timesteps=[0, 50, 99], layers=LAYERS, method="ridge")
+    monitor = ProbeMonitor(every_n_steps=2, num_images=30, timesteps=[0, 50, 99], layers=LAYERS, method="ridge", heatmaps=True)
     trainer = make_trainer(tmp_path, max_steps=2, callbacks=[monitor])
     trainer.fit(make_module(), datamodule=data)
     events = read_events(trainer.log_dir)
@@ -24,6 +24,12 @@ def test_probe_monitor_logs_scalars_heatmaps_layout_and_saves_the_probe_set(tmp_
     assert [e.step for e in events.Scalars("probe/shape/mid_block/t0050/acc")] == [0, 2]
     images = set(events.Tags()["images"])
     assert "probe_heatmap/concept/background_colour" in images and "probe_heatmap/layer/mid_block" in images
+    # the summary a reader starts from, in TensorBoard's first group
+    assert {"Overview/decodable_t_over_training", "Overview/decodability_over_training"} <= images
+    decodable = [e.value for e in events.Scalars("Overview/decodable_t/background_colour")]
+    k = monitor.history[0]["concepts"].index("background_colour")
+    expected_t = [max((t for t, d in zip(h["timesteps"], h["decodable"][:, k].tolist()) if d), default=-1) for h in monitor.history]
+    assert len(decodable) == 2 and decodable == expected_t
     assert (tmp_path / "runs/test/version_0/probe_set.pt").exists()
     assert ProbeSet.load(tmp_path / "runs/test/version_0/probe_set.pt").timesteps.tolist() == [0, 50, 99]
     assert [h["step"] for h in monitor.history] == [0, 2] and monitor.history[0]["accuracy"].shape == (2, 3, 6)
@@ -67,6 +73,8 @@ def test_online_probes_log_per_bucket_and_leave_unet_gradients_alone(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(without, with_))
     scalars = set(read_events(trainer.log_dir).Tags()["scalars"])
     assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/texture/down_blocks.1/t0050-0099/acc"} <= scalars
+    # logged once per measurement (steps 2 and 4), not again at every log_every_n_steps in between
+    assert [e.step for e in read_events(trainer.log_dir).Scalars("probe_online/shape/mid_block/t0000-0049/acc")] == [2, 4]
     online = next(c for c in trainer.callbacks if isinstance(c, OnlineProbes))
     assert set(online.state_dict()["heads"]) == {"down_blocks_1.weight", "down_blocks_1.bias", "mid_block.weight", "mid_block.bias"}
 

@@ -119,22 +119,30 @@ class AttentionRecorder(PeriodicObserver):
         writer = tb.tensorboard_writer(trainer)
         scalars: dict[str, float] = {}
         token_mass: dict[str, list[float]] = {}
+        queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}  # layer -> row label -> (N, h, w)
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             for j, t in enumerate(self.timesteps):
                 interrupt.check()
                 maps = self.maps(pl_module, j)
                 for layer in self.layers:
-                    scalars |= self._log_self_attention(writer, layer, maps[layer].cpu(), t, step)
+                    statistics, obj, bg = self._self_attention(layer, maps[layer].cpu(), t)
+                    scalars |= statistics
+                    queried[layer] |= {f"object query (+), t = {t}": obj, f"background query (x), t = {t}": bg}
                 if self.cross_layers:
                     scalars |= self._log_cross_attention(writer, pl_module, [maps[n].cpu() for n in self.cross_layers], t, step, token_mass)
         tb.log_scalars(writer, scalars, step)
+        for layer, rows in queried.items():  # one figure per layer: how its attention changes with t
+            title = f"self-attention of {layer} by timestep (training step {step})"
+            figure = viz.attention_grid(self.images, rows, self.object_points, self.background_points, title)
+            writer.add_figure(tb.attention_map_tag(layer), figure, step)
         if token_mass:
             writer.add_figure(
                 tb.CROSS_ATTENTION_CURVES, viz.metric_curves(token_mass, self.timesteps, f"token attention mass by t (step {step})"), step
             )
 
-    def _log_self_attention(self, writer, layer: str, probs: torch.Tensor, t: int, step: int) -> dict[str, float]:
-        """Logs the overlays of self-attention probs (N, Q, K) at t; returns its scalars by tag."""
+    def _self_attention(self, layer: str, probs: torch.Tensor, t: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Self-attention probs (N, Q, K) at t -> its scalars by tag, and where the object query and
+        the background query attend, (N, h, w) each."""
         side = int(round(probs.shape[-1] ** 0.5))
         obj = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.object_points]]  # (N, K)
         bg = probs[torch.arange(len(probs)), [int(query_indices(p[None], probs.shape[1])) for p in self.background_points]]
@@ -147,12 +155,7 @@ class AttentionRecorder(PeriodicObserver):
             small = torch.nn.functional.adaptive_avg_pool2d(self.masks.float(), side).flatten(1)  # (N, K) share of each key on the object
             scalars[tb.attention_statistic_tag("object_mass", layer, t)] = float((obj * small).sum(-1).mean())
         obj, bg = (rearrange(keys, "n (h w) -> n h w", h=side) for keys in (obj, bg))
-        cells = []
-        for i, image in enumerate(self.images):
-            rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # grayscale data beside RGB overlays
-            cells += [rgb, viz.heat_overlay(image, obj[i]), viz.heat_overlay(image, bg[i])]
-        writer.add_image(tb.attention_map_tag(layer, t), viz.image_grid(torch.stack(cells), columns=3), step)
-        return scalars
+        return scalars, obj, bg
 
     def _log_cross_attention(self, writer, pl_module, probs: list[torch.Tensor], t: int, step: int, token_mass: dict) -> dict[str, float]:
         """Logs each token's cross-attention map at t (probs: per layer (N, Q, tokens)); returns its scalars by tag."""

@@ -107,9 +107,9 @@ class OnlineProbes(pl.Callback):
             self.optimizer.step()
         self.accuracy.update(logits.detach().argmax(-1) == labels.unsqueeze(0), bucket)
         if trainer.global_step % self.log_every_n_steps == 0:
-            self._log(pl_module)
+            self._log(trainer)
 
-    def _log(self, pl_module) -> None:
+    def _log(self, trainer: pl.Trainer) -> None:
         accuracy = self.accuracy.compute()  # (L, buckets, K), NaN where a bucket saw no sample
         self.accuracy.reset()
         values = {}
@@ -119,7 +119,11 @@ class OnlineProbes(pl.Callback):
                     if accuracy[i, b, k] == accuracy[i, b, k]:
                         tag = tb.probe_tag(tb.PROBE_PREFIX["online"], concept, layer, tb.bucket_tag(first, last))
                         values[tag] = float(accuracy[i, b, k])
-        pl_module.log_dict(values, sync_dist=False)  # already reduced by the metric
+        # Written once, at the step they were measured (every rank took part in compute()). Through
+        # Lightning's log they would be re-written at every log_every_n_steps until they change.
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, trainer.global_step)
 
     @property
     @override

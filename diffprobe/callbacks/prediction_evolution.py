@@ -107,10 +107,11 @@ class PredictionEvolution(PeriodicObserver):
     def observe(self, trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
         noisy, predicted = self.predictions(pl_module)
-        columns = len(self.images)
-        # One row per t, one column per image.
-        writer.add_image(tb.PRED_X0_HAT, viz.image_grid(rearrange(predicted, "t n c h w -> (t n) c h w"), columns=columns), step)
-        writer.add_image(tb.PRED_X_T, viz.image_grid(rearrange(noisy, "t n c h w -> (t n) c h w"), columns=columns), step)
+        # One labelled row per t, one column per image.
+        columns = [f"image {i + 1}" for i in range(len(self.images))]
+        for tag, images, what in ((tb.PRED_X0_HAT, predicted, "x0_hat, the model's estimate of the clean image"), (tb.PRED_X_T, noisy, "x_t, its input")):
+            rows = {f"t = {t}": images[j] for j, t in enumerate(self.timesteps)}
+            writer.add_figure(tag, viz.image_rows(rows, columns, f"{what}, by timestep (training step {step})"), step)
         scalars: dict[str, float] = {}
         curves: dict[str, list[float]] = {}
         truth = viz.to_unit(self.images)

@@ -1,9 +1,13 @@
 """ProbeMonitor: every N steps, linear probes for every (layer, t, concept) on the fixed probe set.
 
 Writes ``probe/<concept>/<layer>/t<tttt>/acc`` scalars (EMA weights; ``probe_raw/...`` for the raw
-ones), one heatmap per concept (layer x t) and per layer (concept x t) under ``probe_heatmap/``, and
-a custom-scalars layout with one chart per (concept, layer) and one line per t. The probe set is
-saved as ``probe_set.pt`` in the run, and reused when the run is resumed.
+ones), one heatmap per concept (layer x t) and per layer (concept x t) under ``probe_heatmap/``,
+and the summary a reader starts from, in TensorBoard's first group: ``Overview/decodable_t/<concept>``
+(the largest t at which the concept is significantly decodable, -1 at none) with a custom-scalars
+chart of it, and two figures over the evaluations so far, ``Overview/decodable_t_over_training``
+(that t against training step, one line per concept) and ``Overview/decodability_over_training``
+(per concept, accuracy above chance against t, one line per step). The probe set is saved as ``probe_set.pt`` in the run, and reused
+when the run is resumed.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from diffprobe import tb, viz
+from diffprobe import tb
 from diffprobe.callbacks.periodic import PeriodicObserver
 from diffprobe.capture import check_layers, default_layers, eager
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, check_timesteps, default_timesteps
+from diffprobe.probes import figures
 from diffprobe.probes.pipeline import ProbeTable, probe_unet
 
 
@@ -33,7 +38,9 @@ class ProbeMonitor(PeriodicObserver):
     method: ``logistic`` (scikit-learn's objective, batched L-BFGS) or ``ridge`` (closed form).
     weights: probe the ``ema`` weights, the ``raw`` ones, or ``both``.
     batch_size: UNet batch for feature extraction.
-    heatmaps: also log the heatmap figures.
+    heatmaps: which heatmap figures to log: per ``"concept"`` (layer x t; the default), per
+        ``"layer"`` (concept x t), both (``true``) or none (``false``). Each is a figure drawn on
+        every evaluation: the per-layer ones double that cost for views the per-concept ones hold.
     probe_set: path of a saved probe set to use instead of building one.
     seed: seed of the probe set's noise, split and control labels.
     """
@@ -48,7 +55,7 @@ class ProbeMonitor(PeriodicObserver):
         method: Literal["logistic", "ridge"] = "logistic",
         weights: Literal["ema", "raw", "both"] = "ema",
         batch_size: int = 128,
-        heatmaps: bool = True,
+        heatmaps: bool | Literal["concept", "layer"] = "concept",
         probe_set: str | None = None,
         seed: int = 0,
     ):
@@ -130,16 +137,38 @@ class ProbeMonitor(PeriodicObserver):
                     "accuracy": table.accuracy,
                     "control_accuracy": table.control_accuracy,
                     "p_value": table.p_value,
+                    "best_above_chance": table.best_above_chance(),
+                    "decodable": table.decodable(),
+                    "max_decodable_t": table.max_decodable_t(),
                     "layers": table.layers,
                     "timesteps": table.timesteps,
                     "concepts": table.concepts,
                 }
             )
             self._log(writer, table, step, tb.PROBE_PREFIX[kind])
+            self._log_summary(writer, kind, step, pl_module.num_train_timesteps)
         if not self._layout_written and not _continues_its_own_run(trainer):
             # The layout is one event at step 0 of the run folder; a run continued in place has it.
-            writer.add_custom_scalars(tb.probe_layout(self.probe_set.concept_names, self.layers))
+            writer.add_custom_scalars(tb.probe_layout())
         self._layout_written = True
+
+    def _log_summary(self, writer, kind: str, step: int, num_train_timesteps: int) -> None:
+        """When each concept is decodable, now and over the evaluations so far (this run's history)."""
+        prefix, concepts = tb.PROBE_PREFIX[kind], self.probe_set.concept_names
+        mine = [entry for entry in self.history if entry["weights"] == kind and "max_decodable_t" in entry]
+        latest = mine[-1]
+        tb.log_scalars(
+            writer, {tb.probe_summary_tag(prefix, c): -1 if t is None else t for c, t in zip(concepts, latest["max_decodable_t"])}, step
+        )
+        note = f"{kind} weights, {len(mine)} evaluation(s) to step {step}"
+        max_t = {entry["step"]: entry["max_decodable_t"] for entry in mine}
+        figure = figures.decodable_t_over_training(max_t, concepts, f"largest significantly decodable t ({note})", num_train_timesteps)
+        writer.add_figure(tb.probe_summary_figure_tag(prefix, "decodable_t"), figure, step)
+        best = {entry["step"]: entry["best_above_chance"] for entry in mine}
+        decodable = {entry["step"]: entry["decodable"] for entry in mine}
+        title = f"decodability by timestep over training (best layer; {note})"
+        figure = figures.decodability_over_training(best, decodable, latest["timesteps"], concepts, title)
+        writer.add_figure(tb.probe_summary_figure_tag(prefix, "decodability"), figure, step)
 
     def _log(self, writer, table: ProbeTable, step: int, prefix: str) -> None:
         scalars = {
@@ -150,7 +179,8 @@ class ProbeMonitor(PeriodicObserver):
         }
         tb.log_scalars(writer, scalars, step)
         if self.heatmaps:
-            for by, name, figure in viz.probe_heatmaps(table, f"step {step}"):
+            kinds = ("concept", "layer") if self.heatmaps is True else (self.heatmaps,)
+            for by, name, figure in figures.probe_heatmaps(table, f"step {step}", by=kinds):
                 writer.add_figure(tb.probe_heatmap_tag(prefix, by, name), figure, step)
 
     # ---- state --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from typing_extensions import override
 
-from diffprobe import interrupt
+from diffprobe import interrupt, tb
 from diffprobe.checkpoint_io import AtomicCheckpointIO
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -62,6 +62,11 @@ class RunSafety(Checkpoint):
         interrupt.clear()
         self._active, self._stopped = True, None
         self._install_handlers()
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # Lightning would log the hyper-parameters with its own bookkeeping (_instantiator)
+                # and a placeholder hp_metric of -1; on_train_start logs them cleanly instead.
+                logger._default_hp_metric = False
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -72,6 +77,9 @@ class RunSafety(Checkpoint):
         # stops at the end of this step, so Lightning's flag would only turn that into an exit 0.
         self._install_handlers()
         trainer._signal_connector.received_sigterm = False
+        writer = tb.tensorboard_writer(trainer)
+        if writer is not None and trainer.is_global_zero and trainer.global_step == 0:  # a resumed run has them
+            tb.log_hyperparameters(writer, {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}, [tb.LOSS])
 
     def _install_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -91,7 +91,7 @@ def correlation(
         numbers.update(_role_relevance(model, triple, timesteps, seed))
         totals = numbers["role_totals"]
         bars = {name: [totals[name][role] for role in ROLES] for name in timesteps}
-        figure = viz.grouped_bars(bars, list(ROLES), f"relevance by role, {len(triple)} prompts", "summed relevance")
+        figure = viz.grouped_bars(bars, list(ROLES), f"relevance by role, {len(triple)} prompts", "summed relevance", "role in the prompt")
         outputs.figure("role_totals", figure, "explain/correlation/role_totals")
         for name in timesteps:
             for role in ROLES:

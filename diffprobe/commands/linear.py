@@ -164,14 +164,36 @@ def linear(
             writer = writer or _writer(logdir)
             for r in new_rows:
                 writer.add_scalar(tb.probe_tag("probe_ckpt", r["concept"], r["layer"], r["t"]), r["accuracy"], parts.step)
-    if writer is not None:
-        writer.close()
     rows = results.read_rows(folder)
     if rows:
         (folder / "emergence.json").write_text(json.dumps(results.emergence(rows), indent=1))
-        _curves(rows, folder)
-    print(f"probe.py linear: {len(rows)} probe results -> {folder}")
+        for kind in sorted({r["weights"] for r in rows}):
+            curves = results.step_curves(rows, kind, T)
+            made = _figures(curves, folder, kind)
+            if logdir is not None and kind == weights:
+                writer = writer or _writer(logdir)
+                for step in curves.best:
+                    summary = zip(curves.concepts, curves.max_decodable_t(step))
+                    tb.log_scalars(writer, {tb.probe_summary_tag("probe_ckpt", c): -1 if t is None else t for c, t in summary}, step)
+                for name, figure in made.items():
+                    writer.add_figure(tb.probe_summary_figure_tag("probe_ckpt", name), figure, max(curves.best))
+        _print_summary(results.step_curves(rows, weights, T), weights)
+    if writer is not None:
+        writer.close()
+    print(f"probe.py linear: {len(rows)} probe results (probes.csv, emergence.json, heatmaps/, decodability_*.png) -> {folder}")
     return folder
+
+
+def _print_summary(curves, weights: str) -> None:
+    """Per concept: how far into the noise it is decodable at the last step, and since when."""
+    steps = sorted(curves.best)
+    last = curves.max_decodable_t(steps[-1])
+    first = [next((s for s in steps if curves.max_decodable_t(s)[k] is not None), None) for k in range(len(curves.concepts))]
+    width = max(len("concept"), *map(len, curves.concepts))
+    print(f"\n{'concept':<{width}}  decodable up to t (step {steps[-1]}, {weights})  first decodable at step")
+    for concept, t, step in zip(curves.concepts, last, first):
+        print(f"{concept:<{width}}  {'none' if t is None else t:>33}  {'never' if step is None else step:>23}")
+    print()
 
 
 def _writer(logdir: Path):
@@ -180,33 +202,34 @@ def _writer(logdir: Path):
     return SummaryWriter(str(logdir))  # a new event file beside the run's own: nothing is overwritten
 
 
-def _curves(rows: list[dict], out: Path) -> None:
-    """``decodability_<weights>.png``: per concept, the best layer's accuracy over t, at the last step."""
-    import torch
+def _figures(curves, out: Path, weights: str) -> dict:
+    """``decodability_<weights>.png`` (the last step) and, over several checkpoints,
+    ``decodability_<weights>_over_training.png`` and ``decodable_t_<weights>_over_training.png``;
+    returns the over-training figures by name (TensorBoard gets them too)."""
+    from diffprobe.probes import figures
 
-    from diffprobe import viz
-
-    for weights in sorted({r["weights"] for r in rows}):
-        mine = [r for r in rows if r["weights"] == weights]
-        step = max(int(r["step"]) for r in mine)
-        last = [r for r in mine if int(r["step"]) == step]
-        timesteps = sorted({int(r["t"]) for r in last})
-        concepts = list(dict.fromkeys(r["concept"] for r in last))
-        best = torch.zeros(len(timesteps), len(concepts))
-        chance = torch.zeros(len(concepts))
-        for r in last:
-            j, k = timesteps.index(int(r["t"])), concepts.index(r["concept"])
-            best[j, k] = max(best[j, k], float(r["accuracy"]))
-            chance[k] = float(r["chance"])
-        figure = viz.decodability_curves(
-            best, chance, timesteps, concepts, f"concept decodability by timestep ({weights} weights, step {step})"
-        )
-        figure.savefig(out / f"decodability_{weights}.png")
+    step = max(curves.best)
+    title = f"concept decodability by timestep ({weights} weights, step {step}; best layer at each t)"
+    figures.decodability_curves(curves.best[step], curves.decodable[step], curves.timesteps, curves.concepts, title).savefig(out / f"decodability_{weights}.png")
+    if len(curves.best) < 2:
+        return {}
+    note = f"{weights} weights, {len(curves.best)} checkpoints"
+    made = {
+        "decodability": figures.decodability_over_training(
+            curves.best, curves.decodable, curves.timesteps, curves.concepts, f"decodability by timestep over training (best layer; {note})"
+        ),
+        "decodable_t": figures.decodable_t_over_training(
+            {s: curves.max_decodable_t(s) for s in curves.best}, curves.concepts, f"largest significantly decodable t ({note})", curves.num_train_timesteps
+        ),
+    }
+    for name, figure in made.items():
+        figure.savefig(out / f"{name}_{weights}_over_training.png")
+    return made
 
 
 def _heatmaps(table, folder: Path, step: int, weights: str) -> None:
-    from diffprobe import viz
+    from diffprobe.probes import figures
 
     folder.mkdir(parents=True, exist_ok=True)
-    for _, concept, figure in viz.probe_heatmaps(table, f"{weights}, step {step}", by=("concept",)):
+    for _, concept, figure in figures.probe_heatmaps(table, f"{weights}, step {step}", by=("concept",)):
         figure.savefig(folder / f"step{step:06d}_{weights}_{concept}.png")

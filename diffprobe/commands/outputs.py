@@ -13,8 +13,9 @@ class Outputs:
     """A new output folder, plus the run's TensorBoard when ``run`` is given. Checked on creation,
     before any sampling: a refusal costs nothing."""
 
-    def __init__(self, out: str | Path, run: str | Path | None, global_step: int, scale: int):
+    def __init__(self, out: str | Path, run: str | Path | None, global_step: int, scale: int, model: str = ""):
         self.out = new_folder(out)
+        self.model = f"{model}, training step {global_step}" if model else f"training step {global_step}"  # for titles
         if run is not None and not Path(run).is_dir():
             raise CommandError(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -35,12 +36,20 @@ class Outputs:
             self.writer.add_image(tag or f"explain/{name}", image, self.global_step)
         return path
 
-    def overlays(self, name: str, heat, model, step, tag: str) -> None:
-        """The (h, w) map over the decoded x_t and over the final image (the paper's two views)."""
+    def overlays(self, name: str, heat, model, step, tag: str, tool: str) -> None:
+        """The (h, w) map over the decoded x_t and over the final image (the paper's two views):
+        ``<name>.png``, a titled figure with a colour bar, and the two overlays as plain images
+        (``<name>_xt.png``, ``<name>_final.png``, TensorBoard's image cards)."""
         from diffprobe import viz
 
-        self.image(f"{name}_xt", viz.heat_overlay(model.decode(step.x_t)[0], heat), f"{tag}/x_t")
-        self.image(f"{name}_final", viz.heat_overlay(model.decode(step.final)[0], heat), f"{tag}/final")
+        x_t, final = model.decode(step.x_t)[0], model.decode(step.final)[0]
+        views = {f"over x_t (t = {step.t})": (x_t, heat), "over the final image": (final, heat)}
+        title = f"{tool} ({self.model}): step {step.index} of {len(step.timesteps)}, t = {step.t}, seed {step.seed}"
+        if step.prompt is not None:
+            title += f"\n{step.prompt.text!r}"
+        self.figure(name, viz.saliency_figure(views, title), f"{tag}/figure")
+        self.image(f"{name}_xt", viz.heat_overlay(x_t, heat), f"{tag}/x_t")
+        self.image(f"{name}_final", viz.heat_overlay(final, heat), f"{tag}/final")
 
     def figure(self, name: str, figure, tag: str | None = None) -> None:
         figure.savefig(self.out / f"{name}.png")

@@ -36,7 +36,7 @@ def explained_step(flags: dict, check_model: Callable | None = None):
         encoded = model.prompt(flags["prompt"])
     if check_model is not None:
         check_model(model)
-    outputs = Outputs(flags["out"], flags["run"], global_step, flags["scale"])
+    outputs = Outputs(flags["out"], flags["run"], global_step, flags["scale"], model=weights.name)
     explained = explain_step(model, prompt=encoded, seed=flags["seed"], num_inference_steps=flags["steps"], step=flags["step"])
     return model, explained, outputs
 
@@ -81,7 +81,7 @@ def rise(
         progress=True,
     )
     seconds = time.perf_counter() - started
-    outputs.overlays("rise", normalise_map(result.saliency), model, explained, step_tag("rise", explained))
+    outputs.overlays("rise", normalise_map(result.saliency), model, explained, step_tag("rise", explained), "DF-RISE")
     settings = {"masks": masks, "keep": keep, "similarity": similarity, "grid": grid, "window": window, "sigma": sigma}
     outputs.save(
         "rise",
@@ -122,10 +122,12 @@ def cam(
         raise CommandError(f"--layers: {error}; DF-CAM explains block layers: {block_layers(model.unet)}") from error
     seconds = time.perf_counter() - started
     tag = step_tag("cam", explained)
-    outputs.overlays("cam", result.total, model, explained, tag)
+    outputs.overlays("cam", result.total, model, explained, tag, "DF-CAM (sum over layers)")
     base = model.decode(explained.x_t)[0]
     overlays = {name: viz.heat_overlay(base, heat) for name, heat in result.layer_maps.items()}
-    outputs.figure("cam_layers", viz.image_panels(overlays, f"DF-CAM per layer, {explained.describe()}"), f"{tag}/layers")
+    title = f"DF-CAM per layer over x_t, in forward order ({outputs.model}): {explained.describe()}"
+    figure = viz.image_panels(overlays, title, heat_label="Grad-CAM (min-max per layer)")
+    outputs.figure("cam_layers", figure, f"{tag}/layers")
     numbers = {**step_numbers(explained, seconds), "layers": list(result.layer_maps)}
     outputs.save(
         "cam", numbers, {"total": result.total, "layer_maps": result.layer_maps, "x_t": explained.x_t.cpu(), "final": explained.final.cpu()}
@@ -167,7 +169,7 @@ def lime(
     )  # fmt: skip
     seconds = time.perf_counter() - started
     tag = step_tag("lime", explained)
-    outputs.overlays("lime", normalise_map(result.saliency), model, explained, tag)
+    outputs.overlays("lime", normalise_map(result.saliency), model, explained, tag, "LIME")
     target = model.decode(explained.x_prev)[0].cpu()
     top_mask = torch.isin(result.image_segments, torch.as_tensor(result.top_segments))
     outputs.image("lime_top", torch.where(top_mask, target, torch.full_like(target, -1)), f"{tag}/top_segments")

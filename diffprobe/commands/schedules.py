@@ -66,16 +66,21 @@ def schedules(
     from diffprobe import viz
     from diffprobe.explain.schedules import schedule_images
 
-    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    weights = resolve(ckpt).newest
+    model, global_step = load_explain_model(weights, device=device, raw=raw, guidance=guidance, dtype=dtype)
     with flag("--prompt"):
         encoded = model.prompt(prompt)
     timesteps = schedule.timesteps(model.scheduler_config)
-    outputs = Outputs(out, run, global_step, scale)
+    outputs = Outputs(out, run, global_step, scale, model=weights.name)
     started = time.perf_counter()
     images = schedule_images(model, encoded, list(seeds), timesteps)
     seconds = time.perf_counter() - started
-    grid = torch.cat([images[name] for name in timesteps])  # rows: schedules, columns: seeds
-    outputs.image("schedules", viz.image_grid(grid, columns=len(seeds)) * 2 - 1, "explain/schedules/images")
+    # Rows: schedules, labelled with where their steps lie (early / latter stop well before t = 0).
+    rows = {f"{name}\n{len(steps)} steps\nt {steps[0]}..{steps[-1]}": images[name] for name, steps in timesteps.items()}
+    title = f"the same seeds under each timestep schedule ({outputs.model})" + (f"\n{prompt!r}" if prompt else "")
+    outputs.figure("schedules", viz.image_rows(rows, [f"seed {s}" for s in seeds], title), "explain/schedules/figure")
+    grid = torch.cat([images[name] for name in timesteps])
+    outputs.image("schedules_grid", viz.image_grid(grid, columns=len(seeds)) * 2 - 1, "explain/schedules/images")
     for name, batch in images.items():
         torch.save(batch, outputs.out / f"{name}.pt")
     outputs.save("schedules", {"seeds": list(seeds), "prompt": prompt, "timesteps": timesteps, "seconds": round(seconds, 3)})
@@ -115,7 +120,7 @@ def relevance(
     totals = {name: run.totals().tolist() for name, run in runs.items()}
     outputs.figure(
         "relevance_totals",
-        viz.grouped_bars(totals, labels, "token relevance summed over the run's steps", "sum of relevance"),
+        viz.grouped_bars(totals, labels, "token relevance summed over the run's steps", "sum of relevance", "word (position: token)"),
         "explain/relevance/totals",
     )
     finals = torch.cat([model.decode(run.final) for run in runs.values()])

@@ -8,8 +8,10 @@ or start a new run from an older checkpoint) is decided in ``diffprobe.resume``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -153,6 +155,21 @@ class DiffprobeCLI(LightningCLI):
         )
 
 
+class _NoAdvertisement(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """What every run printed that is not the user's business: Lightning's tips for its cloud
+    products, and a deprecation inside Lightning's own pytree helper (Lightning calls the API torch
+    deprecated; nothing a user can change)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):
+        logger.addFilter(_NoAdvertisement())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
 def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
     """``python train.py fit --config configs/quickstart.yaml`` (all LightningCLI flags work).
 
@@ -163,6 +180,7 @@ def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
     import jsonargparse
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_lightning()
     # No abbreviations (argparse would read --model.learning_rat as --model.learning_rate); parse errors
     # raised, not printed after a page of usage, so the message below comes first.
     strict = {"allow_abbrev": False, "exit_on_error": False}

@@ -47,6 +47,19 @@ class ProbeTable:
         """Above chance at level alpha, Bonferroni-corrected over all cells of the table."""
         return self.p_value < self.alpha / self.p_value.numel()
 
+    def decodable(self) -> torch.Tensor:
+        """(T, K): some layer's probe is significant at t."""
+        return self.significant.any(0)
+
+    def best_above_chance(self) -> torch.Tensor:
+        """(T, K): the best layer's accuracy as the share of the way from chance (0) to perfect (1)."""
+        return (self.accuracy.max(0).values - self.chance) / (1 - self.chance).clamp_min(1e-6)
+
+    def max_decodable_t(self) -> list[int | None]:
+        """Per concept: the largest t at which it is significantly decodable (None: at no t)."""
+        decodable = self.decodable()
+        return [max((t for t, d in zip(self.timesteps, decodable[:, k].tolist()) if d), default=None) for k in range(len(self.concepts))]
+
     def rows(self, **extra) -> list[dict]:
         """One dict per (layer, t, concept), for CSV / JSON."""
         rows = []

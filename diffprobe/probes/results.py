@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 FIELDS = [
     "step",
@@ -66,3 +69,39 @@ def emergence(rows: list[dict]) -> dict:
             "first_step_decodable_by_t": first_step,
         }
     return summary
+
+
+@dataclass
+class StepCurves:
+    """One set of weights' rows as curves over t, per training step: ``best[step]`` (T, K) is the
+    best layer's accuracy above chance ((accuracy - chance) / (1 - chance)), ``decodable[step]``
+    (T, K) whether some layer's probe is significant."""
+
+    timesteps: list[int]
+    concepts: list[str]
+    best: dict[int, torch.Tensor]
+    decodable: dict[int, torch.Tensor]
+    num_train_timesteps: int
+
+    def max_decodable_t(self, step: int) -> list[int | None]:
+        return [
+            max((t for t, d in zip(self.timesteps, self.decodable[step][:, k].tolist()) if d), default=None)
+            for k in range(len(self.concepts))
+        ]
+
+
+def step_curves(rows: list[dict], weights: str, num_train_timesteps: int) -> StepCurves:
+    mine = [r for r in rows if r["weights"] == weights]
+    timesteps = sorted({int(r["t"]) for r in mine})
+    concepts = list(dict.fromkeys(r["concept"] for r in mine))
+    best: dict[int, torch.Tensor] = {}
+    decodable: dict[int, torch.Tensor] = {}
+    for r in mine:
+        step, j, k = int(r["step"]), timesteps.index(int(r["t"])), concepts.index(r["concept"])
+        if step not in best:
+            best[step] = torch.full((len(timesteps), len(concepts)), -1.0)
+            decodable[step] = torch.zeros(len(timesteps), len(concepts), dtype=torch.bool)
+        chance = float(r["chance"])
+        best[step][j, k] = max(float(best[step][j, k]), (float(r["accuracy"]) - chance) / max(1 - chance, 1e-6))
+        decodable[step][j, k] |= str(r["significant"]) == "True"
+    return StepCurves(timesteps, concepts, best, decodable, num_train_timesteps)
