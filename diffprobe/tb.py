@@ -152,10 +152,12 @@ def probe_summary_figure_tag(prefix: str, name: Literal["decodable_t", "decodabi
     return f"{OVERVIEW}/{name}{_SUMMARY_SOURCE[prefix]}_over_training"
 
 
-def probe_layout() -> dict:
+def probe_layout(prefixes: list[str]) -> dict:
     """Custom-scalars layout: the largest significantly decodable t of every concept against
-    training step, one chart per set of probes (hover a line for its concept)."""
-    charts = {"ProbeMonitor (EMA)": "", "ProbeMonitor (raw)": "_raw", "probe.py linear": "_ckpt"}
+    training step, one chart per set of probes the run will have (``probe``, ``probe_raw``; a chart
+    for ``probe.py linear`` too, filled when it runs; hover a line for its concept)."""
+    names = {"probe": "ProbeMonitor (EMA)", "probe_raw": "ProbeMonitor (raw)", "probe_ckpt": "probe.py linear"}
+    charts = {names[prefix]: _SUMMARY_SOURCE[prefix] for prefix in [*prefixes, "probe_ckpt"]}
     return {
         OVERVIEW: {
             f"largest significantly decodable t (-1: none), a line per concept: {name}": ["Multiline", [rf"{OVERVIEW}/decodable_t{suffix}/.*"]]

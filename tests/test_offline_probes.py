@@ -45,6 +45,9 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
     mtime = (out / "probes.csv").stat().st_mtime_ns
     probe_main(args)
     assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
+    summary = [e.step for e in read_events(run).Scalars("Overview/decodable_t_ckpt/shape")]
+    assert summary == [2, 4], "the summary per checkpoint step, once, however often linear runs"
+    assert (out / "decodability_ema_over_training.png").exists() and (out / "decodable_t_ema_over_training.png").exists()
     probe_main([*args, "--overwrite", "true"])
     assert len(list(csv.DictReader((out / "probes.csv").open()))) == len(rows)
     assert (out / "probes.csv").read_text().splitlines()[0] == before.splitlines()[0]

@@ -149,7 +149,7 @@ class ProbeMonitor(PeriodicObserver):
             self._log_summary(writer, kind, step, pl_module.num_train_timesteps)
         if not self._layout_written and not _continues_its_own_run(trainer):
             # The layout is one event at step 0 of the run folder; a run continued in place has it.
-            writer.add_custom_scalars(tb.probe_layout())
+            writer.add_custom_scalars(tb.probe_layout([tb.PROBE_PREFIX[kind] for kind in kinds]))
         self._layout_written = True
 
     def _log_summary(self, writer, kind: str, step: int, num_train_timesteps: int) -> None:

@@ -140,6 +140,7 @@ def linear(
     done = {results.cell(r) for r in rows}
     logdir = Path(logdir) if logdir else source.run_dir
     writer = None
+    probed: set[int] = set()  # steps of the checkpoints probed in this call
     for index, entry in enumerate(source.weights):
         print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.weights)})", file=sys.stderr)
         parts = first if index == 0 else load_parts(entry, raw=raw, device=device)
@@ -156,6 +157,7 @@ def linear(
         condition = parts.caption_encoder.unconditional(1) if parts.caption_encoder is not None else None
         table = probe_unet(parts.unet, parts.scheduler, probes, names, pool, method, batch_size, condition)
         new_rows = table.rows(step=parts.step, checkpoint=entry.name, weights=weights)
+        probed.add(parts.step)
         rows = [r for r in rows if results.cell(r) not in cells] + new_rows
         done |= cells
         results.write_rows(folder, rows)
@@ -170,9 +172,9 @@ def linear(
         for kind in sorted({r["weights"] for r in rows}):
             curves = results.step_curves(rows, kind, T)
             made = _figures(curves, folder, kind)
-            if logdir is not None and kind == weights:
+            if logdir is not None and kind == weights and probed:  # only what this call measured: TensorBoard keeps no duplicates
                 writer = writer or _writer(logdir)
-                for step in curves.best:
+                for step in sorted(probed):
                     summary = zip(curves.concepts, curves.max_decodable_t(step))
                     tb.log_scalars(writer, {tb.probe_summary_tag("probe_ckpt", c): -1 if t is None else t for c, t in summary}, step)
                 for name, figure in made.items():

@@ -97,13 +97,15 @@ def probe_heatmaps(
             )
 
 
-def _chance_axis(axis, timesteps: list[int]) -> None:
+def _chance_axis(axis, timesteps: list[int], small: bool = False) -> None:
+    """t on x (every other label when ``small`` and there are many), chance and perfect on y."""
     positions = list(range(len(timesteps)))
     axis.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
-    axis.set_xticks(positions, [str(t) for t in timesteps], fontsize=7, rotation=90)
-    axis.set_xlabel("timestep t of the noised input (0 = clean)", fontsize=8)
+    step = 2 if small and len(timesteps) > 8 else 1
+    axis.set_xticks(positions[::step], [str(t) for t in timesteps][::step], fontsize=8, rotation=90)
+    axis.set_xlabel("timestep t (0 = clean)" if small else "timestep t of the noised input (0 = clean)", fontsize=9 if small else 8)
     axis.set_ylim(-0.1, 1.05)
-    axis.set_yticks([0, 0.5, 1], ["chance", "0.5", "perfect"], fontsize=7)
+    axis.set_yticks([0, 0.5, 1], ["chance", "0.5", "perfect"], fontsize=8 if small else 7)
 
 
 def decodability_curves(best: torch.Tensor, significant: torch.Tensor, timesteps: list[int], concepts: list[str], title: str) -> Figure:
@@ -136,22 +138,23 @@ def decodability_over_training(
     steps = sorted(best)
     columns = min(3, len(concepts))
     rows = -(-len(concepts) // columns)
-    figure, axes = new_figure(rows, columns, size=(3.6 * columns, 2.7 * rows + 0.4), dpi=100)
+    # Small panels, large text: TensorBoard shows the figure at a card's width.
+    figure, axes = new_figure(rows, columns, size=(2.9 * columns, 2.3 * rows + 0.4), dpi=100)
     colours = colormaps["viridis_r"](np.linspace(0.15, 1.0, len(steps)))
     positions = np.arange(len(timesteps))
     for k, (axis, concept) in enumerate(zip(axes.flat, concepts)):
         for colour, step in zip(colours, steps):
             values = best[step][:, k].clamp(min=-0.1).numpy()
             mask = significant[step][:, k].numpy().astype(bool)
-            axis.plot(positions, values, color=colour, linewidth=1.1, label=f"step {step}")
-            axis.scatter(positions[mask], values[mask], s=10, color=colour, zorder=3)
-        _chance_axis(axis, timesteps)
-        axis.set_ylabel("best layer, above chance", fontsize=7)
-        axis.set_title(concept, fontsize=9)
+            axis.plot(positions, values, color=colour, linewidth=1.4, label=f"step {step}")
+            axis.scatter(positions[mask], values[mask], s=12, color=colour, zorder=3)
+        _chance_axis(axis, timesteps, small=True)
+        axis.set_ylabel("above chance", fontsize=9)
+        axis.set_title(concept, fontsize=11)
     for axis in list(axes.flat)[len(concepts) :]:
         axis.axis("off")
-    axes.flat[0].legend(fontsize=6, frameon=False, loc="upper right")
-    figure.suptitle(title, fontsize=10)
+    axes.flat[0].legend(fontsize=7, frameon=False, loc="upper right")
+    figure.suptitle(title, fontsize=11)
     return figure
 
 

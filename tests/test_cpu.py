@@ -1,0 +1,50 @@
+"""diffprobe's CPU policy: threads = free cores, passive OpenMP waiting, the user's settings kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffprobe import cpu
+
+
+@pytest.mark.parametrize(("cores", "load", "threads"), [(2, 0.0, 2), (2, 1.0, 1), (2, 1.4, 1), (2, 3.0, 1), (8, 2.6, 5), (8, 0.4, 8)])
+def test_threads_are_the_cores_other_processes_leave_free(cores, load, threads):
+    assert cpu.thread_count(cores=cores, load=load) == threads
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DIFFPROBE_CPU_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cpu, "thread_count", lambda: 1)  # as on a 2-core machine with one busy process
+    return monkeypatch
+
+
+def test_configure_sets_passive_waiting_and_the_free_cores(environment):
+    import os
+
+    assert cpu.configure() == 1
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_users_own_settings_win(environment):
+    import os
+
+    environment.setenv("OMP_NUM_THREADS", "3")
+    environment.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cpu.configure() is None
+    assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    environment.setenv("DIFFPROBE_CPU_THREADS", "2")
+    assert cpu.configure() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+    environment.setenv("DIFFPROBE_CPU_THREADS", "all")
+    assert cpu.configure() is None
+    environment.setenv("DIFFPROBE_CPU_THREADS", "0")
+    with pytest.raises(ValueError, match="DIFFPROBE_CPU_THREADS must be a positive number"):
+        cpu.configure()
+
+
+def test_busy_cores_are_measured_over_a_window_not_since_boot(monkeypatch):
+    readings = iter([(100_000, 400_000), (100_050, 400_100)])  # 50 of 100 jiffies busy in the window
+    monkeypatch.setattr(cpu, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    assert cpu.busy_cores(window=0.0) == pytest.approx(1.0)  # since boot it would read 0.5 cores
