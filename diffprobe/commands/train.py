@@ -161,13 +161,15 @@ class _NoAdvertisement(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """What every run printed that is not the user's business: Lightning's tips for its cloud
-    products, and a deprecation inside Lightning's own pytree helper (Lightning calls the API torch
-    deprecated; nothing a user can change)."""
+    """What a run printed that is not the user's business: Lightning's tips for its cloud products;
+    deprecations inside Lightning itself (its pytree helper calls an API torch deprecated, its CLI a
+    jsonargparse parameter); and "checkpoint directory exists and is not empty", which train.py only
+    allows when a run continues in its own folder (DiffprobeCLI refuses every other case first)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):
         logger.addFilter(_NoAdvertisement())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    for message in (r".*isinstance\(treespec, LeafSpec\)", r"\s*skip_none parameter was deprecated", r"Checkpoint directory .* exists and is not empty"):
+        warnings.filterwarnings("ignore", message=message, category=Warning)
 
 
 def train_main(args: list[str] | None = None, run: bool = True) -> DiffprobeCLI:
