@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch import Callback
 
-from conftest import TINY_UNET
+from helpers import TINY_UNET
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import make_module
 from diffprobe.capture import attention_modules, record_attention
+from helpers import make_module
 
 
 def _inputs(module, conditional, batch=2):
@@ -73,8 +73,8 @@ def test_bad_layer_and_query_point_are_named():
 
 
 def test_recording_in_train_mode_with_dropout_leaves_the_random_stream_alone():
-    from conftest import TINY_UNET
     from diffprobe.unet import build_unet
+    from helpers import TINY_UNET
 
     unet = build_unet(None, conditional=False, image_size=16, overrides={**TINY_UNET, "dropout": 0.5}).train()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 80])

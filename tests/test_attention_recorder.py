@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import AttentionRecorder
 from diffprobe.callbacks.attention_recorder import attention_statistics, query_points_from_masks
+from helpers import make_module, make_trainer, read_events, shapes_data
 
 
 def test_statistics_on_uniform_and_identity_attention():

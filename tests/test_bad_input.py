@@ -12,11 +12,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from conftest import TINY_UNET, in_memory_dataset, make_module, make_trainer, shapes_data, write_imagefolder
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
 from diffprobe.data.probe_set import ProbeSet
-from helpers import refusal
+from helpers import TINY_UNET, in_memory_dataset, make_module, make_trainer, refusal, shapes_data, write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "true", "--model.unet", json.dumps(TINY_UNET)]

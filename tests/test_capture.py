@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import make_module
 from diffprobe.capture import capture_features, default_layers, eager, pool_features
+from helpers import make_module
 
 
 def _hook_count(module) -> int:

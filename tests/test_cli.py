@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from conftest import TINY_UNET, read_events
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
+from helpers import TINY_UNET, read_events
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [

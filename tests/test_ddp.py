@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from conftest import read_events
 from diffprobe.checkpoint import safe_load
 from diffprobe.commands.train import train_main
 from faults import tiny_run_config, train
+from helpers import read_events
 
 
 def _probe_accuracy(run) -> torch.Tensor:

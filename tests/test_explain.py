@@ -6,7 +6,6 @@ import pytest
 import torch
 from planted import SCHEDULER_CONFIG, PlantedBlockUNet, PlantedStepUNet, planted_region
 
-from conftest import make_module
 from diffprobe.capture.attention import record_attention
 from diffprobe.capture.gradients import block_layers, capture_outputs
 from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc, random_saliency
@@ -16,6 +15,7 @@ from diffprobe.explain.relevance import relevance_over_run, token_relevance
 from diffprobe.explain.rise import df_rise, random_masks
 from diffprobe.explain.run import explain_step, normalise_map, predict_prev
 from diffprobe.explain.similarity import similarity_map
+from helpers import make_module
 
 REGION = planted_region()
 CAPTION = "a large red solid circle at the top left on a navy background"

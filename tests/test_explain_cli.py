@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.commands.probe import probe_main
-from helpers import refusal
+from helpers import make_module, make_trainer, read_events, refusal, shapes_data
 
 CAPTION = "a large red solid circle at the top left on a navy background"
 FAST = ["--steps", "4", "--step", "2", "--scale", "1"]

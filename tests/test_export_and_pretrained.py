@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from conftest import TINY_UNET, make_module, make_trainer, write_ddpm_cifar10_folder
 from diffprobe import checkpoint, sampling
+from helpers import TINY_UNET, make_module, make_trainer, write_ddpm_cifar10_folder
 
 
 def test_export_loads_in_ddpm_pipeline_and_matches_our_sampler(tmp_path):
@@ -48,7 +48,7 @@ def test_conditional_export_round_trips(tmp_path, tiny_data):
 
 def test_fine_tune_from_the_ddpm_cifar10_folder(tmp_path, tiny_data):
     written = write_ddpm_cifar10_folder(tmp_path / "ddpm-cifar10-32")
-    from conftest import shapes_data
+    from helpers import shapes_data
 
     data = shapes_data(image_size=32, train_size=4, batch_size=2)
     module = make_module(preset=None, unet=None, pretrained=str(tmp_path / "ddpm-cifar10-32"), image_size=32)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from conftest import make_module, make_trainer, shapes_data
 from diffprobe import checkpoint
 from diffprobe.callbacks import SampleGrid
+from helpers import make_module, make_trainer, shapes_data
 
 pytestmark = [
     pytest.mark.gpu,
@@ -39,8 +39,8 @@ def test_bf16_channels_last_compile_train_sample_export(tmp_path, compile):
 
 
 def test_live_probes_on_gpu_with_bf16(tmp_path):
-    from conftest import read_events
     from diffprobe.callbacks import OnlineProbes, ProbeMonitor
+    from helpers import read_events
 
     data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
     callbacks = [OnlineProbes(layers=["mid_block"], log_every_n_steps=2), ProbeMonitor(every_n_steps=4, num_images=30, timesteps=[10, 90], layers=["mid_block"])]

@@ -4,8 +4,8 @@ import datasets
 import numpy as np
 import pytest
 
-from conftest import COLOURS, in_memory_dataset, make_module, make_trainer, read_events, write_imagefolder
 from diffprobe.data.module import HFDataModule
+from helpers import COLOURS, in_memory_dataset, make_module, make_trainer, read_events, write_imagefolder
 
 
 def test_imagefolder_gives_rgb_in_range_resized_and_labelled(tmp_path):

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import ProbeMonitor
 from diffprobe.commands.probe import probe_main
-from helpers import refusal
+from helpers import make_module, make_trainer, read_events, refusal, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]
 
@@ -70,7 +69,7 @@ def test_linear_errors_are_clear(run, tmp_path, capsys):
 def test_linear_on_a_pretrained_diffusers_unet_with_a_local_data_set(tmp_path):
     from diffusers import UNet2DModel
 
-    from conftest import TINY_UNET, write_imagefolder
+    from helpers import TINY_UNET, write_imagefolder
 
     UNet2DModel(sample_size=16, **TINY_UNET).save_pretrained(tmp_path / "unet")
     data = write_imagefolder(tmp_path / "images")

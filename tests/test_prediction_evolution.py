@@ -2,10 +2,10 @@
 
 import torch
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import PredictionEvolution
 from diffprobe.callbacks.prediction_evolution import concept_recovery
 from diffprobe.metrics import frequency_band_errors, mean_colour_error
+from helpers import make_module, make_trainer, read_events, shapes_data
 
 
 def test_blur_costs_high_band_not_low_band():

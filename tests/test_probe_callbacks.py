@@ -5,9 +5,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import OnlineProbes, ProbeMonitor
 from diffprobe.data.probe_set import ProbeSet
+from helpers import make_module, make_trainer, read_events, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]
 

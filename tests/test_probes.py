@@ -4,11 +4,11 @@ import math
 
 import torch
 
-from conftest import shapes_data
 from diffprobe.data.probe_set import ProbeSet, default_timesteps
 from diffprobe.probes import binomial_p_value, chance_level, class_mask, fit_probes, wilson_interval
 from diffprobe.probes.fit import _ridge_weights, standardize
 from diffprobe.probes.pipeline import probe_features
+from helpers import shapes_data
 
 
 def planted(n=300, d=12, classes=3, p=4, seed=0):

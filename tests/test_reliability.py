@@ -17,11 +17,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
-from conftest import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import ExportDiffusers, RunInterrupted, SampleGrid
 from diffprobe.checkpoint import find_checkpoints, safe_load
 from diffprobe.commands.train import train_main
 from faults import TESTS, tiny_run_config, train
+from helpers import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 
 LAST = "runs/tiny/version_0/checkpoints/last.ckpt"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_module, make_trainer, shapes_data
 from diffprobe import checkpoint
 from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
 from diffprobe.commands.probe import probe_main
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, fixed_examples
+from helpers import make_module, make_trainer, shapes_data
 
 CAPTION = "a large red solid circle at the top left on a navy background"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import make_module, make_trainer
 from diffprobe import diffusion
 from diffprobe.commands.probe import probe_main
 from diffprobe.explain.schedules import compare_schedules
+from helpers import make_module, make_trainer
 
 
 def _strictly_descending(values):
@@ -67,7 +67,7 @@ def test_schedules_drive_the_sampler_from_the_same_initial_noise():
 
 def test_probe_schedules_command(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1, every_n_steps=1)
-    from conftest import shapes_data
+    from helpers import shapes_data
 
     trainer.fit(make_module(num_train_timesteps=1000), datamodule=shapes_data())
     ckpt = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"

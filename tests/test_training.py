@@ -4,9 +4,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from conftest import make_module, make_trainer, read_events, shapes_data
 from diffprobe.callbacks import SampleGrid
 from diffprobe.checkpoint import find_checkpoints, load_module
+from helpers import make_module, make_trainer, read_events, shapes_data
 
 
 def test_fit_logs_loss_per_timestep_bucket_lr_and_sample_grids(tmp_path, tiny_data):
