@@ -78,7 +78,7 @@ def configure() -> int | None:
     if requested == "all":
         return None
     if requested:
-        threads = int(requested)
+        threads = int(requested) if requested.isdigit() else 0
         if threads < 1:
             raise ValueError(f"DIFFPROBE_CPU_THREADS must be a positive number of threads or 'all', got {requested!r}")
     elif "OMP_NUM_THREADS" in os.environ:  # the user's choice

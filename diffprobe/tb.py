@@ -121,6 +121,7 @@ def log_hyperparameters(writer: SummaryWriter, params: Mapping, metric_tags: lis
 
 
 PROBE_PREFIX = {"ema": "probe", "raw": "probe_raw", "online": "probe_online"}
+CKPT_PROBE_PREFIX = {"ema": "probe_ckpt", "raw": "probe_ckpt_raw"}  # probe.py linear
 
 
 def probe_tag(prefix: str, concept: str, layer: str, t: int | str) -> str:
@@ -137,7 +138,7 @@ def probe_heatmap_tag(prefix: str, by: Literal["concept", "layer"], name: str) -
 # The group a reader starts from. TensorBoard sorts groups by plain string order and opens the
 # first ones: "Overview" sorts before every lower-case group (attention/, probe/, train/ ...).
 OVERVIEW = "Overview"
-_SUMMARY_SOURCE = {"probe": "", "probe_raw": "_raw", "probe_ckpt": "_ckpt"}
+_SUMMARY_SOURCE = {"probe": "", "probe_raw": "_raw", "probe_ckpt": "_ckpt", "probe_ckpt_raw": "_ckpt_raw"}
 
 
 def probe_summary_tag(prefix: str, concept: str) -> str:

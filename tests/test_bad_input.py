@@ -164,6 +164,21 @@ def test_sample_refuses_an_existing_out_before_loading(run, tmp_path, monkeypatc
     assert not (tmp_path / "grid").exists()
 
 
+def test_sample_refuses_captions_for_an_unconditional_model_and_a_raw_export_gets_its_own_folder(run, tmp_path):
+    with pytest.raises(SystemExit, match="unconditional model: leave out --caption"):
+        probe_main(["sample", "--ckpt", str(run), "--out", str(tmp_path / "s.png"), "--num", "1", "--steps", "1", "--caption", "a red circle"])
+    assert not (tmp_path / "s.png").exists()
+    ema = probe_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt")])
+    raw = probe_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--raw", "true"])
+    assert ema.name == "export-last" and raw.name == "export-last-raw"
+
+
+def test_a_folder_of_several_runs_is_refused_naming_them(run, tmp_path):
+    shutil.copytree(run, run.parent / "version_1")
+    with pytest.raises(SystemExit, match="holds the checkpoints of several runs"):
+        probe_main(["linear", "--ckpt", str(run.parent), "--device", "cpu"])
+
+
 def test_sample_makes_missing_parent_folders(run, tmp_path):
     out = tmp_path / "new" / "folder" / "grid.png"
     assert probe_main(["sample", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(out), "--num", "2", "--steps", "2", "--scale", "1"]) == out

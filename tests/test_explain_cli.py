@@ -254,4 +254,10 @@ def test_configs_are_checked_like_flags_and_late_errors_come_early(unconditional
     with pytest.raises(SystemExit, match="R2 compares consecutive steps"):
         probe_main(["groundtruth", "--ckpt", str(conditional_run), "--out", str(tmp_path / "h"), "--steps", "1"])
     assert "--mask" in refusal(["rise", "--mask", "3", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "i")], capsys), "no abbreviations"
-    assert not any((tmp_path / name).exists() for name in "acdfghi")
+    # every prompt is checked before the first input is sampled, and --run gets no events file
+    run_files = set(conditional_run.iterdir())
+    prompts = json.dumps([CAPTION, "a purple unicorn"])
+    with pytest.raises(SystemExit, match="purple"):
+        probe_main(["auc", "--ckpt", str(conditional_run), "--out", str(tmp_path / "j"), "--prompt", prompts, "--run", str(conditional_run), *FAST])
+    assert set(conditional_run.iterdir()) == run_files
+    assert not any((tmp_path / name).exists() for name in "acdfghij")

@@ -47,8 +47,16 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
     summary = [e.step for e in read_events(run).Scalars("Overview/decodable_t_ckpt/shape")]
     assert summary == [2, 4], "the summary per checkpoint step, once, however often linear runs"
     assert (out / "decodability_ema_over_training.png").exists() and (out / "decodable_t_ema_over_training.png").exists()
+    before_rows = len(list(csv.DictReader((out / "probes.csv").open())))
+    probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--layers", json.dumps(LAYERS), "--method", "ridge", "--device", "cpu"])
+    assert len(list(csv.DictReader((out / "probes.csv").open()))) == before_rows, "last.ckpt is step 4, already probed"
+    probe_main([*args, "--weights", "raw"])  # raw weights get their own tags, never mixed into the EMA ones
+    events = read_events(run)
+    assert [e.step for e in events.Scalars("probe_ckpt/shape/mid_block/t0050/acc")] == [2, 4]
+    assert [e.step for e in events.Scalars("probe_ckpt_raw/shape/mid_block/t0050/acc")] == [2, 4]
+    assert json.loads((out / "probes.json").read_text())[0]["step"] in (2, 4), "rows read back keep their types"
     probe_main([*args, "--overwrite", "true"])
-    assert len(list(csv.DictReader((out / "probes.csv").open()))) == len(rows)
+    assert len(list(csv.DictReader((out / "probes.csv").open()))) == 2 * len(rows)  # EMA and raw
     assert (out / "probes.csv").read_text().splitlines()[0] == before.splitlines()[0]
 
 

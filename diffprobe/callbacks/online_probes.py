@@ -55,6 +55,7 @@ class OnlineProbes(pl.Callback):
         self.heads: nn.ModuleDict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._logged_step: int | None = None  # the step last logged (once per optimizer step)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
@@ -106,7 +107,9 @@ class OnlineProbes(pl.Callback):
             loss.backward()
             self.optimizer.step()
         self.accuracy.update(logits.detach().argmax(-1) == labels.unsqueeze(0), bucket)
-        if trainer.global_step % self.log_every_n_steps == 0:
+        # Once per optimizer step: with gradient accumulation this hook runs several times per step.
+        if trainer.global_step % self.log_every_n_steps == 0 and trainer.global_step != self._logged_step:
+            self._logged_step = trainer.global_step
             self._log(trainer)
 
     def _log(self, trainer: pl.Trainer) -> None:

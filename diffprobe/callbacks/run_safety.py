@@ -78,7 +78,9 @@ class RunSafety(Checkpoint):
         self._install_handlers()
         trainer._signal_connector.received_sigterm = False
         writer = tb.tensorboard_writer(trainer)
-        if writer is not None and trainer.is_global_zero and trainer.global_step == 0:  # a resumed run has them
+        # A run folder gets its settings once: a run continued in its own folder already has them.
+        continued = trainer.ckpt_path is not None and trainer.log_dir is not None and Path(trainer.ckpt_path).resolve().parent.parent == Path(trainer.log_dir).resolve()
+        if writer is not None and trainer.is_global_zero and not continued:
             tb.log_hyperparameters(writer, {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}, [tb.LOSS])
 
     def _install_handlers(self) -> None:

@@ -36,7 +36,8 @@ def export(ckpt: str, out: str | None = None, raw: bool = False) -> Path:
     # The default stays inside the checkpoint's run (<run>/checkpoints/x.ckpt -> <run>/export-x); checked
     # before the checkpoint is loaded. abspath, not resolve(): a last.ckpt link keeps its own name.
     path = Path(os.path.abspath(weights.path))
-    folder = new_folder(Path(out) if out else (checkpoint.run_directory(path) or Path()) / f"export-{path.stem}")
+    name = f"export-{path.stem}" + ("-raw" if raw else "")  # the EMA export of the same checkpoint keeps its name
+    folder = new_folder(Path(out) if out else (checkpoint.run_directory(path) or Path()) / name)
     module = load_checkpoint(weights)
     written = checkpoint.export(module, folder, use_ema=not raw)
     print(f"exported {module.describe()} ({'raw' if raw else 'EMA'} weights) to {written}")
@@ -67,6 +68,8 @@ def sample(
     module = load_checkpoint(_checkpoint(ckpt)).to(device)
     given = as_list(caption)
     captions = [given[i % len(given)] for i in range(num)] if given else None
+    if module.caption_encoder is None and captions is not None:
+        raise CommandError("this checkpoint is an unconditional model: leave out --caption")
     if module.caption_encoder is not None and captions is None:
         raise CommandError(
             "this checkpoint is a conditional model: give --caption 'a large red solid circle ...' (or a list: --caption '[..., ...]')"

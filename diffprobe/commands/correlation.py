@@ -9,27 +9,36 @@ from pathlib import Path
 from jsonargparse.typing import PositiveInt
 
 from diffprobe.commands.common import CommandError, Device, DType, Weights, command, flag
-from diffprobe.commands.outputs import Outputs
+from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.schedules import TimestepSchedules
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
 
 ROLES = ("subject", "relation", "object")
 
 
+def _encoded_triples(model, triples) -> list[tuple[str, object, list[str]]]:
+    """(prompt, encoded prompt, role per word) of each triple: checked before any sampling."""
+    from diffprobe.explain import correlation
+
+    encoded = []
+    with flag("--triple"):
+        for subject, relation, obj in triples:
+            text = f"{subject} {relation} {obj}"
+            prompt = model.prompt(text)
+            encoded.append((text, prompt, correlation.parse_triple(text, subject, relation, obj, words=prompt.word_tokens).roles))
+    return encoded
+
+
 def _role_relevance(model, triples, schedules: dict[str, list[int]], seed: int) -> dict:
-    """Relevance by role of each prompt's run under each schedule: totals, pooled per-step pairs
-    and one rho per prompt."""
+    """Relevance by role of each encoded triple's run under each schedule: totals, pooled per-step
+    pairs and one rho per prompt."""
     from diffprobe.explain import correlation
     from diffprobe.explain.relevance import relevance_over_run
 
     totals = {name: dict.fromkeys(ROLES, 0.0) for name in schedules}
     pooled = {name: {role: ([], []) for role in ROLES} for name in schedules}
     prompts, per_prompt = [], []
-    for subject, relation, obj in triples:
-        text = f"{subject} {relation} {obj}"
-        with flag("--triple"):
-            encoded = model.prompt(text)
-            roles = correlation.parse_triple(text, subject, relation, obj, words=encoded.word_tokens).roles
+    for text, encoded, roles in triples:
         prompts.append({"prompt": text, "roles": roles})
         for name, timesteps in schedules.items():
             run = relevance_over_run(model, encoded, seed=seed, timesteps=timesteps)
@@ -71,13 +80,14 @@ def correlation(
     from diffprobe import viz
     from diffprobe.explain import correlation as stats
 
+    check_outputs(out, run)
     if not triple and not probe_results:
         raise CommandError("give --triple (a list of [subject, relation, object] phrases) and/or --probe_results probes.csv")
     if triple and schedule.steps < 2:
         raise CommandError(f"--schedule.steps {schedule.steps}: a correlation over timesteps needs at least 2 steps")
     numbers: dict = {}
     if probe_results:  # read and check the probe file before any sampling
-        with flag(f"--probe_results {probe_results}"):
+        with flag(f"--probe_results {probe_results} (--probe_weights picks the weights)"):
             numbers["spearman_timestep_vs_probe_accuracy"] = stats.probe_accuracy_correlations(
                 probe_results, weights=probe_weights, step=probe_step
             )
@@ -85,10 +95,11 @@ def correlation(
     if triple:
         model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
         require_conditional(model, "--triple")
+        timesteps = schedule.timesteps(model.scheduler_config)
+        encoded = _encoded_triples(model, triple)
     outputs = Outputs(out, run, global_step, scale)
     if triple:
-        timesteps = schedule.timesteps(model.scheduler_config)
-        numbers.update(_role_relevance(model, triple, timesteps, seed))
+        numbers.update(_role_relevance(model, encoded, timesteps, seed))
         totals = numbers["role_totals"]
         bars = {name: [totals[name][role] for role in ROLES] for name in timesteps}
         figure = viz.grouped_bars(bars, list(ROLES), f"relevance by role, {len(triple)} prompts", "summed relevance", "role in the prompt")

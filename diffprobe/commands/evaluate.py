@@ -11,7 +11,7 @@ from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from diffprobe.choices import Saliency, Score
 from diffprobe.commands.common import CommandError, Device, DType, as_list, command, flag
-from diffprobe.commands.outputs import Outputs
+from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
 
 
@@ -78,18 +78,21 @@ def auc(
     from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc
     from diffprobe.explain.run import check_step, explain_step
 
+    check_outputs(out, run)
+    if not methods:
+        raise CommandError("--methods is empty; give at least one of rise, cam, lime, random")
     with flag("--step"):
         check_step(step, steps)
     model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
     pairs = _inputs(model, seed, inputs, as_list(prompt), shapes_captions)
+    with flag("--prompt"):
+        encoded_prompts = {text: model.prompt(text) for text in dict.fromkeys(text for _, text in pairs)}  # all, before any sampling
     outputs = Outputs(out, run, global_step, scale)
     modes = ("insertion", "deletion")
     curves = {(method, mode): [] for method in methods for mode in modes}
     seconds = {method: 0.0 for method in methods}
     for input_seed, text in pairs:
-        with flag("--prompt"):
-            encoded = model.prompt(text)
-        explained = explain_step(model, prompt=encoded, seed=input_seed, num_inference_steps=steps, step=step)
+        explained = explain_step(model, prompt=encoded_prompts[text], seed=input_seed, num_inference_steps=steps, step=step)
         for method in methods:
             started = time.perf_counter()
             saliency = _saliency(method, model, explained, masks=masks, samples=samples, batch_size=batch_size, seed=input_seed)
@@ -151,6 +154,7 @@ def groundtruth(
     from diffprobe.data.shapes import CONCEPT_NAMES
     from diffprobe.explain.groundtruth import check_caption, measure
 
+    check_outputs(out, run)
     if steps < 2:
         raise CommandError(f"--steps {steps}: R2 compares consecutive steps; give at least 2")
     captions = as_list(prompt)

@@ -124,7 +124,7 @@ def linear(
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py linear wrote)")
     raw = weights == "raw"
-    first = load_parts(source.weights[0], raw=raw, device=device)
+    first = load_parts(source.weights[0], raw=raw, device=device, raw_flag="--weights raw")
     T = first.scheduler.config.num_train_timesteps
     with flag("--layers"):
         check_layers(first.unet, layers or default_layers(first.unet))
@@ -143,11 +143,15 @@ def linear(
     probed: set[int] = set()  # steps of the checkpoints probed in this call
     for index, entry in enumerate(source.weights):
         print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.weights)})", file=sys.stderr)
-        parts = first if index == 0 else load_parts(entry, raw=raw, device=device)
+        parts = first if index == 0 else load_parts(entry, raw=raw, device=device, raw_flag="--weights raw")
         first = None  # let the first model go once it is probed
         names = layers or default_layers(parts.unet)
         with flag("--layers"):
             check_layers(parts.unet, names)
+        same_step = {r["checkpoint"] for r in rows if int(r["step"]) == entry.step and r["weights"] == weights} - {entry.name}
+        if same_step and not overwrite:  # e.g. last.ckpt, a copy of the newest step=N.ckpt
+            print(f"probe.py linear: {entry.name} skipped: step {entry.step} is already probed as {sorted(same_step)[0]}", file=sys.stderr)
+            continue
         cells = {
             (entry.name, weights, layer, str(t), c) for layer in names for t in probes.timesteps.tolist() for c in probes.concept_names
         }
@@ -165,10 +169,10 @@ def linear(
         if logdir is not None:
             writer = writer or _writer(logdir)
             for r in new_rows:
-                writer.add_scalar(tb.probe_tag("probe_ckpt", r["concept"], r["layer"], r["t"]), r["accuracy"], parts.step)
+                writer.add_scalar(tb.probe_tag(tb.CKPT_PROBE_PREFIX[weights], r["concept"], r["layer"], r["t"]), r["accuracy"], parts.step)
     rows = results.read_rows(folder)
     if rows:
-        (folder / "emergence.json").write_text(json.dumps(results.emergence(rows), indent=1))
+        (folder / "emergence.json").write_text(json.dumps(results.emergence([r for r in rows if r["weights"] == weights]), indent=1))
         for kind in sorted({r["weights"] for r in rows}):
             curves = results.step_curves(rows, kind, T)
             made = _figures(curves, folder, kind)
@@ -176,9 +180,9 @@ def linear(
                 writer = writer or _writer(logdir)
                 for step in sorted(probed):
                     summary = zip(curves.concepts, curves.max_decodable_t(step))
-                    tb.log_scalars(writer, {tb.probe_summary_tag("probe_ckpt", c): -1 if t is None else t for c, t in summary}, step)
+                    tb.log_scalars(writer, {tb.probe_summary_tag(tb.CKPT_PROBE_PREFIX[kind], c): -1 if t is None else t for c, t in summary}, step)
                 for name, figure in made.items():
-                    writer.add_figure(tb.probe_summary_figure_tag("probe_ckpt", name), figure, max(curves.best))
+                    writer.add_figure(tb.probe_summary_figure_tag(tb.CKPT_PROBE_PREFIX[kind], name), figure, max(curves.best))
         _print_summary(results.step_curves(rows, weights, T), weights)
     if writer is not None:
         writer.close()

@@ -9,22 +9,35 @@ from pathlib import Path
 from diffprobe.commands.common import CommandError, new_folder
 
 
+def check_outputs(out: str | Path, run: str | Path | None) -> None:
+    """``out`` is new or empty and ``run`` (if given) is a folder: every command calls this first,
+    before anything is loaded, so a refusal costs nothing."""
+    new_folder(out)
+    if run is not None and not Path(run).is_dir():
+        raise CommandError(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
+
+
 class Outputs:
-    """A new output folder, plus the run's TensorBoard when ``run`` is given. Checked on creation,
-    before any sampling: a refusal costs nothing."""
+    """A new output folder, plus the run's TensorBoard when ``run`` is given. Make it once every
+    input is checked: it creates the folder (and, at its first write, the run's events file)."""
 
     def __init__(self, out: str | Path, run: str | Path | None, global_step: int, scale: int, model: str = ""):
-        self.out = new_folder(out)
+        check_outputs(out, run)
+        self.out = Path(out)
         self.model = f"{model}, training step {global_step}" if model else f"training step {global_step}"  # for titles
-        if run is not None and not Path(run).is_dir():
-            raise CommandError(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.scale, self.global_step = scale, global_step
-        self.writer = None
-        if run is not None:  # a new events file beside the run's own: nothing of the run is rewritten
+        self.scale, self.global_step, self.run = scale, global_step, run
+        self._writer = None
+
+    @property
+    def writer(self):
+        """The run's SummaryWriter, made at the first write (a new events file beside the run's
+        own: nothing of the run is rewritten); None without ``run``."""
+        if self._writer is None and self.run is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run))
+            self._writer = SummaryWriter(log_dir=str(self.run))
+        return self._writer
 
     def image(self, name: str, image, tag: str | None = None) -> Path:
         """(C, H, W) tensor in [-1, 1]."""
@@ -68,8 +81,8 @@ class Outputs:
             torch.save(tensors, self.out / f"{name}.pt")
 
     def close(self) -> Path:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
         return self.out
 
 

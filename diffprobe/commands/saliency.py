@@ -15,7 +15,7 @@ from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
 
 from diffprobe.choices import Response, Similarity
 from diffprobe.commands.common import CommandError, Device, DType, as_list, command, flag
-from diffprobe.commands.outputs import Outputs, step_numbers, step_tag
+from diffprobe.commands.outputs import Outputs, check_outputs, step_numbers, step_tag
 from diffprobe.commands.source import load_explain_model, resolve
 
 
@@ -26,8 +26,9 @@ def explained_step(flags: dict, check_model: Callable | None = None):
     sampling run."""
     from diffprobe.explain.run import check_step, explain_step
 
+    check_outputs(flags["out"], flags["run"])  # before loading anything
     with flag("--step"):
-        check_step(flags["step"], flags["steps"])  # before loading anything
+        check_step(flags["step"], flags["steps"])
     weights = resolve(flags["ckpt"]).newest
     model, global_step = load_explain_model(
         weights, device=flags["device"], raw=flags["raw"], guidance=flags["guidance"], dtype=flags["dtype"]

@@ -10,8 +10,8 @@ from pathlib import Path
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from diffprobe.choices import Schedule
-from diffprobe.commands.common import Device, DType, command, flag
-from diffprobe.commands.outputs import Outputs
+from diffprobe.commands.common import CommandError, Device, DType, command, flag
+from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
 
 
@@ -43,6 +43,8 @@ class TimestepSchedules:
 
         from diffprobe import diffusion
 
+        if not self.kinds:
+            raise CommandError("--schedule.kinds is empty; give at least one of uniform, early, latter, window")
         scheduler = DDPMScheduler.from_config(scheduler_config)
         window = dict(
             uniform_steps=self.window_uniform_steps, window_steps=self.window_steps, start=self.window_start, width=self.window_width
@@ -66,6 +68,9 @@ def schedules(
     from diffprobe import viz
     from diffprobe.explain.schedules import schedule_images
 
+    check_outputs(out, run)
+    if not seeds:
+        raise CommandError("--seeds is empty; give at least one seed, e.g. --seeds '[0, 1]'")
     weights = resolve(ckpt).newest
     model, global_step = load_explain_model(weights, device=device, raw=raw, guidance=guidance, dtype=dtype)
     with flag("--prompt"):
@@ -100,6 +105,7 @@ def relevance(
     from diffprobe import viz
     from diffprobe.explain.relevance import relevance_over_run
 
+    check_outputs(out, run)
     model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
     require_conditional(model, "token relevance")
     with flag("--prompt"):

@@ -79,9 +79,14 @@ def resolve(ckpt: str | Path) -> Source:
         files = checkpoint.find_checkpoints(path)
     except FileNotFoundError as error:
         raise CommandError(f"--ckpt {path}: {error}. {_WHAT}") from error
+    folders = sorted({str(p.parent) for p in files})
+    if len(folders) > 1:  # e.g. runs/quickstart/ holding version_0, version_1, ...: which run is meant?
+        raise CommandError(f"--ckpt {path} holds the checkpoints of several runs ({', '.join(folders)}); give one run directory or checkpoint")
     # Lightning's file names carry the step; a file without one (last.ckpt) is read for it.
     weights = [Weights(p.name, p, "checkpoint", max(checkpoint.checkpoint_step(p), 0)) for p in files]
-    return Source(path, weights, checkpoint.run_directory(path.resolve()))
+    resolved = path.resolve()
+    run_dir = checkpoint.run_directory(resolved.parent if resolved.is_dir() and resolved.name == "checkpoints" else resolved)
+    return Source(path, weights, run_dir)
 
 
 def load_checkpoint(weights: Weights, map_location: str = "cpu"):
@@ -105,16 +110,19 @@ class DiffusionParts:
     step: int
 
 
-def _exported_guidance(folder: Path) -> float | None:
-    settings = folder / "diffprobe.json"
-    return json.loads(settings.read_text()).get("guidance_scale") if settings.is_file() else None
+def _unet_class(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
 
 
-def load_parts(weights: Weights, *, raw: bool = False, device: str = "cpu") -> DiffusionParts:
-    """The UNet, scheduler and caption encoder of diffprobe weights (EMA unless ``raw``)."""
+def load_parts(weights: Weights, *, raw: bool = False, device: str = "cpu", raw_flag: str = "--raw true") -> DiffusionParts:
+    """The UNet, scheduler and caption encoder of diffprobe weights (EMA unless ``raw``, which the
+    command spells ``raw_flag``)."""
     if raw and weights.kind != "checkpoint":
         raise CommandError(
-            f"--raw true: {weights.path} is a diffusers folder, which holds one set of weights; give a diffprobe .ckpt for the raw ones"
+            f"{raw_flag}: {weights.path} is a diffusers folder, which holds one set of weights; give a diffprobe .ckpt for the raw ones"
         )
     if weights.kind == "stable-diffusion":
         raise CommandError(f"--ckpt {weights.path} is a Stable Diffusion pipeline; this command needs a diffprobe model (pixel-space UNet)")
@@ -127,15 +135,17 @@ def load_parts(weights: Weights, *, raw: bool = False, device: str = "cpu") -> D
     elif weights.kind == "export":
         from diffprobe import checkpoint
 
-        exported = checkpoint.load_exported(weights.path)
+        with flag(f"--ckpt {weights.path}"):
+            if _unet_class(weights.path / "unet") == "UNet2DConditionModel" and not (weights.path / "caption_encoder").is_dir():
+                raise ValueError("a conditional UNet without diffprobe's caption_encoder/ (not a folder 'probe.py export' wrote): nothing here encodes its prompts")
+            exported = checkpoint.load_exported(weights.path)
         parts = DiffusionParts(exported.unet, exported.scheduler, exported.caption_encoder, exported.guidance_scale, weights.step)
     else:  # a bare UNet folder: diffusers' default DDPM schedule unless a scheduler config sits beside it
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         from diffprobe.unet import load_pretrained
 
-        class_name = json.loads((weights.path / "config.json").read_text()).get("_class_name")
-        if class_name == UNet2DConditionModel.__name__:
+        if _unet_class(weights.path) == UNet2DConditionModel.__name__:
             raise CommandError(
                 f"--ckpt {weights.path} is a bare conditional UNet without its caption encoder; give the folder 'probe.py export' wrote, "
                 "which holds both"

@@ -251,7 +251,7 @@ def probe_accuracy_correlations(
     if weights is None:
         if len(kinds) > 1:
             raise ValueError(
-                f"{path} holds probes of several weights {kinds}; choose one with weights= (probe.py correlation --probe-weights)"
+                f"{path} holds probes of several weights {kinds}; choose one with weights="
             )
         weights = kinds[0]
     rows = [r for r in rows if str(r["weights"]) == weights]

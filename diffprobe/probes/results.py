@@ -34,13 +34,23 @@ def cell(row: dict) -> tuple[str, str, str, str, str]:
     return (row["checkpoint"], row["weights"], row["layer"], str(row["t"]), row["concept"])
 
 
+_INTEGERS = ("step", "t", "n")
+_FLOATS = ("accuracy", "chance", "control_accuracy", "selectivity", "p_value", "ci_low", "ci_high")
+
+
 def read_rows(folder: Path) -> list[dict]:
-    """The rows of ``folder/probes.csv`` (none when it does not exist yet), as strings."""
+    """The rows of ``folder/probes.csv`` (none when it does not exist yet), typed as
+    ``ProbeTable.rows`` makes them, so old and new rows mix in ``probes.json``."""
     path = Path(folder) / "probes.csv"
     if not path.exists():
         return []
     with path.open() as handle:
-        return list(csv.DictReader(handle))
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row.update({key: int(row[key]) for key in _INTEGERS if key in row})
+        row.update({key: float(row[key]) for key in _FLOATS if key in row})
+        row["significant"] = str(row.get("significant")) == "True"
+    return rows
 
 
 def write_rows(folder: Path, rows: list[dict]) -> None:
