@@ -37,19 +37,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all cores since boot, from /proc/stat (None without it)."""
+def _allowed_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
+def _cpu_times() -> tuple[int, int, int] | None:
+    """(busy, total, cores) jiffies since boot summed over the cores this process may use (its
+    affinity, e.g. a job's allocation on a shared node), from /proc/stat; None without it."""
+    allowed = _allowed_cpus()
+    busy = total = cores = 0
     try:
         with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
+            for line in handle:
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (allowed is not None and int(name[3:]) not in allowed):
+                    continue
+                fields = [int(v) for v in values]
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+                busy, total, cores = busy + sum(fields) - idle, total + sum(fields), cores + 1
     except (OSError, ValueError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return (busy, total, cores) if cores else None
 
 
 def busy_cores(window: float = 0.25) -> float:
-    """How many cores other processes keep busy now (this one is idle while it measures)."""
+    """How many of this process's cores other processes keep busy now (it is idle while it measures)."""
     first = _cpu_times()
     if first is None:
         try:
@@ -59,7 +74,7 @@ def busy_cores(window: float = 0.25) -> float:
     time.sleep(window)
     second = _cpu_times()
     busy, total = second[0] - first[0], second[1] - first[1]
-    return (os.cpu_count() or 1) * busy / total if total > 0 else 0.0
+    return first[2] * busy / total if total > 0 else 0.0
 
 
 def thread_count(cores: int | None = None, load: float | None = None) -> int:

@@ -44,7 +44,16 @@ def test_the_users_own_settings_win(environment):
 
 
 def test_busy_cores_are_measured_over_a_window_not_since_boot(monkeypatch):
-    readings = iter([(100_000, 400_000), (100_050, 400_100)])  # 50 of 100 jiffies busy in the window
+    readings = iter([(100_000, 400_000, 2), (100_050, 400_100, 2)])  # 50 of 100 jiffies busy in the window
     monkeypatch.setattr(cpu, "_cpu_times", lambda: next(readings))
-    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
     assert cpu.busy_cores(window=0.0) == pytest.approx(1.0)  # since boot it would read 0.5 cores
+
+
+def test_only_the_cores_this_process_may_use_are_counted(monkeypatch, tmp_path):
+    # cpu0 fully busy, cpu1 idle, cpu2 fully busy but outside the affinity mask (another job's core)
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  300 0 0 100 0\ncpu0 100 0 0 0 0\ncpu1 0 0 0 100 0\ncpu2 200 0 0 0 0\nintr 1\n")
+    real_open = open
+    monkeypatch.setattr(cpu, "_allowed_cpus", lambda: {0, 1})
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    assert cpu._cpu_times() == (100, 200, 2)
