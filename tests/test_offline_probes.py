@@ -21,7 +21,7 @@ def run(tmp_path):
     return tmp_path / "runs/test/version_0"
 
 
-def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
+def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys, monkeypatch):
     args = ["linear", "--ckpt", str(run), "--layers", json.dumps(LAYERS), "--method", "ridge", "--device", "cpu"]
     out = probe_main(args)
     assert out == run / "probes"
@@ -42,8 +42,15 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys):
 
     before = (out / "probes.csv").read_text()
     mtime = (out / "probes.csv").stat().st_mtime_ns
+    import diffprobe.commands.linear
+
+    loaded = []
+    real_load = diffprobe.commands.linear.load_parts
+    monkeypatch.setattr(diffprobe.commands.linear, "load_parts", lambda weights, **kw: loaded.append(weights.name) or real_load(weights, **kw))
     probe_main(args)
     assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
+    assert loaded == ["step=000002.ckpt"], "a rerun loads only the first checkpoint (for T and the block names), not the probed ones"
+    monkeypatch.setattr(diffprobe.commands.linear, "load_parts", real_load)
     summary = [e.step for e in read_events(run).Scalars("Overview/decodable_t_ckpt/shape")]
     assert summary == [2, 4], "the summary per checkpoint step, once, however often linear runs"
     assert (out / "decodability_ema_over_training.png").exists() and (out / "decodable_t_ema_over_training.png").exists()

@@ -141,13 +141,10 @@ def linear(
     logdir = Path(logdir) if logdir else source.run_dir
     writer = None
     probed: set[int] = set()  # steps of the checkpoints probed in this call
+    # The checkpoints of a run share one architecture: the first one's block names stand for all.
+    names = layers or default_layers(first.unet)
     for index, entry in enumerate(source.weights):
         print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.weights)})", file=sys.stderr)
-        parts = first if index == 0 else load_parts(entry, raw=raw, device=device, raw_flag="--weights raw")
-        first = None  # let the first model go once it is probed
-        names = layers or default_layers(parts.unet)
-        with flag("--layers"):
-            check_layers(parts.unet, names)
         same_step = {r["checkpoint"] for r in rows if int(r["step"]) == entry.step and r["weights"] == weights} - {entry.name}
         if same_step and not overwrite:  # e.g. last.ckpt, a copy of the newest step=N.ckpt
             print(f"probe.py linear: {entry.name} skipped: step {entry.step} is already probed as {sorted(same_step)[0]}", file=sys.stderr)
@@ -156,7 +153,11 @@ def linear(
             (entry.name, weights, layer, str(t), c) for layer in names for t in probes.timesteps.tolist() for c in probes.concept_names
         }
         if cells <= done and not overwrite:
-            continue
+            continue  # decided before loading it: a rerun after more training loads only the new checkpoints
+        parts = first if index == 0 and first is not None else load_parts(entry, raw=raw, device=device, raw_flag="--weights raw")
+        first = None  # let the first model go once it is probed (or skipped)
+        with flag("--layers"):
+            check_layers(parts.unet, names)
         # A conditional UNet gets the empty caption: probes read the image, not the caption.
         condition = parts.caption_encoder.unconditional(1) if parts.caption_encoder is not None else None
         table = probe_unet(parts.unet, parts.scheduler, probes, names, pool, method, batch_size, condition)
