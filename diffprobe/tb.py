@@ -165,3 +165,13 @@ def probe_layout(prefixes: list[str]) -> dict:
             for name, suffix in charts.items()
         }
     }
+
+
+# probe.py intervene
+DECODABLE_VS_DECIDED = f"{OVERVIEW}/decodable_vs_decided"
+INTERVENE_T_LOCK_OVER_TRAINING = "intervene/t_lock_over_training"
+
+
+def intervene_tag(concept: str, name: Literal["cis", "t_lock", "steer"]) -> str:
+    """``intervene/<concept>/cis`` (figure), ``.../t_lock`` (scalar, -1: none), ``.../steer`` (figure)."""
+    return f"intervene/{concept}/{name}"

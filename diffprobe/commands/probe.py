@@ -30,6 +30,7 @@ COMMANDS = {
     "auc": "evaluate",
     "groundtruth": "evaluate",
     "correlation": "correlation",
+    "intervene": "intervene",
 }
 
 

@@ -86,6 +86,35 @@ def caption(labels: dict[str, int]) -> str:
     )
 
 
+def parse_caption(text: str) -> dict[str, int]:
+    """The label indices of a ConceptShapes caption (the inverse of :func:`caption`); a ValueError
+    that shows the template otherwise."""
+    example = caption({name: 0 for name in CONCEPT_NAMES})
+    words = text.lower().split()
+    template = CAPTION_TEMPLATE.replace("{position}", "{row} {column}").split()
+    texture = {adjective: name for name, adjective in TEXTURE_ADJECTIVE.items()}
+    found: dict[str, str] = {}
+    if len(words) == len(template):
+        for slot, word in zip(template, words):
+            if slot.startswith("{"):
+                found[slot.strip("{}")] = word
+            elif slot != word:
+                break
+        else:
+            position = f"{found['row']} {found['column']}"
+            values = {
+                "size": found["size"],
+                "object_colour": found["colour"],
+                "texture": texture.get(found["texture"], ""),
+                "shape": found["shape"],
+                "position": position,
+                "background_colour": found["background"],
+            }
+            if all(value in CONCEPTS[name] for name, value in values.items()):
+                return {name: CONCEPTS[name].index(values[name]) for name in CONCEPT_NAMES}
+    raise ValueError(f"{text!r} is not a ConceptShapes caption; write it as {CAPTION_TEMPLATE!r}, e.g. {example!r}")
+
+
 @dataclass
 class ShapeParams:
     """Everything that decides a batch of N samples. labels: (N, num_concepts) long, in

@@ -86,6 +86,13 @@ def _ridge_scores(xtr, ytr, xte, num_classes, ridge: float) -> torch.Tensor:
 
 
 def _logistic_scores(xtr, ytr, xte, num_classes, C: float, max_iter: int) -> torch.Tensor:
+    weights, bias = _logistic_fit(xtr, ytr, num_classes, C, max_iter)
+    k = len(num_classes)
+    return rearrange(xte @ weights + bias, "p n (k c) -> p n k c", k=k)
+
+
+def _logistic_fit(xtr, ytr, num_classes, C: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, D, K * C_max) weights and (P, 1, K * C_max) biases of every logistic probe."""
     mask = class_mask(num_classes, xtr.device)
     p, n, d = xtr.shape
     k, width = mask.shape
@@ -107,8 +114,7 @@ def _logistic_scores(xtr, ytr, xte, num_classes, C: float, max_iter: int) -> tor
 
     with torch.enable_grad():
         optimizer.step(closure)
-    with torch.no_grad():
-        return rearrange(xte @ weights + bias, "p n (k c) -> p n k c", k=k)
+    return weights.detach(), bias.detach()
 
 
 @torch.no_grad()
@@ -139,3 +145,39 @@ def fit_probes(
     predicted = _predict(scores, class_mask(num_classes, xtr.device))
     correct = (predicted == yte.unsqueeze(0)).sum(1)
     return ProbeFit(correct=correct.cpu(), n_test=int(yte.shape[0]))
+
+
+@dataclass
+class FittedProbe:
+    """One concept's probe on one feature set: scores = ((x - mean) / std) @ weights + bias, with
+    weights (D, C), bias (C,), mean and std (D,) from the training features."""
+
+    weights: torch.Tensor
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N,) predicted class."""
+        return (((features.float() - self.mean) / self.std) @ self.weights + self.bias).argmax(1)
+
+
+@torch.no_grad()
+def probe_weights(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, method: Method = "logistic", ridge: float = 1e-1, C: float = 1.0, max_iter: int = 200
+) -> FittedProbe:
+    """The weights of one probe, fitted as :func:`fit_probes` fits it: features (N, D), labels (N,)."""
+    x = features.float()[None]
+    mean = x.mean(1, keepdim=True)
+    std = x.std(1, keepdim=True).clamp_min(1e-6)
+    xs, y = (x - mean) / std, labels.reshape(-1, 1).to(x.device)
+    if method == "ridge":
+        onehot = F.one_hot(y[:, 0], num_classes).float()
+        target_mean = onehot.mean(0)
+        weights, bias = _ridge_weights(xs, onehot - target_mean, ridge)[0], target_mean
+    elif method == "logistic":
+        weights, bias = _logistic_fit(xs, y, [num_classes], C, max_iter)
+        weights, bias = weights[0], bias[0, 0]
+    else:
+        raise ValueError(f"method must be 'logistic' or 'ridge', got {method!r}")
+    return FittedProbe(weights, bias, mean[0, 0], std[0, 0])

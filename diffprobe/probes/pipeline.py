@@ -95,11 +95,13 @@ def extract_features(
     pool: Pool = "mean",
     batch_size: int = 128,
     condition: torch.Tensor | None = None,
+    only: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pooled features of every probe image noised to every t of the grid: layer -> (T, N, D).
 
     ``condition``: (1, L, D) context for a conditional UNet (the empty caption, so that probes read
-    what the UNet sees in the image, not what the caption tells it).
+    what the UNet sees in the image, not what the caption tells it). ``only``: the timesteps to
+    extract (a subset of the grid, each with the grid's own noise); T is then len(only).
     """
     num_train_timesteps = scheduler.config.num_train_timesteps
     if int(probe_set.timesteps.max()) >= num_train_timesteps or int(probe_set.timesteps.min()) < 0:
@@ -110,7 +112,13 @@ def extract_features(
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    for j, t in enumerate(probe_set.timesteps.tolist()):
+    grid = probe_set.timesteps.tolist()
+    missing = sorted(set(only or []) - set(grid))
+    if missing:
+        raise ValueError(f"timesteps {missing} are not in the probe set's grid {grid}")
+    for j, t in enumerate(grid):
+        if only is not None and t not in only:
+            continue
         noise = probe_set.noise(j)
         chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         for start in range(0, len(probe_set), batch_size):

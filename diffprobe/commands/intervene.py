@@ -1,0 +1,117 @@
+"""``probe.py intervene``: when is a concept *decided*, next to when it is *decodable*.
+
+Two interventions, judged on final images by a concept reader (``diffprobe.intervene``):
+
+- ``--mode switch`` (conditional models): caption A down to a switch time, then caption B (A with
+  one concept changed); the share of images showing B's value per switch time (CIS) and the
+  lock-in time t_lock per concept.
+- ``--mode steer`` (any diffprobe model): shift a layer's features along a fitted probe's
+  class-difference direction during a window of timesteps, against a random direction of the same
+  length.
+
+For one checkpoint or every checkpoint of a run it writes into ``out`` (default
+``<run>/intervene``): ``intervene.csv`` / ``intervene.json``, PNG figures, example images, the
+concept reader it trained (``concept_reader.pt``, reused by later calls), and TensorBoard in the
+run: ``intervene/<concept>/cis`` and ``.../steer`` figures and ``intervene/<concept>/t_lock``
+scalars at each checkpoint's global step, plus ``Overview/decodable_vs_decided``. Like
+``probe.py linear``, a rerun measures only what is not in the table yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
+
+from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
+from diffprobe.commands.source import resolve
+
+Mode = Literal["switch", "steer"]
+SamplingSchedule = Literal["uniform", "early", "latter"]
+EXAMPLE_ROWS = 4  # captions shown in each example grid
+
+
+@command
+def intervene(
+    ckpt: str, mode: Mode = "switch", out: str | None = None, concepts: list[str] | str | None = None, num_captions: PositiveInt = 64,
+    switch_times: list[NonNegativeInt] | None = None, pairs: list[tuple[str, str]] | None = None, schedule: SamplingSchedule = "uniform",
+    steps: PositiveInt = 50, lam: PositiveFloat = 60.0, target: str | None = None, source: str | None = None, layer: str | None = None,
+    t: NonNegativeInt | None = None, alphas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0), windows: list[tuple[NonNegativeInt, PositiveInt]] | None = None,
+    probes: str | None = None, reader: str | None = None, reader_steps: PositiveInt = 3000, reader_images: PositiveInt = 20_000, data: str | None = None, image_column: str = "img",
+    concept_columns: tuple[str, ...] = ("label",), heldout_fraction: OpenUnitInterval = 0.05, weights: Weights = "ema",
+    guidance: float | None = None, logdir: str | None = None, overwrite: bool = False, device: Device | None = None, dtype: DType = "float32",
+    batch_size: PositiveInt = 64, seed: int = 0,
+) -> Path:  # fmt: skip
+    """Causal timing: prompt-switch insertion (CIS, t_lock) or probe-direction steering, per concept.
+
+    Args:
+        ckpt: a .ckpt, a run directory (every checkpoint, in step order), a 'probe.py export' folder, or (switch with --pairs) a Stable Diffusion folder
+        mode: switch: caption A, then B from the switch time on; steer: add a probe's direction to a layer during a window
+        out: output folder (default: <run>/intervene, or intervene-<name> beside --ckpt outside a run); reused by later calls
+        concepts: concepts to intervene on (default: all of the data's)
+        num_captions: images per concept: caption pairs (switch) or steered images (steer), from the held-out split
+        switch_times: switch times t_s (training indices in [0, T); default: the probe set's grid)
+        pairs: explicit [caption A, caption B] pairs instead of generated ones (e.g. for Stable Diffusion; scored when they are ConceptShapes captions)
+        schedule: timesteps the sampler visits: uniform, or the paper's early / latter (exponential) schedules
+        steps: sampling steps (DDPM on the model's noise schedule)
+        lam: lambda of the early / latter schedules (paper: 60)
+        target: steer: the value to steer to (default: the concept's second value)
+        source: steer: the value steered from; conditional models are captioned with it (default: the concept's first value)
+        layer: steer: the probe's layer (default: its best cell in the probe results)
+        t: steer: the probe's timestep, in the probe set's grid (default: its best cell)
+        alphas: steer: shift lengths, in spreads of the probe set's features along the direction
+        windows: steer: [start, end) timestep windows the shift is applied in (default: 5 equal windows over [0, T))
+        probes: steer: the folder of 'probe.py linear' results (default: <run>/probes)
+        reader: a concept_reader.pt to judge images with (default: <out>/concept_reader.pt, trained there when missing)
+        reader_steps: training steps of a new concept reader
+        reader_images: training images of a new concept reader (ConceptShapes renders them; other data: up to this many)
+        data: images and concepts for the reader and the captions: 'shapes' (ConceptShapes) or a Hugging Face data set / local path
+        image_column: --data's image column
+        concept_columns: --data's concept columns
+        heldout_fraction: share of --data held out when it has no test split
+        weights: the EMA or the raw weights of a checkpoint
+        logdir: TensorBoard directory (default: the run's own)
+        overwrite: measure again what intervene.csv already holds
+        device: where sampling runs (default: cuda when there is one, else cpu)
+        batch_size: images per UNet call (doubled under classifier-free guidance)
+        seed: image i uses seed + i
+    """
+    import torch
+
+    from diffprobe.commands.intervention_run import InterventionRun
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    concepts = as_list(concepts) or None
+    for name, path in (("--reader", reader), ("--probes", probes)):
+        if path and not Path(path).exists():
+            raise CommandError(f"{name} {path} does not exist")
+    if mode == "switch" and any(v is not None for v in (target, source, layer, t, windows)):
+        raise CommandError("--target, --source, --layer, --t and --windows are steering settings; add --mode steer")
+    if mode == "steer" and (pairs or switch_times):
+        raise CommandError("--pairs and --switch_times are prompt-switch settings; use --mode switch")
+    if mode == "steer" and not alphas:
+        raise CommandError("--alphas is empty; give the shift lengths to try, e.g. '[0, 2, 4, 8]'")
+    found = resolve(ckpt)
+    folder = Path(out) if out else (found.run_dir / "intervene" if found.run_dir else found.path.parent / f"intervene-{found.path.stem}")
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py intervene wrote)")
+    run = InterventionRun(
+        source=found, folder=folder, mode=mode, weights=weights, device=device, dtype=dtype, guidance=guidance, seed=seed,
+        batch_size=batch_size, overwrite=overwrite, logdir=Path(logdir) if logdir else found.run_dir,
+        probes=Path(probes) if probes else (found.run_dir / "probes" if found.run_dir else None),
+    )  # fmt: skip
+    run.load_first()
+    with flag("--data"):
+        run.load_data(data, {"image_column": image_column, "concept_columns": list(concept_columns), "heldout_fraction": heldout_fraction}, num_captions, reader_images)
+    run.choose_concepts(concepts)
+    with flag("--schedule"):
+        run.choose_timesteps(schedule, steps, lam)
+    if mode == "switch":
+        run.plan_switch(switch_times, pairs, num_captions)
+    else:
+        run.plan_steer(target, source, layer, t, list(alphas), windows, num_captions)
+    run.check_settings()
+    run.prepare_reader(Path(reader) if reader else None, reader_steps)
+    return run.measure()
+

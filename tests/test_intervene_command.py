@@ -1,0 +1,143 @@
+"""probe.py intervene end to end on tiny runs: the table, figures and TensorBoard it writes, reruns
+that measure nothing twice, a Stable Diffusion folder (images only), the concept reader, and clear
+refusals before any sampling."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from diffprobe.commands.probe import probe_main
+from diffprobe.data.shapes import CONCEPTS, ConceptShapes
+from diffprobe.intervene.reader import TrainedReader, train_reader
+from helpers import make_module, make_trainer, read_events, refusal, shapes_data
+
+FAST = ["--num_captions", "4", "--steps", "4", "--reader_steps", "10", "--reader_images", "64", "--batch_size", "8"]
+A = "a large red solid circle at the top left on a navy background"
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cond")
+    data = shapes_data()
+    make_trainer(root, max_steps=2, every_n_steps=1).fit(make_module(conditional=True, data=data), datamodule=data)
+    return root / "runs/test/version_0"
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    """An unconditional run with probe.py linear's results in <run>/probes."""
+    root = tmp_path_factory.mktemp("uncond")
+    make_trainer(root, max_steps=1, every_n_steps=1).fit(make_module(), datamodule=shapes_data())
+    run = root / "runs/test/version_0"
+    probe_main(["linear", "--ckpt", str(run), "--num_images", "40", "--timesteps", "[10, 50, 90]", "--method", "ridge"])
+    return run
+
+
+def _rows(folder):
+    with (folder / "intervene.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditional_run, capsys):
+    args = ["intervene", "--ckpt", str(conditional_run), "--concepts", "[shape, size]", "--switch_times", "[0, 50, 99]", *FAST]
+    folder = probe_main(args)
+    assert folder == conditional_run / "intervene"
+    rows = _rows(folder)
+    # Two checkpoints (steps 1 and 2; last.ckpt is a copy of step 2, skipped) x 2 concepts x 3 t_s.
+    assert sorted({(r["checkpoint"], r["step"]) for r in rows}) == [("step=000001.ckpt", "1"), ("step=000002.ckpt", "2")]
+    assert len(rows) == 2 * 2 * 3
+    for r in rows:
+        assert int(r["n"]) == 4 and 0 <= float(r["ci_low"]) <= float(r["rate"]) <= float(r["ci_high"]) <= 1
+        assert float(r["rate"]) == int(r["successes"]) / 4
+    summary = json.loads((folder / "intervene.json").read_text())["summary"]
+    assert set(summary["reader"]["accuracy"]) == set(CONCEPTS)
+    assert set(summary["lock_in"]["ema"]["step=000002.ckpt"]["concepts"]) == {"shape", "size"}
+    assert summary["settings"]["switch"]["switch_times"] == [0, 50, 99]
+    for name in ("cis_ema.png", "t_lock_over_training_ema.png", "concept_reader.pt", "examples/step000002_ema_switch_shape.png"):
+        assert (folder / name).is_file(), name
+    events = read_events(conditional_run)
+    assert [e.step for e in events.Scalars("intervene/shape/t_lock")] == [1, 2]
+    assert "intervene/size/cis" in events.Tags()["images"]
+    out = capsys.readouterr().out
+    assert "t_lock" in out and "reader acc" in out  # the terminal table
+
+    # A rerun measures nothing: same rows, no new TensorBoard points, the reader reused.
+    reader_time = (folder / "concept_reader.pt").stat().st_mtime_ns
+    probe_main(args)
+    assert _rows(folder) == rows
+    assert [e.step for e in read_events(conditional_run).Scalars("intervene/shape/t_lock")] == [1, 2]
+    assert (folder / "concept_reader.pt").stat().st_mtime_ns == reader_time
+    # Other settings into the same folder are refused, not mixed in.
+    message = refusal([*args[:-len(FAST)], *FAST[:-2], "--batch_size", "8", "--switch_times", "[0, 99]"], capsys)
+    assert "other settings" in message and "switch_times" in message
+
+
+def test_steer_uses_the_runs_probe_results_and_a_random_control(probed_run, tmp_path):
+    out = tmp_path / "steer"
+    probe_main(["intervene", "--mode", "steer", "--ckpt", str(probed_run / "checkpoints" / "last.ckpt"), "--out", str(out), "--concepts", "background_colour",
+                "--alphas", "[0, 2]", "--windows", "[[0, 50], [50, 100]]", "--probes", str(probed_run / "probes"), *FAST])  # fmt: skip
+    rows = _rows(out)
+    assert sorted({(r["variant"], r["alpha"], r["window_start"]) for r in rows}) == [
+        (v, a, w) for v in ("probe", "random") for a in ("0.0", "2.0") for w in ("0", "50")
+    ]
+    steer = json.loads((out / "intervene.json").read_text())["summary"]["steer"]["ema"]["last.ckpt"]["concepts"]["background_colour"]
+    assert (steer["source"], steer["target"]) == ("black", "navy")
+    assert steer["t"] in (10, 50, 90) and steer["spread"] > 0
+    # alpha = 0 is the unsteered image in both variants and every window.
+    assert len({(r["successes"], r["others_kept"]) for r in rows if r["alpha"] == "0.0"}) == 1
+    assert all(float(r["others_kept"]) == 1.0 for r in rows if r["alpha"] == "0.0")
+    assert (out / "steer" / "step000001_ema_background_colour.png").is_file()
+
+
+def test_switch_on_stable_diffusion_writes_the_switched_images(tmp_path):
+    pytest.importorskip("transformers")
+    from tiny_sd import write_tiny_stable_diffusion
+
+    sd = write_tiny_stable_diffusion(tmp_path / "tiny-sd")
+    out = tmp_path / "sd"
+    probe_main(["intervene", "--ckpt", str(sd), "--out", str(out), "--pairs", "[[a photo of a cat, a photo of a dog], [a red car, a blue car]]",
+                "--steps", "3", "--switch_times", "[0, 500, 999]"])  # fmt: skip
+    saved = torch.load(out / "examples" / "step000000_ema_switch_pairs.pt")
+    assert saved["images"].shape[:2] == (3, 2) and saved["second"] == ["a photo of a dog", "a blue car"]
+    # t_s = 0 never switches and t_s = 999 switches at the first step: the two differ.
+    assert not torch.equal(saved["images"][0], saved["images"][2])
+    assert not (out / "intervene.csv").exists() or _rows(out) == []
+
+
+def test_bad_input_is_refused_before_anything_is_sampled(conditional_run, probed_run, tmp_path, capsys):
+    out = tmp_path / "never"
+    base = ["intervene", "--ckpt", str(conditional_run), "--out", str(out), *FAST]
+    cases = {
+        "not a ConceptShapes caption": [*base, "--pairs", "[[a red circle, a blue circle]]"],
+        "exactly one concept": [*base, "--pairs", f"[[{A}, {A.replace('red', 'blue').replace('large', 'small')}]]"],
+        "not in the data": [*base, "--concepts", "[hue]"],
+        "t_s must be in [0, 100)": [*base, "--switch_times", "[0, 100]"],
+        "steering settings": [*base, "--target", "navy"],
+        "needs a conditional model": ["intervene", "--ckpt", str(probed_run), "--out", str(out), *FAST],
+        "no 'ema' probe results": ["intervene", "--mode", "steer", "--ckpt", str(conditional_run), "--out", str(out), *FAST],
+        "is not a value of 'background_colour'": ["intervene", "--mode", "steer", "--ckpt", str(probed_run), "--out", str(out), "--concepts",
+                                                  "background_colour", "--target", "purple", *FAST],  # fmt: skip
+        "each must be [start, end)": ["intervene", "--mode", "steer", "--ckpt", str(probed_run), "--out", str(out), "--windows", "[[50, 20]]", *FAST],
+    }
+    for expected, args in cases.items():
+        assert expected in refusal(args, capsys), expected
+        assert not out.exists(), expected  # refused before the reader or any image was made
+
+
+def test_reader_reads_rendered_images_and_round_trips(tmp_path):
+    train, heldout = ConceptShapes(2000, 16, "train"), ConceptShapes(300, 16, "test")
+    trained = train_reader(train, heldout, CONCEPTS, steps=150, seed=0)
+    # Coarse concepts are learnt in a few steps; the full reader (3000 steps) passes 95% on all.
+    assert trained.accuracy["background_colour"] > 0.95 and trained.accuracy["position"] > 0.8
+    path = trained.save(tmp_path / "reader.pt")
+    loaded = TrainedReader.load(path)
+    images = heldout.images[:50].float() / 127.5 - 1
+    assert torch.equal(loaded.reader.read(images), trained.reader.read(images))
+    assert loaded.accuracy == trained.accuracy
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a diffprobe concept reader"):
+        TrainedReader.load(tmp_path / "other.pt")
