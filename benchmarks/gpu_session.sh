@@ -11,7 +11,8 @@ timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -p no:warnings tests
 cd benchmarks
 for what in "$@"; do
   case $what in
-    throughput) timeout 330 python3 train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 40 --warmup 15 --workers 6 --sync-variant 2>"$OUT/throughput_stderr.txt" | tail -1 | tee "$OUT/throughput.json" ;;
+    # eager / compiled / CUDA graphs, each with the full observation stack on and off (7 runs, ~8 min)
+    throughput) timeout 540 python3 train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 40 --warmup 15 --workers 6 2>"$OUT/throughput_stderr.txt" | tail -1 | tee "$OUT/throughput.json" ;;
     probes)
       timeout 120 python3 probe_fit.py 2>"$OUT/probe_fit_stderr.txt" | tail -1 | tee "$OUT/probe_fit.json"
       timeout 240 python3 probe_overhead.py --preset ddpm-cifar10 --image-size 32 --batch-size 128 --steps 60 --warmup 10 --monitor-every 60 --repeats 2 2>"$OUT/probe_overhead_stderr.txt" | tail -1 | tee "$OUT/probe_overhead.json"

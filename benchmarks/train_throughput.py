@@ -3,11 +3,13 @@
 Baseline: the loop of diffusers' ``examples/unconditional_image_generation`` reduced to its core
 (UNet2DModel, DDPMScheduler.add_noise, MSE on eps, AdamW, EMAModel, bf16 autocast on GPU), fed
 from GPU-resident tensors. Candidates: diffprobe's ``DiffusionModule`` under Lightning's Trainer
-on ConceptShapes with the DataModule, eager and with ``channels_last`` + ``torch.compile``.
-Each number is the median over timed steps after warm-up; ratios are against the baseline.
+on ConceptShapes with the DataModule: eager, compiled, and compiled with CUDA graphs (GPU), each
+with the full observation stack (OnlineProbes, ProbeMonitor every 500, AttentionRecorder,
+PredictionEvolution, SampleGrid) on and off. Each number is the median over timed steps after
+warm-up; ``<variant>_probes_cost`` is 1 - on / off; ratios are against the baseline.
 
     python benchmarks/train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 60   # GPU
-    python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 20  # CPU
+    python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 20 --workers 0  # CPU
 """
 
 from __future__ import annotations
@@ -58,34 +60,57 @@ def baseline_loop(args, device: torch.device) -> float:
     return args.batch_size / statistics.median(times)
 
 
-def lightning_run(args, device: torch.device, compile: bool, check_finite_every: int) -> tuple[float, float]:
+VARIANTS = {"eager": (False, None), "compiled": (True, None), "cudagraphs": (True, "reduce-overhead")}
+
+
+def observers(args) -> list[pl.Callback]:
+    """The full observation stack at configs/cifar10_ddpm.yaml's intervals (ProbeMonitor every 500)."""
+    from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
+
+    return [
+        OnlineProbes(log_every_n_steps=50),
+        ProbeMonitor(every_n_steps=500, num_images=300, batch_size=300),
+        AttentionRecorder(every_n_steps=500, num_images=4),
+        PredictionEvolution(every_n_steps=500, num_images=8),
+        SampleGrid(every_n_steps=500, num_images=16, num_inference_steps=100),
+    ]
+
+
+def lightning_run(args, device: torch.device, variant: str, probes: bool, check_finite_every: int) -> tuple[float, float]:
     """diffprobe's DiffusionModule under Lightning; returns images/s inside the step (data loading
-    excluded, as for the baseline) and over the wall clock (data loading included)."""
+    excluded, as for the baseline) and over the wall clock (the DataModule and the observers' own
+    evaluations included)."""
+    import tempfile
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    compile, mode = VARIANTS[variant]
     data = ConceptShapesDataModule(image_size=args.image_size, train_size=max(args.batch_size * 16, 2048), batch_size=args.batch_size, num_workers=args.workers)
     module = DiffusionModule(
         preset=args.preset,
         image_size=args.image_size,
         warmup_steps=0,
-        channels_last=compile,
+        channels_last=compile and device.type == "cuda",
         compile=compile,
-        compile_mode=args.compile_mode,
+        compile_mode=mode or args.compile_mode,
         check_finite_every_n_steps=check_finite_every,
     )
     timer = StepTimer(args.warmup)
-    trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=args.warmup + args.steps,
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-        log_every_n_steps=50,
-    )
-    trainer.fit(module, datamodule=data)
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = pl.Trainer(
+            accelerator=device.type,
+            devices=1,
+            precision="bf16-mixed" if device.type == "cuda" else "32-true",
+            max_steps=args.warmup + args.steps,
+            gradient_clip_val=1.0,
+            logger=TensorBoardLogger(logs, name="bench") if probes else False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer, *(observers(args) if probes else [])],
+            log_every_n_steps=50,
+        )
+        trainer.fit(module, datamodule=data)
     return args.batch_size / statistics.median(timer.times), timer.wall_images_per_second(args.batch_size)
 
 
@@ -97,23 +122,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled run (slow to compile on CPU)")
-    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
-    parser.add_argument("--check-finite-every", type=int, default=1, help="DiffusionModule.check_finite_every_n_steps")
-    parser.add_argument("--sync-variant", action="store_true", help="also time the compiled run without the NaN check")
+    parser.add_argument("--variants", default=None, help="comma-separated of eager, compiled, cudagraphs (default: all the device runs)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled variant, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--check-finite-every", type=int, default=100, help="DiffusionModule.check_finite_every_n_steps (the configs' 100)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    variants = args.variants.split(",") if args.variants else (list(VARIANTS) if device.type == "cuda" else ["eager", "compiled"])
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **vars(args)}
     results["baseline_img_s"] = baseline_loop(args, device)
-    every = args.check_finite_every
-    results["diffprobe_eager_img_s"], results["diffprobe_eager_wall_img_s"] = lightning_run(args, device, False, every)
-    if not args.no_compile:
-        results["diffprobe_compiled_img_s"], results["diffprobe_compiled_wall_img_s"] = lightning_run(args, device, True, every)
-        if args.sync_variant:  # the same without the per-step NaN check (one GPU sync a step)
-            results["diffprobe_compiled_nosync_img_s"], results["diffprobe_compiled_nosync_wall_img_s"] = lightning_run(args, device, True, 10**9)
-    for key in [k for k in results if k.startswith("diffprobe_")]:
+    for variant in variants:
+        for probes in (False, True):
+            state = "on" if probes else "off"
+            inside, wall = lightning_run(args, device, variant, probes, args.check_finite_every)
+            results[f"{variant}_probes_{state}_img_s"], results[f"{variant}_probes_{state}_wall_img_s"] = inside, wall
+        results[f"{variant}_probes_cost"] = 1 - results[f"{variant}_probes_on_img_s"] / results[f"{variant}_probes_off_img_s"]
+    for key in [k for k in results if k.endswith("_img_s") and k != "baseline_img_s"]:
         results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
     print(json.dumps(results))  # one JSON line, last, so runs can be compared
     return results

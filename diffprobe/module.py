@@ -17,12 +17,18 @@ from typing_extensions import override
 
 from diffprobe import diffusion, sampling, tb
 from diffprobe.captions import CaptionEncoder
-from diffprobe.capture import capture_features, eval_mode
+from diffprobe.capture import eval_mode
+from diffprobe.capture.taps import FeatureTaps
 from diffprobe.ema import AveragedWeights
 from diffprobe.metrics import TimestepBinnedMean
+from diffprobe.probes.heads import ProbeHeads, feature_widths, match_checkpoint
 from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 
 CHECKPOINT_MARKER = "diffprobe"
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 class DiffusionModule(pl.LightningModule):
@@ -44,7 +50,8 @@ class DiffusionModule(pl.LightningModule):
         warmup_steps, lr_schedule: linear warm-up, then cosine decay or constant.
         ema_decay, ema_warmup, ema_inv_gamma, ema_power: diffusers EMAModel; with warm-up the
             decay is ``min(ema_decay, 1 - (1 + step / inv_gamma) ** -power)``.
-        channels_last, compile, compile_mode: GPU speed options.
+        channels_last, compile, compile_mode, compile_backend: GPU speed options (torch.compile's
+            mode and backend; OnlineProbes' features come out of the compiled graph).
         check_finite_every_n_steps: how often to stop on a NaN/inf loss (each check syncs the GPU).
         run_safety: add the RunSafety callback to every fit (atomic checkpoints, SIGTERM / SIGINT
             checkpoint-and-stop, TensorBoard purge on resume); off for a launcher that owns the signals.
@@ -78,6 +85,7 @@ class DiffusionModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
+        compile_backend: str = "inductor",
         check_finite_every_n_steps: int = 1,
         run_safety: bool = True,
     ):
@@ -94,7 +102,9 @@ class DiffusionModule(pl.LightningModule):
 
         # 1. The UNet and its noise schedule.
         self.loss_by_t = TimestepBinnedMean(loss_buckets)
-        self._feature_request: tuple[list[str], str] | None = None
+        self.probe_heads: ProbeHeads | None = None  # OnlineProbes' heads, trained by the same backward
+        self._taps: FeatureTaps | None = None  # the training forward that also returns their features
+        self._probe_learning_rate: float | None = None
         self._nonfinite_seen = torch.zeros((), dtype=torch.bool)
         self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
@@ -140,7 +150,10 @@ class DiffusionModule(pl.LightningModule):
     @override
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.unet.compile(mode=self.hparams.compile_mode)  # in place: state_dict keys unchanged
+            options = {"mode": self.hparams.compile_mode, "backend": self.hparams.compile_backend}
+            # In place: state_dict keys unchanged. With online probes the tapped forward is compiled:
+            # the pooled features are outputs of the same graph as the prediction.
+            (self._taps if self._taps is not None else self.unet).compile(**options)
             self._compiled = True
 
     # ---- conditioning -------------------------------------------------------------------------
@@ -160,7 +173,9 @@ class DiffusionModule(pl.LightningModule):
         x_t = self.scheduler.add_noise(x0, noise, t)
         # 2. Predict and score against the prediction-type target, per sample.
         context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
-        with capture_features(self.unet, *self._feature_request) if self._feature_request else nullcontext({}) as features:
+        if self._taps is not None:
+            prediction, features = self._taps(x_t, t, context)
+        else:
             prediction = sampling.guided_output(self.unet, x_t, t, context)
         losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
         loss = losses.mean()
@@ -171,19 +186,27 @@ class DiffusionModule(pl.LightningModule):
             self._raise_if_nonfinite(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}")
         self.loss_by_t.update(losses, diffusion.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
-        if self._feature_request:  # detached features of this very forward, for online probes
-            return {"loss": loss, "features": dict(features), "t": t}
+        if self.probe_heads is not None:  # the heads learn from this very forward's detached features
+            probe_loss, correct, bucket = self.probe_heads(features, t, batch["labels"])
+            return {"loss": loss + probe_loss, "probe_correct": correct, "probe_bucket": bucket}
         return loss
 
-    def request_features(self, layers: list[str], pool: str = "mean") -> None:
-        """Ask training_step to return pooled, detached block outputs of its own forward pass
-        (used by OnlineProbes: no extra UNet forward)."""
-        if self.hparams.compile:
-            raise ValueError(
-                "online probes read block outputs through forward hooks, which do not fire reliably inside "
-                "torch.compile; set --model.compile false or drop the OnlineProbes callback (ProbeMonitor works with compile)"
-            )
-        self._feature_request = (list(layers), pool)
+    def attach_probe_heads(self, layers: list[str], pool: str, num_classes: list[int], num_buckets: int, learning_rate: float) -> None:
+        """Online probes (OnlineProbes calls this in setup, before the optimizer is made): heads on
+        the pooled, detached features of the training forward itself, in the optimizer's second
+        parameter group (their own constant learning rate, no weight decay, not clipped), trained
+        by the same backward. The UNet's gradients, clipping and updates stay exactly as without."""
+        context = self.caption_encoder.unconditional(1) if self.caption_encoder is not None else None
+        widths = feature_widths(self.unet, layers, pool, context)
+        with torch.random.fork_rng(devices=[]):  # observing training must not change its random stream
+            torch.manual_seed(0)
+            heads = ProbeHeads(widths, num_classes, num_buckets, self.num_train_timesteps)
+        self.probe_heads = heads.to(next(self.unet.parameters()).device)
+        self._probe_learning_rate = learning_rate
+        if self._taps is not None:
+            self._taps.remove()
+        self._taps = FeatureTaps(self.unet, layers, pool)
+        self._compiled = False  # (re)compile the tapped forward in configure_model
 
     def _raise_if_nonfinite(self, what: str) -> None:
         bad = bool(self._nonfinite_seen.item())
@@ -224,12 +247,16 @@ class DiffusionModule(pl.LightningModule):
     @override
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.trained_parameters(), lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay
-        )
+        groups = [{"params": self.trained_parameters()}]
+        if self.probe_heads is not None:
+            groups.append({"params": list(self.probe_heads.parameters()), "lr": self._probe_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay)
         name = "cosine" if hp.lr_schedule == "cosine" else "constant_with_warmup"
         total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
         schedule = get_scheduler(name, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=max(total, 1))
+        if self.probe_heads is not None:  # the heads keep their own constant rate: no warm-up or decay
+            schedule.lr_lambdas[1] = _constant
+            optimizer.param_groups[1]["lr"] = self._probe_learning_rate
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @override
@@ -239,6 +266,17 @@ class DiffusionModule(pl.LightningModule):
         from diffprobe.callbacks.run_safety import RunSafety
 
         return [RunSafety()] if self.hparams.run_safety else []
+
+    @override
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.probe_heads is None or gradient_clip_val is None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # The UNet is clipped exactly as without heads (over its own gradients); the heads are not.
+        parameters = [p for p in self.trained_parameters() if p.grad is not None]
+        if str(gradient_clip_algorithm) == "value":
+            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
 
     # ---- checkpoint state ---------------------------------------------------------------------
     @override
@@ -258,6 +296,9 @@ class DiffusionModule(pl.LightningModule):
         if "ema" in checkpoint:
             self.ema.upgrade_checkpoint(checkpoint, prefix="ema.")
             self.ema.load_schedule_state(checkpoint["ema"])
+        # A run resumed (or a checkpoint loaded) with online probes added, removed or changed.
+        for note in match_checkpoint(checkpoint, self.probe_heads, self._probe_learning_rate):
+            rank_zero_warn(f"resuming: {note}")
 
     # ---- sampling -----------------------------------------------------------------------------
     def ema_weights(self) -> AbstractContextManager:

@@ -75,36 +75,34 @@ def test_online_probes_log_per_bucket_and_leave_unet_gradients_alone(tmp_path):
     assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/texture/down_blocks.1/t0050-0099/acc"} <= scalars
     # logged once per measurement (steps 2 and 4), not again at every log_every_n_steps in between
     assert [e.step for e in read_events(trainer.log_dir).Scalars("probe_online/shape/mid_block/t0000-0049/acc")] == [2, 4]
-    online = next(c for c in trainer.callbacks if isinstance(c, OnlineProbes))
-    assert set(online.state_dict()["heads"]) == {"down_blocks_1.weight", "down_blocks_1.bias", "mid_block.weight", "mid_block.bias"}
+    heads = {k for k in trainer.lightning_module.state_dict() if k.startswith("probe_heads.")}
+    assert heads == {f"probe_heads.heads.{k}" for k in ("down_blocks_1.weight", "down_blocks_1.bias", "mid_block.weight", "mid_block.bias")}
 
 
 def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
-    from types import SimpleNamespace
-
-    probes = OnlineProbes(layers=["mid_block"], num_buckets=2, learning_rate=0.05, log_every_n_steps=10**6)
-    probes.layers = ["mid_block"]
-    probes.concepts = {"colour": ("a", "b", "c"), "noise": ("x", "y")}
-    probes.num_classes, probes.width = [3, 2], 3
-    probes.class_mask = torch.tensor([[True, True, True], [True, True, False]])
-    probes.bounds = [(0, 49), (50, 99)]
     from diffprobe.metrics import CellAccuracy
+    from diffprobe.probes.heads import ProbeHeads
 
-    probes.accuracy = CellAccuracy((1, 2, 2))
-    module = SimpleNamespace(num_train_timesteps=100)
-    trainer = SimpleNamespace(global_step=1)
+    torch.manual_seed(0)
+    heads = ProbeHeads({"mid_block": 8}, num_classes=[3, 2], num_buckets=2, num_train_timesteps=100)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=0.05, weight_decay=0.0)
+    accuracy = CellAccuracy((1, 2, 2))
     g = torch.Generator().manual_seed(0)
     directions = torch.randn(3, 8, generator=g) * 2
     for step in range(150):
         labels = torch.stack([torch.randint(0, 3, (32,), generator=g), torch.randint(0, 2, (32,), generator=g)], 1)
         features = {"mid_block": directions[labels[:, 0]] + torch.randn(32, 8, generator=g)}
+        loss, correct, bucket = heads(features, torch.randint(0, 100, (32,), generator=g), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
         if step == 100:
-            probes.accuracy.reset()
-        probes.on_train_batch_end(trainer, module, {"features": features, "t": torch.randint(0, 100, (32,), generator=g)}, {"labels": labels}, step)
-    accuracy = probes.accuracy.compute()  # (1 layer, 2 buckets, 2 concepts), last 50 batches
-    assert (accuracy[0, :, 0] > 0.9).all(), "the planted concept is decoded in both buckets"
-    assert (accuracy[0, :, 1] < 0.7).all(), "the noise concept stays near chance (0.5)"
-    assert isinstance(probes.heads["mid_block"], torch.nn.Linear) and probes.heads["mid_block"].out_features == 2 * 2 * 3
+            accuracy.reset()
+        accuracy.update(correct, bucket)
+    result = accuracy.compute()  # (1 layer, 2 buckets, 2 concepts), last 50 batches
+    assert (result[0, :, 0] > 0.9).all(), "the planted concept is decoded in both buckets"
+    assert (result[0, :, 1] < 0.7).all(), "the noise concept stays near chance (0.5)"
+    assert isinstance(heads.heads["mid_block"], torch.nn.Linear) and heads.heads["mid_block"].out_features == 2 * 2 * 3
 
 
 def test_probe_monitor_refuses_timesteps_beyond_the_models_T(tmp_path):

@@ -93,8 +93,9 @@ def test_a_real_runs_checkpoints_and_probe_set_are_plain_data(run):
     for path in ckpts:
         saved = torch.load(path, weights_only=True)  # raises if anything is not plain data
         states = " ".join(saved["callbacks"])
-        for name in ("ProbeMonitor", "OnlineProbes", "AttentionRecorder", "PredictionEvolution", "ModelCheckpoint"):
+        for name in ("ProbeMonitor", "AttentionRecorder", "PredictionEvolution", "ModelCheckpoint"):
             assert name in states, states
+        assert any(k.startswith("probe_heads.") for k in saved["state_dict"]), "OnlineProbes' heads are the module's"
         assert saved["lr_schedulers"] and saved["optimizer_states"] and saved["ema"]["optimization_step"] == 2 and any(k.startswith("ema.copy.") for k in saved["state_dict"])
     history = next(state for key, state in saved["callbacks"].items() if key.startswith("ProbeMonitor"))["history"]
     assert history and any(isinstance(v, torch.Tensor) for v in history[0].values()), "the probe history holds tensors"
@@ -156,6 +157,7 @@ CHECKPOINT_COMMANDS = {
     "relevance": lambda ckpt, out: ["relevance", "--ckpt", ckpt, "--out", out, "--prompt", CAPTION, "--schedule.steps", "2"],
     "correlation": lambda ckpt, out: ["correlation", "--ckpt", ckpt, "--out", out, "--triple", "[[a large red solid circle, at, the top left]]", "--schedule.steps", "2"],
     "groundtruth": lambda ckpt, out: ["groundtruth", "--ckpt", ckpt, "--out", out, "--inputs", "1", "--steps", "2"],
+    "intervene": lambda ckpt, out: ["intervene", "--ckpt", ckpt, "--out", out, "--num_captions", "1", "--steps", "2", "--reader_steps", "1"],
 }
 
 

@@ -1,9 +1,14 @@
 """OnlineProbes: linear heads per (layer, timestep bucket, concept) trained on the detached
-features of the training forward pass itself (no extra UNet forward), with their own optimizer.
+features of the training forward pass itself (no extra UNet forward).
 
-All buckets and concepts of a layer are one ``nn.Linear`` (one matmul); the loss of all heads is
-one cross-entropy. Accuracy per cell accumulates in a torchmetrics metric (summed across ranks)
-and is logged every ``log_every_n_steps`` as ``probe_online/<concept>/<layer>/t0000-0099/acc``.
+The heads live in the DiffusionModule (``probes.heads.ProbeHeads``, attached in ``setup``): the
+training forward hands out the pooled features itself (``capture.taps.FeatureTaps``, also under
+``torch.compile`` and CUDA graphs), the heads' loss joins the UNet's loss, and one backward and
+one optimizer step (the heads in their own parameter group) train both, inside Lightning's
+precision and accumulation handling. This callback keeps the score: accuracy per cell accumulates
+in a torchmetrics metric (summed across ranks) and is logged every ``log_every_n_steps`` as
+``probe_online/<concept>/<layer>/t0000-0099/acc``. The heads and their optimizer state are saved
+with the module, so a resumed run continues them.
 """
 
 from __future__ import annotations
@@ -11,21 +16,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
-import torch.nn.functional as F
-from einops import rearrange, repeat
-from torch import nn
 from typing_extensions import override
 
 from diffprobe import diffusion, tb
 from diffprobe.callbacks.periodic import adopt_unkeyed_state
 from diffprobe.capture import check_layers, default_layers
 from diffprobe.metrics import CellAccuracy
-from diffprobe.probes import class_mask
-
-
-def _key(layer: str) -> str:
-    return layer.replace(".", "_")  # ModuleDict keys may not contain dots
 
 
 class OnlineProbes(pl.Callback):
@@ -35,7 +31,7 @@ class OnlineProbes(pl.Callback):
         layers: UNet module names (default: each down block, the mid block, each up block).
         pool: ``mean`` or ``grid2`` / ``grid4`` pooling of the block outputs.
         num_buckets: equal timestep buckets over [0, T), one head per bucket.
-        learning_rate: Adam learning rate of the heads.
+        learning_rate: the heads' (constant) AdamW learning rate, in their own parameter group.
         log_every_n_steps: how often to log (and reset) the accumulated accuracy.
     """
 
@@ -52,9 +48,6 @@ class OnlineProbes(pl.Callback):
         self.layers, self.pool, self.num_buckets = layers, pool, num_buckets
         self.learning_rate, self.log_every_n_steps = learning_rate, log_every_n_steps
         self._layers_arg = list(layers) if layers else None  # as given: part of the state key
-        self.heads: nn.ModuleDict | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._pending_state: dict[str, Any] | None = None
         self._logged_step: int | None = None  # the step last logged (once per optimizer step)
 
     @override
@@ -65,48 +58,16 @@ class OnlineProbes(pl.Callback):
         self.concepts = dict(trainer.datamodule.concepts)
         if not self.concepts:
             raise ValueError("OnlineProbes needs concept labels; this data has none (set --data.concept_columns)")
-        self.num_classes = [len(v) for v in self.concepts.values()]
-        self.width = max(self.num_classes)
-        self.class_mask = class_mask(self.num_classes)  # (K, C_max)
         self.bounds = diffusion.bucket_bounds(pl_module.num_train_timesteps, self.num_buckets)
-        self.accuracy = CellAccuracy((len(self.layers), self.num_buckets, len(self.num_classes)))
-        pl_module.request_features(self.layers, self.pool)
-
-    def _build(self, features: dict[str, torch.Tensor], device: torch.device) -> None:
-        outputs = self.num_buckets * len(self.num_classes) * self.width
-        # Initialise the heads from a forked RNG: observing training must not change its random stream.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)
-            self.heads = nn.ModuleDict({_key(n): nn.Linear(features[n].shape[1], outputs) for n in self.layers}).to(device)
-        self.optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.learning_rate)
-        # Moved to the device once: a host-to-device copy every step would stall the GPU queue.
-        self.class_mask = self.class_mask.to(device)
-        self.accuracy.to(device)
-        if self._pending_state is not None:  # resumed: continue the heads where they were
-            self.heads.load_state_dict(self._pending_state["heads"])
-            self.optimizer.load_state_dict(self._pending_state["optimizer"])
-            self._pending_state = None
+        self.accuracy = CellAccuracy((len(self.layers), self.num_buckets, len(self.concepts)))
+        pl_module.attach_probe_heads(self.layers, self.pool, [len(v) for v in self.concepts.values()], self.num_buckets, self.learning_rate)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        features, t, labels = outputs["features"], outputs["t"], batch["labels"]
-        if self.heads is None:
-            self._build(features, labels.device)
-        mask = self.class_mask
-        bucket = diffusion.timestep_buckets(t, pl_module.num_train_timesteps, self.num_buckets)
-        rows = torch.arange(labels.shape[0], device=labels.device)
-        # 1. One matmul per layer gives every head's logits; keep each sample's own bucket.
-        with torch.enable_grad():
-            heads = torch.stack([self.heads[_key(n)](features[n].float()) for n in self.layers])  # (L, N, buckets * K * C_max)
-            heads = rearrange(heads, "l n (b k c) -> l n b k c", b=self.num_buckets, k=len(self.num_classes))
-            logits = heads[:, rows, bucket].masked_fill(~mask, float("-inf"))  # (L, N, K, C_max)
-            # 2. One loss for all heads; the features are detached, so nothing reaches the UNet.
-            targets = repeat(labels, "n k -> (l n k)", l=len(self.layers))
-            loss = F.cross_entropy(rearrange(logits, "l n k c -> (l n k) c"), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        self.accuracy.update(logits.detach().argmax(-1) == labels.unsqueeze(0), bucket)
+        correct, bucket = outputs["probe_correct"], outputs["probe_bucket"]
+        if self.accuracy.device != correct.device:  # moved once: a copy every step would stall the GPU queue
+            self.accuracy.to(correct.device)
+        self.accuracy.update(correct, bucket)
         # Once per optimizer step: with gradient accumulation this hook runs several times per step.
         if trainer.global_step % self.log_every_n_steps == 0 and trainer.global_step != self._logged_step:
             self._logged_step = trainer.global_step
@@ -137,14 +98,5 @@ class OnlineProbes(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         adopt_unkeyed_state(checkpoint, type(self).__qualname__, self.state_key)
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        if self.heads is None:
-            return {}
-        return {"heads": self.heads.state_dict(), "optimizer": self.optimizer.state_dict(), "layers": self.layers}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self._pending_state = state_dict
-            self.layers = state_dict.get("layers", self.layers)
+    # The heads and their optimizer state are the module's (state_dict / optimizer_states); an
+    # older checkpoint's callback state with heads is read by the module (probes.heads.match_checkpoint).
