@@ -21,7 +21,8 @@ from diffprobe.capture import eval_mode
 from diffprobe.capture.taps import FeatureTaps
 from diffprobe.ema import AveragedWeights
 from diffprobe.metrics import TimestepBinnedMean
-from diffprobe.probes.heads import ProbeHeads, feature_widths, match_checkpoint
+from diffprobe.online_heads import OnlineProbeHeads
+from diffprobe.probes.heads import ProbeHeads, match_checkpoint
 from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 
 CHECKPOINT_MARKER = "diffprobe"
@@ -31,7 +32,7 @@ def _constant(step: int) -> float:
     return 1.0
 
 
-class DiffusionModule(pl.LightningModule):
+class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
     """Train or fine-tune a DDPM UNet.
 
     Args:
@@ -191,23 +192,6 @@ class DiffusionModule(pl.LightningModule):
             return {"loss": loss + probe_loss, "probe_correct": correct, "probe_bucket": bucket}
         return loss
 
-    def attach_probe_heads(self, layers: list[str], pool: str, num_classes: list[int], num_buckets: int, learning_rate: float) -> None:
-        """Online probes (OnlineProbes calls this in setup, before the optimizer is made): heads on
-        the pooled, detached features of the training forward itself, in the optimizer's second
-        parameter group (their own constant learning rate, no weight decay, not clipped), trained
-        by the same backward. The UNet's gradients, clipping and updates stay exactly as without."""
-        context = self.caption_encoder.unconditional(1) if self.caption_encoder is not None else None
-        widths = feature_widths(self.unet, layers, pool, context)
-        with torch.random.fork_rng(devices=[]):  # observing training must not change its random stream
-            torch.manual_seed(0)
-            heads = ProbeHeads(widths, num_classes, num_buckets, self.num_train_timesteps)
-        self.probe_heads = heads.to(next(self.unet.parameters()).device)
-        self._probe_learning_rate = learning_rate
-        if self._taps is not None:
-            self._taps.remove()
-        self._taps = FeatureTaps(self.unet, layers, pool)
-        self._compiled = False  # (re)compile the tapped forward in configure_model
-
     def _raise_if_nonfinite(self, what: str) -> None:
         bad = bool(self._nonfinite_seen.item())
         if self._trainer is not None:  # every rank must stop, or the others hang in the all-reduce
@@ -267,17 +251,6 @@ class DiffusionModule(pl.LightningModule):
 
         return [RunSafety()] if self.hparams.run_safety else []
 
-    @override
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if self.probe_heads is None or gradient_clip_val is None:
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        # The UNet is clipped exactly as without heads (over its own gradients); the heads are not.
-        parameters = [p for p in self.trained_parameters() if p.grad is not None]
-        if str(gradient_clip_algorithm) == "value":
-            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
-
     # ---- checkpoint state ---------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -297,8 +270,10 @@ class DiffusionModule(pl.LightningModule):
             self.ema.upgrade_checkpoint(checkpoint, prefix="ema.")
             self.ema.load_schedule_state(checkpoint["ema"])
         # A run resumed (or a checkpoint loaded) with online probes added, removed or changed.
-        for note in match_checkpoint(checkpoint, self.probe_heads, self._probe_learning_rate):
-            rank_zero_warn(f"resuming: {note}")
+        notes = match_checkpoint(checkpoint, self.probe_heads, self._probe_learning_rate)
+        if self._trainer is not None:  # a resume (loading for probe.py drops the heads silently)
+            for note in notes:
+                rank_zero_warn(f"resuming: {note}")
 
     # ---- sampling -----------------------------------------------------------------------------
     def ema_weights(self) -> AbstractContextManager:

@@ -47,7 +47,7 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
     folder = probe_main(args)
     assert folder == conditional_run / "intervene"
     rows = _rows(folder)
-    # Two checkpoints (steps 1 and 2; last.ckpt is a copy of step 2, skipped) x 2 concepts x 3 t_s.
+    # The run's two checkpoints (steps 1 and 2, in step order) x 2 concepts x 3 t_s.
     assert sorted({(r["checkpoint"], r["step"]) for r in rows}) == [("step=000001.ckpt", "1"), ("step=000002.ckpt", "2")]
     assert len(rows) == 2 * 2 * 3
     for r in rows:
@@ -115,13 +115,15 @@ def test_bad_input_is_refused_before_anything_is_sampled(conditional_run, probed
         "not a ConceptShapes caption": [*base, "--pairs", "[[a red circle, a blue circle]]"],
         "exactly one concept": [*base, "--pairs", f"[[{A}, {A.replace('red', 'blue').replace('large', 'small')}]]"],
         "not in the data": [*base, "--concepts", "[hue]"],
-        "t_s must be in [0, 100)": [*base, "--switch_times", "[0, 100]"],
+        "t_s must be in [0, 100]": [*base, "--switch_times", "[0, 101]"],
+        "is not a file": [*base, "--reader", str(tmp_path)],
         "steering settings": [*base, "--target", "navy"],
         "needs a conditional model": ["intervene", "--ckpt", str(probed_run), "--out", str(out), *FAST],
         "no 'ema' probe results": ["intervene", "--mode", "steer", "--ckpt", str(conditional_run), "--out", str(out), *FAST],
         "is not a value of 'background_colour'": ["intervene", "--mode", "steer", "--ckpt", str(probed_run), "--out", str(out), "--concepts",
                                                   "background_colour", "--target", "purple", *FAST],  # fmt: skip
         "each must be [start, end)": ["intervene", "--mode", "steer", "--ckpt", str(probed_run), "--out", str(out), "--windows", "[[50, 20]]", *FAST],
+        "hold none of the sampler's timesteps": ["intervene", "--mode", "steer", "--ckpt", str(probed_run), "--out", str(out), "--windows", "[[76, 99]]", *FAST],
     }
     for expected, args in cases.items():
         assert expected in refusal(args, capsys), expected

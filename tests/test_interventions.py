@@ -109,7 +109,8 @@ def test_branches_draw_the_trunks_noise():
 
 def test_lock_in_time_interpolates_and_says_when_there_is_none():
     assert lock_in_time([0, 100, 200], [0.0, 0.25, 0.75]) == pytest.approx(150.0)
-    assert lock_in_time([0, 100, 200], [0.0, 0.6, 0.4]) is None  # below 0.5 even switched from the start
+    assert lock_in_time([0, 100, 200], [0.0, 0.6, 0.4]) == pytest.approx(83.333, abs=0.01)  # the last rise through 0.5
+    assert lock_in_time([0, 100, 200], [0.0, 0.2, 0.4]) is None  # never inserted
     assert lock_in_time([0, 100, 200], [0.5, 0.6, 1.0]) is None  # decided below the grid
     with pytest.raises(ValueError, match="ascending"):
         lock_in_time([100, 0], [0.0, 1.0])

@@ -8,7 +8,7 @@ inductor (the taps are outputs of it), without generating C++ for a few training
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, seed_everything
 
 from diffprobe.callbacks import OnlineProbes
 from diffprobe.capture import capture_features
@@ -18,41 +18,63 @@ LAYERS = ["down_blocks.1", "mid_block"]
 COMPILED = dict(compile=True, compile_backend="aot_eager")
 
 
-def _fit(root, with_probes: bool, max_steps: int = 3, ckpt_path=None, **module_options):
+def _fit(root, with_probes: bool, max_steps: int = 3, ckpt_path=None, extra=(), layers=LAYERS, **module_options):
     seed_everything(0)
     module = make_module(weight_decay=0.1, **module_options)
-    callbacks = [OnlineProbes(layers=LAYERS, num_buckets=2, log_every_n_steps=1)] if with_probes else []
+    callbacks = [OnlineProbes(layers=layers, num_buckets=2, log_every_n_steps=1)] if with_probes else []
     # Clipping is active at this threshold: the UNet must be clipped over its own gradients only.
-    trainer = make_trainer(root, max_steps=max_steps, callbacks=callbacks, gradient_clip_val=0.05, version=0)
+    trainer = make_trainer(root, max_steps=max_steps, callbacks=[*callbacks, *extra], gradient_clip_val=0.05, version=0)
     trainer.fit(module, datamodule=shapes_data(train_size=64, batch_size=16), ckpt_path=ckpt_path)
     return trainer, module
 
 
+class CompareWithEager(Callback):
+    """At the end of training, the compiled tapped forward against the eager UNet on one batch."""
+
+    def on_train_end(self, trainer, pl_module):
+        x, t = torch.randn(4, 3, 16, 16), torch.tensor([3, 30, 60, 99])
+        with torch.no_grad():
+            self.compiled = pl_module._taps(x, t)
+            with capture_features(pl_module.unet, LAYERS) as features:
+                self.eager = (pl_module.unet(x, t).sample, dict(features))
+        self.was_compiled = pl_module._compiled
+
+
 def test_compiled_training_hands_out_the_eager_features_and_logs_online_probes(tmp_path):
-    trainer, module = _fit(tmp_path, with_probes=True, **COMPILED)
-    assert module._compiled and module._taps is not None
+    check = CompareWithEager()
+    trainer, module = _fit(tmp_path, with_probes=True, extra=[check], **COMPILED)
+    assert check.was_compiled
     tags = set(read_events(trainer.log_dir).Tags()["scalars"])
     assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/size/down_blocks.1/t0050-0099/acc"} <= tags
-    x = torch.randn(4, 3, 16, 16)
-    t = torch.tensor([3, 30, 60, 99])
-    with torch.no_grad():
-        compiled_prediction, compiled_features = module._taps(x, t)
-        with capture_features(module.unet, LAYERS) as eager_features:
-            eager_prediction = module.unet(x, t).sample
-    torch.testing.assert_close(compiled_prediction, eager_prediction, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=1e-5, atol=1e-5)
     for layer in LAYERS:
-        torch.testing.assert_close(compiled_features[layer], eager_features[layer], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=1e-5, atol=1e-5)
+    assert module._taps is None and module.probe_heads is None  # taken off at the end of fit
 
 
 def test_probes_on_or_off_leave_the_unets_training_identical(tmp_path):
     _, without = _fit(tmp_path / "off", with_probes=False)
-    _, with_probes = _fit(tmp_path / "on", with_probes=True)
+    trainer, with_probes = _fit(tmp_path / "on", with_probes=True)
     for key, value in without.unet.state_dict().items():
         assert torch.equal(value, with_probes.unet.state_dict()[key]), key
     # The heads did train: their own group, own learning rate, no weight decay.
-    group = with_probes.trainer.optimizers[0].param_groups[1]
+    group = trainer.optimizers[0].param_groups[1]
     assert group["lr"] == 1e-3 and group["weight_decay"] == 0.0
-    assert with_probes.trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.1
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.1
+
+
+def test_value_clipping_and_a_zero_threshold_act_on_the_unet_alone():
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    module = make_module()
+    module.attach_probe_heads(LAYERS, "mean", [4, 6], 2, 1e-3)
+    for p in [*module.trained_parameters(), *module.probe_heads.parameters()]:
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(None, 0, GradClipAlgorithmType.NORM)  # 0: off, as in Lightning
+    assert all(torch.all(p.grad == 3.0) for p in module.trained_parameters())
+    module.configure_gradient_clipping(None, 0.5, GradClipAlgorithmType.VALUE)
+    assert all(torch.all(p.grad == 0.5) for p in module.trained_parameters())
+    assert all(torch.all(p.grad == 3.0) for p in module.probe_heads.parameters())
 
 
 def test_heads_are_saved_and_restored_on_resume_under_compile(tmp_path):
@@ -80,7 +102,10 @@ def test_heads_are_saved_and_restored_on_resume_under_compile(tmp_path):
 def test_a_resume_may_drop_or_add_online_probes(tmp_path):
     _fit(tmp_path / "a", with_probes=True, max_steps=2)
     trainer, module = _fit(tmp_path / "a", with_probes=False, max_steps=3, ckpt_path=tmp_path / "a/runs/test/version_0/checkpoints/last.ckpt")
-    assert module.probe_heads is None and trainer.global_step == 3
+    assert "probe_heads" not in " ".join(torch.load(tmp_path / "a/runs/test/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"])
+    assert trainer.global_step == 3
     _fit(tmp_path / "b", with_probes=False, max_steps=2)
     trainer, module = _fit(tmp_path / "b", with_probes=True, max_steps=3, ckpt_path=tmp_path / "b/runs/test/version_0/checkpoints/last.ckpt")
-    assert module.probe_heads is not None and len(trainer.optimizers[0].param_groups) == 2 and trainer.global_step == 3
+    assert len(trainer.optimizers[0].param_groups) == 2 and trainer.global_step == 3
+    # and may change them: other layers give other heads, which start fresh.
+    _fit(tmp_path / "b", with_probes=True, max_steps=4, ckpt_path=tmp_path / "b/runs/test/version_0/checkpoints/last.ckpt", layers=["mid_block"])

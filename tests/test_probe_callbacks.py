@@ -1,6 +1,8 @@
 """Live probes during training: ProbeMonitor and OnlineProbes write their tags, keep state, and
 never touch the UNet's gradients."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -75,7 +77,8 @@ def test_online_probes_log_per_bucket_and_leave_unet_gradients_alone(tmp_path):
     assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/texture/down_blocks.1/t0050-0099/acc"} <= scalars
     # logged once per measurement (steps 2 and 4), not again at every log_every_n_steps in between
     assert [e.step for e in read_events(trainer.log_dir).Scalars("probe_online/shape/mid_block/t0000-0049/acc")] == [2, 4]
-    heads = {k for k in trainer.lightning_module.state_dict() if k.startswith("probe_heads.")}
+    saved = torch.load(Path(trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    heads = {k for k in saved if k.startswith("probe_heads.")}
     assert heads == {f"probe_heads.heads.{k}" for k in ("down_blocks_1.weight", "down_blocks_1.bias", "mid_block.weight", "mid_block.bias")}
 
 

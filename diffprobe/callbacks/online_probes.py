@@ -63,6 +63,11 @@ class OnlineProbes(pl.Callback):
         pl_module.attach_probe_heads(self.layers, self.pool, [len(v) for v in self.concepts.values()], self.num_buckets, self.learning_rate)
 
     @override
+    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            pl_module.detach_probe_heads()
+
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         correct, bucket = outputs["probe_correct"], outputs["probe_bucket"]
         if self.accuracy.device != correct.device:  # moved once: a copy every step would stall the GPU queue

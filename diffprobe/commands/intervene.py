@@ -51,7 +51,7 @@ def intervene(
         out: output folder (default: <run>/intervene, or intervene-<name> beside --ckpt outside a run); reused by later calls
         concepts: concepts to intervene on (default: all of the data's)
         num_captions: images per concept: caption pairs (switch) or steered images (steer), from the held-out split
-        switch_times: switch times t_s (training indices in [0, T); default: the probe set's grid)
+        switch_times: switch times t_s (training indices in [0, T], T = switched before the first step; default: the probe set's grid)
         pairs: explicit [caption A, caption B] pairs instead of generated ones (e.g. for Stable Diffusion; scored when they are ConceptShapes captions)
         schedule: timesteps the sampler visits: uniform, or the paper's early / latter (exponential) schedules
         steps: sampling steps (DDPM on the model's noise schedule)
@@ -80,12 +80,16 @@ def intervene(
     import torch
 
     from diffprobe.commands.intervention_run import InterventionRun
+    from diffprobe.commands.intervention_steer import plan_steer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     concepts = as_list(concepts) or None
-    for name, path in (("--reader", reader), ("--probes", probes)):
-        if path and not Path(path).exists():
-            raise CommandError(f"{name} {path} does not exist")
+    if reader and not Path(reader).is_file():
+        raise CommandError(f"--reader {reader} is not a file; give a concept_reader.pt an earlier probe.py intervene wrote")
+    if probes and not Path(probes).is_dir():
+        raise CommandError(f"--probes {probes} is not a folder; give the folder probe.py linear wrote (with probes.csv)")
+    if logdir and Path(logdir).exists() and not Path(logdir).is_dir():
+        raise CommandError(f"--logdir {logdir} is a file; give a TensorBoard directory")
     if mode == "switch" and any(v is not None for v in (target, source, layer, t, windows)):
         raise CommandError("--target, --source, --layer, --t and --windows are steering settings; add --mode steer")
     if mode == "steer" and (pairs or switch_times):
@@ -96,6 +100,8 @@ def intervene(
     folder = Path(out) if out else (found.run_dir / "intervene" if found.run_dir else found.path.parent / f"intervene-{found.path.stem}")
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py intervene wrote)")
+    if folder.is_dir() and any(folder.iterdir()) and not ((folder / "intervene.json").is_file() or (folder / "concept_reader.pt").is_file()):
+        raise CommandError(f"--out {folder} holds files probe.py intervene did not write; give a new folder (diffprobe does not write among other files)")
     run = InterventionRun(
         source=found, folder=folder, mode=mode, weights=weights, device=device, dtype=dtype, guidance=guidance, seed=seed,
         batch_size=batch_size, overwrite=overwrite, logdir=Path(logdir) if logdir else found.run_dir,
@@ -110,7 +116,8 @@ def intervene(
     if mode == "switch":
         run.plan_switch(switch_times, pairs, num_captions)
     else:
-        run.plan_steer(target, source, layer, t, list(alphas), windows, num_captions)
+        plan_steer(run, target, source, layer, t, list(alphas), windows, num_captions)
+    run.settings.update(data=data or "shapes", reader=str(Path(reader).resolve()) if reader else "concept_reader.pt in --out")
     run.check_settings()
     run.prepare_reader(Path(reader) if reader else None, reader_steps)
     return run.measure()

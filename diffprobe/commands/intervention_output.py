@@ -24,9 +24,10 @@ class InterventionOutput:
         self.run, self.folder = run, run.folder
         self.rows = results.read_rows(self.folder)
         self.summary = results.read_summary(self.folder)
-        if run.overwrite:  # the settings changed: what was measured with the old ones goes
+        if run.overwrite and run.settings_changed:  # new settings: what the old ones measured goes
             self.rows = [r for r in self.rows if r["mode"] != run.mode]
             self.summary["measured"] = [u for u in self.summary.get("measured", []) if u[2] != run.mode]
+            self.summary.pop("lock_in" if run.mode == "switch" else "steer", None)
         self.summary.setdefault("settings", {})[run.mode] = run.settings
         if run.reader is not None:
             self.summary["reader"] = {
@@ -47,18 +48,22 @@ class InterventionOutput:
     def todo(self, entry) -> list[str]:
         """The concepts still to measure on these weights (none for a copy of a measured step,
         such as last.ckpt)."""
-        run = self.run
-        same_step = {u[0] for u in self.done if u[1] == run.weights and u[2] == run.mode and u[4] == entry.step} - {entry.name}
-        if same_step and not run.overwrite:
-            log(f"{entry.name} skipped: step {entry.step} is already measured as {sorted(same_step)[0]}")
-            return []
-        return [c for c in run.chosen if (entry.name, run.weights, run.mode, c, entry.step) not in self.done or run.overwrite]
+        run, todo = self.run, []
+        for concept in run.chosen:
+            if (entry.name, run.weights, run.mode, concept, entry.step) in self.done and not run.overwrite:
+                continue
+            same_step = {u[0] for u in self.done if tuple(u[1:]) == (run.weights, run.mode, concept, entry.step) and u[0] != entry.name}
+            if same_step and not run.overwrite:  # e.g. last.ckpt, a copy of the newest step=N.ckpt
+                log(f"{entry.name}: {concept} skipped: step {entry.step} is already measured as {sorted(same_step)[0]}")
+                continue
+            todo.append(concept)
+        return todo
 
     def _mark(self, entry, concept: str) -> None:
         unit = (entry.name, self.run.weights, self.run.mode, concept, entry.step)
         self.done.add(unit)
         self.summary["measured"] = sorted({tuple(u) for u in self.summary.get("measured", [])} | {unit})
-        self.rows = [r for r in self.rows if (r["checkpoint"], r["weights"], r["mode"], r["concept"]) != unit[:4]] + self._new
+        self.rows = [r for r in self.rows if (r["checkpoint"], r["weights"], r["mode"], r["concept"], r["step"]) != unit] + self._new
         self.measured.add(entry.step)
 
     def _title(self, entry) -> str:
@@ -82,10 +87,7 @@ class InterventionOutput:
         low, high = curve.interval
         for j, t_s in enumerate(curve.switch_times):
             self._new.append(self._row(entry, concept, "switch", curve.successes[j], curve.n, low[j], high[j], curve.others_kept[j], t_switch=t_s))
-        lock = curve.lock_in()
-        record = {"t_lock": lock.t_lock, "low": lock.low, "high": lock.high, "inserted": lock.inserted, "cis_from_start": curve.rate[-1],
-                  "cis_never_switched": curve.rate[0]}  # fmt: skip
-        self.summary.setdefault("lock_in", {}).setdefault(run.weights, {}).setdefault(entry.name, {"step": entry.step, "concepts": {}})["concepts"][concept] = record
+        lock = curve.lock_in()  # intervene.json's lock_in is made from the rows, in finish()
         self._mark(entry, concept)
         if self.writer is not None:
             figure = figures.insertion_curves([curve], run.T, f"prompt-switch insertion: {concept} ({self._title(entry)})")
@@ -155,9 +157,9 @@ class InterventionOutput:
         the random direction at the largest alpha there."""
         from diffprobe import viz
 
-        rates = {(r["variant"], r["alpha"], r["window_start"]): r["rate"] for r in self._new}
+        rates = {(r["variant"], r["alpha"], r["window_start"], r["window_end"]): r["rate"] for r in self._new}
         top = max(self.run.alphas)
-        window = max(self.run.windows, key=lambda w: rates.get(("probe", top, w[0]), 0))
+        window = max(self.run.windows, key=lambda w: rates.get(("probe", top, *w), 0))
         rows = {"unsteered": plain[:8]}
         for index, setting in enumerate(settings):
             if setting.alpha != 0 and (setting.window_start, setting.window_end) == tuple(window):
@@ -202,14 +204,19 @@ class InterventionOutput:
         if not mine:
             return
         by_step: dict[int, dict[str, InsertionCurve]] = {}
-        for concept in dict.fromkeys(r["concept"] for r in mine):
-            for step in sorted({r["step"] for r in mine if r["concept"] == concept}):
-                rows = sorted((r for r in mine if r["concept"] == concept and r["step"] == step), key=lambda r: r["t_switch"])
-                by_step.setdefault(step, {})[concept] = InsertionCurve(
-                    concept, [r["t_switch"] for r in rows], [r["successes"] for r in rows], rows[0]["n"], [r["others_kept"] for r in rows]
-                )
+        summary = self.summary.setdefault("lock_in", {})[run.weights] = {}
+        for name, step, concept in dict.fromkeys((r["checkpoint"], r["step"], r["concept"]) for r in mine):
+            rows = sorted((r for r in mine if (r["checkpoint"], r["step"], r["concept"]) == (name, step, concept)), key=lambda r: r["t_switch"])
+            curve = InsertionCurve(concept, [r["t_switch"] for r in rows], [r["successes"] for r in rows], rows[0]["n"], [r["others_kept"] for r in rows])
+            by_step.setdefault(step, {})[concept] = curve
+            lock = curve.lock_in()
+            summary.setdefault(name, {"step": step, "concepts": {}})["concepts"][concept] = {
+                "t_lock": lock.t_lock, "low": lock.low, "high": lock.high, "inserted": lock.inserted,
+                "cis_by_t_s": dict(zip(map(str, curve.switch_times), curve.rate)),
+            }  # fmt: skip
         newest = max(by_step)
-        curves = list(by_step[newest].values())
+        order = list(run.concepts)
+        curves = sorted(by_step[newest].values(), key=lambda c: order.index(c.concept) if c.concept in order else len(order))
         title = f"prompt-switch insertion, step {newest}, {run.weights} weights\n(band: 95% Wilson interval; red: t_lock and its range)"
         figures.insertion_curves(curves, run.T, title).savefig(self.folder / f"cis_{run.weights}.png")
         locks = {s: {c: v.lock_in().t_lock for c, v in curves_at.items()} for s, curves_at in by_step.items()}
@@ -252,7 +259,8 @@ class InterventionOutput:
 def _print_table(curves, decodable: list[int | None] | None, step: int, accuracy: dict[str, float]) -> None:
     width = max(len("concept"), *(len(c.concept) for c in curves))
     print(f"\nstep {step}: when each concept is decided (prompt switch) and decodable (linear probe)")
-    print(f"{'concept':<{width}}  {'t_lock':>7}  {'95% range':>11}  {'CIS from start':>14}  {'decodable up to t':>17}  {'reader acc':>10}")
+    largest = f"CIS t_s={curves[0].switch_times[-1]}"
+    print(f"{'concept':<{width}}  {'t_lock':>7}  {'95% range':>11}  {largest:>14}  {'decodable up to t':>17}  {'reader acc':>10}")
     for index, curve in enumerate(curves):
         lock = curve.lock_in()
         t_lock = "-" if lock.t_lock is None else f"{lock.t_lock:.0f}"

@@ -18,30 +18,6 @@ def log(message: str) -> None:
     print(f"probe.py intervene: {message}", file=sys.stderr)
 
 
-def _steering_cell(rows: list[dict]) -> dict:
-    """The probe to steer with: at the largest t where some probe is significant and at least half
-    as far above chance as the concept's best, the best layer there. A concept is steered where it
-    is already readable but, at high t, not yet fixed; the best cell overall often sits at t near 0,
-    where the image is all but finished."""
-    def above(r):
-        return (r["accuracy"] - r["chance"]) / max(1 - r["chance"], 1e-6)
-
-    top = max(above(r) for r in rows)
-    strong = [r for r in rows if r["significant"] and above(r) >= 0.5 * top] or rows
-    return max(strong, key=lambda r: (r["t"], above(r)))
-
-
-@dataclass
-class SteerPlan:
-    """What one concept is steered with: the probe's cell, the two values and the captions."""
-
-    layer: str
-    t: int
-    source: str
-    target: str
-    captions: list[str] | None
-
-
 @dataclass
 class InterventionRun:
     source: Source
@@ -83,6 +59,12 @@ class InterventionRun:
         self.shapes = data in (None, "shapes") and not self.stable_diffusion
         if self.stable_diffusion and data is None:
             return
+        trained_on = self._run_data()
+        if data is None and trained_on is not None and not trained_on.endswith("ConceptShapesDataModule"):
+            raise CommandError(
+                f"{self.source.run_dir} was trained on {trained_on}, not ConceptShapes: give --data (its source) with --concept_columns "
+                "for the captions and the concept reader"
+            )
         unet = self.model.unet
         size = unet.config.sample_size if not self.stable_diffusion else 64
         if self.shapes:
@@ -94,6 +76,20 @@ class InterventionRun:
             self.data_module = HFDataModule(data, image_size=size, channels=channels, batch_size=1, num_workers=0, **options)
         self.data_name, self.reader_images = data or "shapes", reader_images
         self.concepts = dict(self.data_module.concepts)
+
+    def _run_data(self) -> str | None:
+        """The data class (and source) the run was trained on, from its config.yaml; None unknown."""
+        import yaml
+
+        config = self.source.run_dir / "config.yaml" if self.source.run_dir else None
+        if config is None or not config.is_file():
+            return None
+        try:
+            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+        except yaml.YAMLError:
+            return None
+        source = (data.get("init_args") or {}).get("source")
+        return f"{data.get('class_path')}" + (f" ({source})" if source else "") if data.get("class_path") else None
 
     def choose_concepts(self, names: list[str] | None) -> None:
         if not self.concepts:
@@ -133,9 +129,12 @@ class InterventionRun:
         from diffprobe.intervene.switch import CaptionPairs, concept_pairs, encode_captions
 
         times = sorted({int(t) for t in switch_times}) if switch_times else default_timesteps(self.T)
-        outside = [t for t in times if t >= self.T]
+        outside = [t for t in times if t > self.T]
         if outside:
-            raise CommandError(f"--switch_times {outside} out of range: this model has {self.T} training timesteps, so t_s must be in [0, {self.T})")
+            raise CommandError(
+                f"--switch_times {outside} out of range: this model has {self.T} training timesteps, so t_s must be in [0, {self.T}] "
+                f"(caption B below t_s; {self.T} switches before the first step)"
+            )
         self.switch_times = times
         if pairs:
             if self.chosen and self.concepts and set(self.chosen) != set(self.concepts):
@@ -177,64 +176,6 @@ class InterventionRun:
             )
         return made
 
-    def plan_steer(self, target, source, layer, t, alphas: list[float], windows, count: int) -> None:
-        from diffprobe.data.probe_set import ProbeSet
-        from diffprobe.probes import results
-
-        folder = self.probes
-        rows = results.read_rows(folder) if folder is not None else []
-        rows = [r for r in rows if r["weights"] == self.weights]
-        hint = f"run: python probe.py linear --ckpt {self.source.path}" + ("" if self.source.run_dir else " (then give its folder as --probes)")
-        if not rows:
-            raise CommandError(f"--mode steer steers along a fitted probe's direction and found no '{self.weights}' probe results in {folder}; {hint}")
-        if (target is not None or source is not None) and len(self.chosen) != 1:
-            raise CommandError(f"--target / --source name values of one concept; give one --concepts (of {list(self.concepts)})")
-        set_path = next((p for p in (folder / "probe_set.pt", self.source.run_dir and self.source.run_dir / "probe_set.pt") if p and p.is_file()), None)
-        if set_path is None:
-            raise CommandError(f"no probe_set.pt beside the probe results in {folder}; {hint}")
-        self.probe_set = ProbeSet.load(set_path)
-        newest = max(r["step"] for r in rows)
-        self.plans: dict[str, SteerPlan] = {}
-        labels = self._heldout_labels(count) if self.model.conditional else None
-        for concept in self.chosen:
-            values = list(self.concepts[concept])
-            mine = [r for r in rows if r["concept"] == concept]
-            if not mine:
-                raise CommandError(f"no probe results for {concept!r} in {folder}; {hint}")
-            cells = {(r["layer"], r["t"]) for r in mine}
-            if layer is not None and layer not in {c[0] for c in cells}:
-                raise CommandError(f"--layer {layer}: no probe results at it; probed layers: {sorted({c[0] for c in cells})}")
-            if t is not None and t not in {c[1] for c in cells}:
-                raise CommandError(f"--t {t}: not in the probe set's grid {sorted({c[1] for c in cells})}")
-            earlier = self.earlier_settings().get("probes", {}).get(concept)
-            if earlier and layer is None and t is None and (earlier["layer"], earlier["t"]) in cells:
-                # The cell an earlier call chose: over training the same probe cell is steered with,
-                # even when later checkpoints' probes would pick another.
-                best = {"layer": earlier["layer"], "t": earlier["t"]}
-            else:
-                best = _steering_cell([r for r in mine if r["step"] == newest and (layer is None or r["layer"] == layer) and (t is None or r["t"] == t)])
-            chosen_source, chosen_target = source or values[0], target or values[1]
-            for name, value in (("--source", chosen_source), ("--target", chosen_target)):
-                if value not in values:
-                    raise CommandError(f"{name} {value!r} is not a value of {concept!r}; its values are {values}")
-            if chosen_source == chosen_target:
-                raise CommandError(f"--source and --target are both {chosen_target!r}; steer towards a different value")
-            captions = None
-            if labels is not None:
-                steered = labels.clone()
-                steered[:, list(self.concepts).index(concept)] = values.index(chosen_source)
-                captions = [self._captioner()(row) for row in steered]
-            self.plans[concept] = SteerPlan(best["layer"], int(best["t"]), chosen_source, chosen_target, captions)
-        windows = [(int(w[0]), int(w[1])) for w in windows] if windows else [(self.T * i // 5, self.T * (i + 1) // 5) for i in range(5)]
-        bad = [w for w in windows if not 0 <= w[0] < w[1] <= self.T]
-        if bad:
-            raise CommandError(f"--windows {bad}: each must be [start, end) with 0 <= start < end <= {self.T} (this model's T)")
-        self.alphas, self.windows = sorted(set(float(a) for a in alphas)), windows
-        self.settings.update(
-            alphas=self.alphas, windows=[list(w) for w in windows], n=int(count),
-            probes={c: {"layer": p.layer, "t": p.t, "source": p.source, "target": p.target} for c, p in self.plans.items()},
-        )  # fmt: skip
-
     def earlier_settings(self) -> dict:
         """The settings of the rows already in ``out`` for this mode ({} when there are none)."""
         from diffprobe.intervene import results
@@ -242,11 +183,19 @@ class InterventionRun:
         return results.read_summary(self.folder).get("settings", {}).get(self.mode) or {}
 
     def check_settings(self) -> None:
-        """Rows already in ``out`` were measured with the same settings, or ``--overwrite``."""
+        """Rows already in ``out`` were measured with the same settings and model, or ``--overwrite``.
+        Steering: each concept's probe cell must agree where both calls steer it; new concepts add theirs."""
         earlier = self.earlier_settings() or None
-        self.settings.update(seed=self.seed, guidance=self.guidance)
-        if earlier is not None and earlier != self.settings and not self.overwrite:
-            changed = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
+        self.settings.update(seed=self.seed, guidance=self.guidance, source=str((self.source.run_dir or self.source.path).resolve()))
+        current = dict(self.settings)
+        if earlier is not None and "probes" in earlier and "probes" in current:
+            shared = set(earlier["probes"]) & set(current["probes"])
+            same = all(earlier["probes"][c] == current["probes"][c] for c in shared)
+            self.settings["probes"] = {**earlier["probes"], **current["probes"]}
+            earlier, current = {**earlier, "probes": same}, {**current, "probes": True}
+        changed = sorted(k for k in set(earlier or {}) | set(current) if earlier is not None and earlier.get(k) != current.get(k))
+        self.settings_changed = bool(changed)
+        if changed and not self.overwrite:
             raise CommandError(
                 f"{self.folder} holds --mode {self.mode} results made with other settings ({', '.join(changed)}); "
                 "give a new --out, or --overwrite true to replace them"
@@ -286,6 +235,7 @@ class InterventionRun:
 
     def measure(self) -> Path:
         from diffprobe.commands.intervention_output import InterventionOutput
+        from diffprobe.commands.intervention_steer import steered
 
         self.folder.mkdir(parents=True, exist_ok=True)
         output = InterventionOutput(self)
@@ -300,7 +250,7 @@ class InterventionRun:
                 if self.mode == "switch":
                     output.switch(entry, concept, self._switch(concept))
                 else:
-                    output.steer(entry, concept, *self._steer(concept))
+                    output.steer(entry, concept, *steered(self, concept))
             output.checkpoint_done(entry)
         return output.finish()
 
@@ -308,27 +258,3 @@ class InterventionRun:
         from diffprobe.intervene.switch import switched_images
 
         return switched_images(self.model, self.groups[concept], self.switch_times, self.timesteps, seed=self.seed, batch_size=self.batch_size)
-
-    def _steer(self, concept: str):
-        from diffusers import DDPMScheduler
-
-        from diffprobe.intervene.steer import SteerSetting, probe_direction, steered_images
-        from diffprobe.probes.pipeline import extract_features
-
-        plan = self.plans[concept]
-        scheduler = DDPMScheduler.from_config(self.model.scheduler_config)
-        encoder = self.model.extras.get("caption_encoder")
-        condition = encoder.unconditional(1) if encoder is not None else None  # probes read the image, as probe.py linear fits them
-        features = extract_features(self.model.unet, scheduler, self.probe_set, [plan.layer], batch_size=self.batch_size, condition=condition, only=[plan.t])
-        k = self.probe_set.concept_names.index(concept)
-        train, test = self.probe_set.split()
-        direction = probe_direction(
-            features[plan.layer][0].cpu(), self.probe_set.labels[:, k], self.probe_set.concepts[concept], layer=plan.layer, t=plan.t,
-            concept=concept, target=plan.target, source=plan.source, train=train, test=test,
-        )  # fmt: skip
-        settings = [SteerSetting(v, a, w[0], w[1]) for v in ("probe", "random") for a in self.alphas for w in self.windows]
-        plain, steered = steered_images(
-            self.model, direction, settings, self.timesteps, num_images=self.settings["n"], captions=plan.captions, seed=self.seed,
-            batch_size=self.batch_size, control_seed=self.seed,
-        )  # fmt: skip
-        return direction, settings, plain, steered

@@ -115,8 +115,8 @@ class InsertionCurve:
 @dataclass
 class LockIn:
     """t_lock and its range from the CIS interval; None where CIS never reaches 0.5 (``inserted``
-    False: the caption cannot insert the concept even from the start) or is at least 0.5 at every
-    switch time (it locks in below the grid's smallest t_s)."""
+    False: the caption cannot insert the concept even from the start) or never rises through it
+    (at least 0.5 at every switch time: it locks in below the grid's smallest t_s)."""
 
     t_lock: float | None
     low: float | None
@@ -125,15 +125,16 @@ class LockIn:
 
 
 def lock_in_time(switch_times: Sequence[float], cis: Sequence[float], level: float = 0.5) -> float | None:
-    """The largest t_s with CIS < ``level``, moved up to where the line to the next grid point
-    crosses ``level``. None when no t_s or every t_s is below ``level``."""
+    """Where CIS last rises through ``level`` (the largest t_s with CIS < ``level`` whose next grid
+    point reaches it), moved up to where the line between them crosses ``level``. None when CIS
+    never reaches ``level`` or is at or above it at every switch time."""
     times, values = np.asarray(switch_times, dtype=float), np.asarray(cis, dtype=float)
     if len(times) == 0 or np.any(np.diff(times) <= 0):
         raise ValueError(f"switch times must be ascending and distinct, got {list(switch_times)}")
-    below = np.flatnonzero(values < level)
-    if len(below) == 0 or below[-1] == len(times) - 1:
+    crossings = np.flatnonzero((values[:-1] < level) & (values[1:] >= level))
+    if len(crossings) == 0:
         return None
-    i = below[-1]
+    i = crossings[-1]
     fraction = (level - values[i]) / (values[i + 1] - values[i])
     return float(times[i] + fraction * (times[i + 1] - times[i]))
 

@@ -45,8 +45,11 @@ class ProbeHeads(nn.Module):
     def forward(self, features: Mapping[str, torch.Tensor], t: torch.Tensor, labels: torch.Tensor):
         bucket = timestep_buckets(t, self.num_train_timesteps, self.num_buckets)
         rows = torch.arange(labels.shape[0], device=labels.device)
-        # 1. One matmul per layer gives every head's logits; keep each sample's own bucket.
-        heads = torch.stack([self.heads[head_key(n)](features[n].detach().float()) for n in self.layers])  # (L, N, B * K * C)
+        # 1. One matmul per layer gives every head's logits; keep each sample's own bucket. Outside
+        # autocast, in the heads' own dtype (float32 unless the whole module was cast).
+        with torch.autocast(labels.device.type, enabled=False):
+            heads = torch.stack([self.heads[head_key(n)](features[n].detach().to(self.heads[head_key(n)].weight.dtype)) for n in self.layers])
+        heads = heads.float()  # (L, N, B * K * C)
         heads = rearrange(heads, "l n (b k c) -> l n b k c", b=self.num_buckets, k=self.num_concepts)
         logits = heads[:, rows, bucket].masked_fill(~self.class_mask, float("-inf"))  # (L, N, K, C_max)
         # 2. One loss for all heads.
@@ -86,7 +89,7 @@ def match_checkpoint(checkpoint: dict, heads: ProbeHeads | None, learning_rate: 
     - the optimizer's heads parameter group (the second) and its learning-rate scheduler entries
       are dropped or added (fresh moments) to match.
     """
-    notes = []
+    notes: list[str] = []
     state = checkpoint.setdefault("state_dict", {})
     saved = {k: v for k, v in state.items() if k.startswith(HEADS_PREFIX)}
     current = {HEADS_PREFIX + k: v for k, v in heads.state_dict().items()} if heads is not None else {}
@@ -94,6 +97,8 @@ def match_checkpoint(checkpoint: dict, heads: ProbeHeads | None, learning_rate: 
     if heads is None:
         for key in saved:
             del state[key]
+        if saved:
+            notes.append("the checkpoint's online probe heads are left out (no OnlineProbes now)")
     elif {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in current.items()}:
         legacy = next((v.get("heads") for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("OnlineProbes") and isinstance(v, dict)), None)
         legacy = {HEADS_PREFIX + "heads." + k: v for k, v in (legacy or {}).items()}
@@ -122,7 +127,17 @@ def match_checkpoint(checkpoint: dict, heads: ProbeHeads | None, learning_rate: 
                     if isinstance(scheduler.get(key), list):
                         scheduler[key] = [*scheduler[key], learning_rate]
             notes.append("the heads get a fresh optimizer group")
-        elif heads is not None and fresh:
-            for index in groups[1]["params"]:
-                optimizer["state"].pop(index, None)
+        elif heads is not None and len(groups) == 2:
+            if fresh:  # other heads (layers, buckets or concepts changed): a fresh group of the right size
+                for index in groups[1]["params"]:
+                    optimizer["state"].pop(index, None)
+                start = max(groups[0]["params"], default=-1) + 1
+                groups[1]["params"] = list(range(start, start + len(list(heads.parameters()))))
+            if learning_rate is not None and groups[1].get("lr") != learning_rate:  # OnlineProbes' rate changed
+                groups[1].update(lr=learning_rate, initial_lr=learning_rate)
+                for scheduler in checkpoint.get("lr_schedulers", []):
+                    for key in ("base_lrs", "_last_lr"):
+                        if isinstance(scheduler.get(key), list) and len(scheduler[key]) == 2:
+                            scheduler[key][1] = learning_rate
+                notes.append(f"the online probe heads continue at learning rate {learning_rate}")
     return notes
