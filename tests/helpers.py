@@ -70,6 +70,13 @@ def shapes_data(**overrides) -> ConceptShapesDataModule:
     return ConceptShapesDataModule(**kwargs)
 
 
+def train_tiny_run(root: Path, max_steps: int, conditional: bool = False) -> Path:
+    """A tiny ConceptShapes run with a checkpoint every step; returns its run directory."""
+    data = shapes_data()
+    make_trainer(root, max_steps=max_steps, every_n_steps=1).fit(make_module(conditional=conditional, data=data), datamodule=data)
+    return root / "runs/test/version_0"
+
+
 def make_trainer(root: Path, max_steps: int, callbacks=(), every_n_steps: int = 2, version=None, **overrides) -> pl.Trainer:
     kwargs = dict(
         accelerator="cpu",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffprobe.commands.probe import probe_main
-from helpers import make_module, make_trainer, read_events, refusal, shapes_data
+from helpers import make_module, make_trainer, read_events, refusal, shapes_data, train_tiny_run
 
 CAPTION = "a large red solid circle at the top left on a navy background"
 FAST = ["--steps", "4", "--step", "2", "--scale", "1"]
@@ -27,10 +27,7 @@ def unconditional_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cond")
-    data = shapes_data()
-    make_trainer(root, max_steps=1, every_n_steps=1).fit(make_module(conditional=True, data=data), datamodule=data)
-    return root / "runs/test/version_0"
+    return train_tiny_run(tmp_path_factory.mktemp("cond"), max_steps=1, conditional=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from diffprobe.commands.probe import probe_main
 from diffprobe.data.shapes import CONCEPTS, ConceptShapes
 from diffprobe.intervene.reader import TrainedReader, train_reader
-from helpers import make_module, make_trainer, read_events, refusal, shapes_data
+from helpers import read_events, refusal, train_tiny_run
 
 FAST = ["--num_captions", "4", "--steps", "4", "--reader_steps", "10", "--reader_images", "64", "--batch_size", "8"]
 A = "a large red solid circle at the top left on a navy background"
@@ -21,18 +21,13 @@ A = "a large red solid circle at the top left on a navy background"
 
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cond")
-    data = shapes_data()
-    make_trainer(root, max_steps=2, every_n_steps=1).fit(make_module(conditional=True, data=data), datamodule=data)
-    return root / "runs/test/version_0"
+    return train_tiny_run(tmp_path_factory.mktemp("cond"), max_steps=2, conditional=True)
 
 
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
     """An unconditional run with probe.py linear's results in <run>/probes."""
-    root = tmp_path_factory.mktemp("uncond")
-    make_trainer(root, max_steps=1, every_n_steps=1).fit(make_module(), datamodule=shapes_data())
-    run = root / "runs/test/version_0"
+    run = train_tiny_run(tmp_path_factory.mktemp("uncond"), max_steps=1)
     probe_main(["linear", "--ckpt", str(run), "--num_images", "40", "--timesteps", "[10, 50, 90]", "--method", "ridge"])
     return run
 
