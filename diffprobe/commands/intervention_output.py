@@ -90,7 +90,7 @@ class InterventionOutput:
         lock = curve.lock_in()  # intervene.json's lock_in is made from the rows, in finish()
         self._mark(entry, concept)
         if self.writer is not None:
-            figure = figures.insertion_curves([curve], run.T, f"prompt-switch insertion: {concept} ({self._title(entry)})")
+            figure = figures.insertion_curves([curve], run.T, f"prompt-switch insertion\n(step {entry.step}, {run.weights} weights)")
             self.writer.add_figure(tb.intervene_tag(concept, "cis"), figure, entry.step)
             self.writer.add_scalar(tb.intervene_tag(concept, "t_lock"), -1 if lock.t_lock is None else lock.t_lock, entry.step)
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 def _panels(count: int, width: float = 2.9, height: float = 2.4):
     columns = min(3, count)
     rows = -(-count // columns)
+    width = max(width, 4.0 / columns)  # one panel alone still has room for its title
     figure, axes = new_figure(rows, columns, size=(width * columns, height * rows + 0.5), dpi=100)
     for axis in list(axes.flat)[count:]:
         axis.axis("off")
