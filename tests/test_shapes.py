@@ -89,3 +89,22 @@ def test_captions_name_every_concept_and_use_the_vocabulary():
 def test_bad_arguments_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         ConceptShapes(**{"size": 4, "image_size": 16, **bad})
+
+
+def test_the_loader_fetches_whole_batches_equal_to_stacked_samples():
+    from torch.utils.data import default_collate
+
+    from diffprobe.data import ConceptShapesDataModule
+
+    data = ConceptShapesDataModule(image_size=16, train_size=40, heldout_size=10, batch_size=8)
+    dataset = data.train_dataset()
+    loader = data.train_dataloader()
+    torch.manual_seed(0)
+    batch = next(iter(loader))
+    indices = batch["index"].tolist()
+    assert len(set(indices)) == 8 and indices != sorted(indices), "shuffled, as before"
+    stacked = default_collate([dataset[i] for i in indices])  # the per-sample path it replaces
+    assert batch.keys() == stacked.keys()
+    for key in ("image", "labels", "mask", "index"):
+        assert batch[key].dtype == stacked[key].dtype and torch.equal(batch[key], stacked[key]), key
+    assert batch["caption"] == stacked["caption"] == [caption(dataset.label_dict(i)) for i in indices]

@@ -12,11 +12,17 @@ import os
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
 from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
+
+
+def collate_batches(samples: list[dict] | dict) -> dict:
+    """The DataLoader's collate: a data set that fetches whole batches (``__getitems__`` returning
+    one dict, as ConceptShapes does) hands them through; a list of samples is stacked as usual."""
+    return samples if isinstance(samples, dict) else default_collate(samples)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -52,6 +58,7 @@ class ImageDataModule(pl.LightningDataModule):
             shuffle=True,
             drop_last=True,
             num_workers=self.num_workers,
+            collate_fn=collate_batches,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
