@@ -99,7 +99,9 @@ def denoise(
     x_t = noise.to(device=device, dtype=unet.dtype)
     for index, t in enumerate(scheduler.timesteps):
         interrupt.check()
-        output = guided_output(unet, x_t, t, condition, uncondition, guidance_scale)
+        # In the sample's dtype: under autocast the UNet answers in bf16, and the scheduler would
+        # then draw its noise in bf16 (other numbers than diffusers' pipeline draws).
+        output = guided_output(unet, x_t, t, condition, uncondition, guidance_scale).to(x_t.dtype)
         step = scheduler.step(output, t, x_t, generator=generator)
         yield StepRecord(index=index, t=int(t), x_t=x_t, model_output=output, x0_hat=step.pred_original_sample, x_prev=step.prev_sample)
         x_t = step.prev_sample

@@ -111,3 +111,47 @@ def test_probe_set_is_deterministic_saved_and_controlled(tmp_path):
     loaded = ProbeSet.load(a.save(tmp_path / "probe_set.pt"))
     assert torch.equal(loaded.images, a.images) and loaded.concepts == a.concepts and torch.equal(loaded.noise(4), a.noise(4))
     assert loaded.masks is not None and loaded.captions[0] == data.heldout_dataset().caption(0)
+
+
+def test_features_stream_across_timesteps_and_equal_one_forward_per_t():
+    from contextlib import contextmanager
+
+    from diffprobe.capture import capture_features, default_layers
+    from diffprobe.probes.pipeline import extract_features
+    from helpers import make_module
+
+    torch.manual_seed(0)
+    module = make_module()
+    unet, scheduler = module.unet.eval(), module.scheduler
+    data = shapes_data(heldout_size=16)
+    probes = ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=10, timesteps=[0, 30, 60, 99], seed=1)
+    layers = default_layers(unet)
+    entered = []
+
+    @contextmanager
+    def precision():  # stands in for a training run's autocast: it must wrap every UNet call
+        entered.append(len(entered))
+        yield
+
+    # batch 7 over 4 x 10 rows: 6 batches, 5 of them spanning two timesteps.
+    streamed = extract_features(unet, scheduler, probes, layers, batch_size=7, precision=precision)
+    assert len(entered) == 6
+    with torch.no_grad():
+        for j, t in enumerate(probes.timesteps.tolist()):
+            timesteps = torch.full((10,), t)
+            with capture_features(unet, layers) as reference:
+                unet(scheduler.add_noise(probes.images, probes.noise(j), timesteps), timesteps)
+            for name in layers:
+                assert streamed[name].shape == (4, 10, reference[name].shape[1])
+                torch.testing.assert_close(streamed[name][j], reference[name], atol=1e-5, rtol=1e-5)
+    only = extract_features(unet, scheduler, probes, layers, batch_size=64, only=[60])
+    torch.testing.assert_close(only[layers[0]][0], streamed[layers[0]][2], atol=1e-5, rtol=1e-5)
+
+
+def test_a_probe_set_keeps_its_tensors_on_an_accelerator_and_not_on_the_host():
+    data = shapes_data(heldout_size=16)
+    probes = ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=12, timesteps=[0, 50], seed=1)
+    assert probes.noise_on(1, "meta") is probes.noise_on(1, "meta") and probes.noise_on(1, "meta").device.type == "meta"
+    assert probes.images_on("meta") is probes.images_on("meta")
+    assert probes.noise_on(0, "cpu") is not probes.noise_on(0, "cpu") and torch.equal(probes.noise_on(0, "cpu"), probes.noise(0))
+    assert not any(device.type == "cpu" for device, _ in probes._on_device)

@@ -14,7 +14,8 @@ Every N steps, for a few fixed images noised to each t of a grid (fixed noise):
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -99,15 +100,16 @@ class AttentionRecorder(PeriodicObserver):
         self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
 
     @torch.no_grad()
-    def maps(self, pl_module, t_index: int) -> dict[str, torch.Tensor]:
-        """Head-mean attention (N, Q, K) of every recorded layer at ``timesteps[t_index]``."""
+    def maps(self, pl_module, t_index: int, precision: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, torch.Tensor]:
+        """Head-mean attention (N, Q, K) float32 of every recorded layer at ``timesteps[t_index]``;
+        the UNet runs in ``precision``."""
         device, unet = pl_module.device, pl_module.unet
         x0 = self.images.to(device)
         t = torch.full((len(x0),), self.timesteps[t_index], device=device, dtype=torch.long)
         noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(4321 + t_index))  # fixed per t
         x_t = pl_module.scheduler.add_noise(x0, noise.to(device), t)
         context = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
-        with record_attention(unet, self.layers + self.cross_layers) as recorded:
+        with record_attention(unet, self.layers + self.cross_layers) as recorded, precision():
             if context is None:
                 unet(x_t, t)
             else:
@@ -123,7 +125,7 @@ class AttentionRecorder(PeriodicObserver):
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             for j, t in enumerate(self.timesteps):
                 interrupt.check()
-                maps = self.maps(pl_module, j)
+                maps = self.maps(pl_module, j, self.unet_precision(trainer))
                 for layer in self.layers:
                     statistics, obj, bg = self._self_attention(layer, maps[layer].cpu(), t)
                     scalars |= statistics

@@ -12,10 +12,14 @@ run's history right through resumes and interruptions live here, once:
 - A stop request (SIGTERM / SIGINT) cuts an observation short between UNet batches
   (``interrupt.Interrupted``); the partial observation is discarded and the step stays unobserved.
 - Observing is rank-zero work on the module's own UNet (no collective calls).
+- The UNet's forwards run in the training step's precision context (:meth:`unet_precision`: bf16
+  autocast under ``bf16-mixed``, nothing under ``32-true``); probe fits and metrics stay float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -135,3 +139,9 @@ class PeriodicObserver(pl.Callback):
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
         """Look at the model now and log what was seen at ``step`` (global rank zero only)."""
         raise NotImplementedError
+
+    @staticmethod
+    def unet_precision(trainer: pl.Trainer) -> Callable[[], AbstractContextManager]:
+        """The context Lightning runs the training forward in (its precision plugin's): observers
+        run the UNet as it trains, at its speed on a GPU (bf16 autocast under ``bf16-mixed``)."""
+        return trainer.precision_plugin.forward_context

@@ -12,7 +12,8 @@ Every N steps, with fixed images and fixed noise (the run's probe set when Probe
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -85,8 +86,9 @@ class PredictionEvolution(PeriodicObserver):
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
 
     @torch.no_grad()
-    def predictions(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t and x0_hat, each (T, N, C, H, W) on the CPU, with the chosen weights."""
+    def predictions(self, pl_module, precision: Callable[[], AbstractContextManager] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t and x0_hat, each (T, N, C, H, W) float32 on the CPU, with the chosen weights; the
+        UNet runs in ``precision``."""
         device, unet = pl_module.device, pl_module.unet
         x0 = self.images.to(device)
         noisy, predicted = [], []
@@ -98,15 +100,16 @@ class PredictionEvolution(PeriodicObserver):
                 timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
                 noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
                 x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
-                output = sampling.guided_output(unet, x_t, timesteps, condition)
-                noisy.append(x_t.cpu())
-                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).cpu())
+                with precision():
+                    output = sampling.guided_output(unet, x_t, timesteps, condition).float()
+                noisy.append(x_t.float().cpu())
+                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).float().cpu())
         return torch.stack(noisy), torch.stack(predicted)
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
         writer = tb.tensorboard_writer(trainer)
-        noisy, predicted = self.predictions(pl_module)
+        noisy, predicted = self.predictions(pl_module, self.unet_precision(trainer))
         # One labelled row per t, one column per image.
         columns = [f"image {i + 1}" for i in range(len(self.images))]
         for tag, images, what in ((tb.PRED_X0_HAT, predicted, "x0_hat, the model's estimate of the clean image"), (tb.PRED_X_T, noisy, "x_t, its input")):
@@ -136,7 +139,9 @@ class PredictionEvolution(PeriodicObserver):
         tb.log_scalars(writer, scalars, step)
         writer.add_figure(tb.DENOISE_CURVES, viz.metric_curves(curves, self.timesteps, f"x0_hat vs x0 by timestep (step {step})"), step)
         if self.trajectory_steps:
-            writer.add_image(tb.PRED_TRAJECTORY, self._trajectory(pl_module), step)
+            with self.unet_precision(trainer)():
+                trajectory = self._trajectory(pl_module)
+            writer.add_image(tb.PRED_TRAJECTORY, trajectory, step)
 
     def _trajectory(self, pl_module) -> torch.Tensor:
         """Rows: x_t and x0_hat every k steps of one reverse process from fixed noise (EMA weights)."""

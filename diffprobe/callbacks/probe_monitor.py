@@ -12,7 +12,8 @@ when the run is resumed.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,14 +109,15 @@ class ProbeMonitor(PeriodicObserver):
             self.probe_set_path = str(saved)
 
     # ---- what ---------------------------------------------------------------------------------
-    def probe(self, pl_module, use_ema: bool) -> ProbeTable:
-        """The probe table of the module's current raw or EMA weights (eager UNet, fp32)."""
+    def probe(self, pl_module, use_ema: bool, precision: Callable[[], AbstractContextManager] = nullcontext) -> ProbeTable:
+        """The probe table of the module's current raw or EMA weights: the eager UNet's forwards in
+        ``precision`` (the training step's), the probes fitted in float32."""
         with eager(pl_module.unet), pl_module.ema_weights() if use_ema else nullcontext():
             # A conditional UNet gets the empty caption: probes read what it sees in the image,
             # not what a caption tells it.
             condition = pl_module.caption_encoder.unconditional(1) if pl_module.caption_encoder is not None else None
             return probe_unet(
-                pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition
+                pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition, precision
             )
 
     @override
@@ -125,7 +127,7 @@ class ProbeMonitor(PeriodicObserver):
         tables = {}
         for kind in kinds:  # all tables first: an interrupted evaluation leaves no trace
             with torch.no_grad():
-                tables[kind] = self.probe(pl_module, use_ema=kind == "ema")
+                tables[kind] = self.probe(pl_module, use_ema=kind == "ema", precision=self.unet_precision(trainer))
         # History past this step belongs to a session that was resumed from here (TensorBoard
         # purged it too): this evaluation replaces it.
         self.history = [entry for entry in self.history if entry["step"] < step]

@@ -59,12 +59,13 @@ class SampleGrid(PeriodicObserver):
             writer.add_text(tb.SAMPLE_CAPTIONS, "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
         for kind in kinds:
-            images = pl_module.sample(
-                self.num_images,
-                seed=self.seed,
-                num_inference_steps=self.num_inference_steps,
-                sampler=self.sampler,
-                captions=self._captions,
-                use_ema=kind == "ema",
-            )
+            with self.unet_precision(trainer)():
+                images = pl_module.sample(
+                    self.num_images,
+                    seed=self.seed,
+                    num_inference_steps=self.num_inference_steps,
+                    sampler=self.sampler,
+                    captions=self._captions,
+                    use_ema=kind == "ema",
+                )
             writer.add_image(tb.SAMPLES.format(weights=kind), viz.image_grid(images), step)

@@ -6,7 +6,8 @@ No Lightning here: works on any diffusers UNet in a notebook, in the ProbeMonito
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -96,12 +97,18 @@ def extract_features(
     batch_size: int = 128,
     condition: torch.Tensor | None = None,
     only: Sequence[int] | None = None,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
 ) -> dict[str, torch.Tensor]:
     """Pooled features of every probe image noised to every t of the grid: layer -> (T, N, D).
 
     ``condition``: (1, L, D) context for a conditional UNet (the empty caption, so that probes read
     what the UNet sees in the image, not what the caption tells it). ``only``: the timesteps to
     extract (a subset of the grid, each with the grid's own noise); T is then len(only).
+    ``precision``: the context each UNet call runs in (a training run's autocast, for example).
+
+    The (t, image) pairs run as one stream in batches of ``batch_size`` that may span timesteps
+    (the UNet takes a timestep per sample), so a small probe set still fills large batches. The
+    images go to the UNet's device once; each t's noise once.
     """
     num_train_timesteps = scheduler.config.num_train_timesteps
     if int(probe_set.timesteps.max()) >= num_train_timesteps or int(probe_set.timesteps.min()) < 0:
@@ -109,33 +116,40 @@ def extract_features(
             f"probe-set timesteps {probe_set.timesteps.tolist()} must lie in [0, {num_train_timesteps}) for this "
             f"scheduler (T = {num_train_timesteps}); build the probe set with timesteps below T"
         )
-    device = next(unet.parameters()).device
-    dtype = next(unet.parameters()).dtype
-    per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     grid = probe_set.timesteps.tolist()
     missing = sorted(set(only or []) - set(grid))
     if missing:
         raise ValueError(f"timesteps {missing} are not in the probe set's grid {grid}")
-    for j, t in enumerate(grid):
-        if only is not None and t not in only:
-            continue
-        noise = probe_set.noise(j)
-        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-        for start in range(0, len(probe_set), batch_size):
-            interrupt.check()
-            x0 = probe_set.images[start : start + batch_size].to(device)
-            timesteps = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
-            x_t = scheduler.add_noise(x0, noise[start : start + batch_size].to(device), timesteps)
-            with capture_features(unet, layers, pool) as features:
-                if condition is None:
-                    unet(x_t.to(dtype), timesteps)
-                else:
-                    unet(x_t.to(dtype), timesteps, encoder_hidden_states=condition.expand(x0.shape[0], -1, -1).to(dtype))
-            for name in layers:
-                chunks[name].append(features[name])
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    images = probe_set.images_on(device)
+    chosen = [(j, t) for j, t in enumerate(grid) if only is None or t in only]
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def run(x_t: torch.Tensor, timesteps: torch.Tensor) -> None:
+        interrupt.check()
+        with capture_features(unet, layers, pool) as features, precision():
+            if condition is None:
+                unet(x_t.to(dtype), timesteps)
+            else:
+                unet(x_t.to(dtype), timesteps, encoder_hidden_states=condition.expand(x_t.shape[0], -1, -1).to(dtype))
         for name in layers:
-            per_layer[name].append(torch.cat(chunks[name]))
-    return {name: torch.stack(values) for name, values in per_layer.items()}
+            chunks[name].append(features[name])
+
+    waiting_x = waiting_t = None  # the stream's rows not yet run (fewer than a batch)
+    for j, t in chosen:
+        timesteps = torch.full((len(images),), t, device=device, dtype=torch.long)
+        x_t = scheduler.add_noise(images, probe_set.noise_on(j, device), timesteps)
+        if waiting_x is not None:
+            x_t, timesteps = torch.cat([waiting_x, x_t]), torch.cat([waiting_t, timesteps])
+        while len(x_t) >= batch_size:
+            run(x_t[:batch_size], timesteps[:batch_size])
+            x_t, timesteps = x_t[batch_size:], timesteps[batch_size:]
+        waiting_x, waiting_t = (x_t, timesteps) if len(x_t) else (None, None)
+    if waiting_x is not None:
+        run(waiting_x, waiting_t)
+    # The stream is t-major: (T * N, D) -> (T, N, D).
+    return {name: torch.cat(parts).view(len(chosen), len(images), -1) for name, parts in chunks.items()}
 
 
 def probe_features(features: dict[str, torch.Tensor], probe_set: ProbeSet, method: Method = "logistic", alpha: float = 0.05) -> ProbeTable:
@@ -179,9 +193,11 @@ def probe_unet(
     method: Method = "logistic",
     batch_size: int = 128,
     condition: torch.Tensor | None = None,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
 ) -> ProbeTable:
-    """Features + probes in one call: the whole per-(layer, t, concept) table for these weights."""
+    """Features + probes in one call: the whole per-(layer, t, concept) table for these weights.
+    ``precision`` applies to the UNet's forwards only; probes are fitted in float32."""
     layers = list(layers) if layers is not None else default_layers(unet)
     with eval_mode(unet):
-        features = extract_features(unet, scheduler, probe_set, layers, pool, batch_size, condition)
+        features = extract_features(unet, scheduler, probe_set, layers, pool, batch_size, condition, precision=precision)
     return probe_features(features, probe_set, method)
