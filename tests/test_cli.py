@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers import DDPMPipeline
 
 from diffprobe.commands.probe import probe_main
@@ -24,8 +25,27 @@ FAST = [
 ]
 
 
-def quickstart(*extra):
-    return ["fit", "--config", str(REPO / "configs/quickstart.yaml"), *FAST, *extra]
+def quickstart(*extra, config=REPO / "configs/quickstart.yaml"):
+    return ["fit", "--config", str(config), *FAST, *extra]
+
+
+# The quick start's callbacks, each observing a little (a few images, a few sampler steps, no
+# heatmaps), for the tests of run folders and resuming: the whole config runs in the first test.
+LIGHTER = {
+    "SampleGrid": {"num_images": 2, "num_inference_steps": 3},
+    "ProbeMonitor": {"num_images": 12, "heatmaps": False},
+    "AttentionRecorder": {"num_images": 1},
+    "PredictionEvolution": {"num_images": 2, "trajectory_steps": 3, "trajectory_every": 1},
+}
+
+
+def light_quickstart(*extra):
+    config = yaml.safe_load((REPO / "configs/quickstart.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        callback.setdefault("init_args", {}).update(LIGHTER.get(callback["class_path"].rsplit(".", 1)[-1], {}))
+    path = Path("quickstart_light.yaml")  # in the test's working folder
+    path.write_text(yaml.safe_dump(config))
+    return quickstart(*extra, config=path.resolve())
 
 
 def _no_rich(args):
@@ -44,36 +64,36 @@ def test_quickstart_config_makes_a_complete_run(tmp_path, monkeypatch):
     tags = read_events(run).Tags()
     assert "train/loss" in tags["scalars"] and "samples/ema" in tags["images"]
     # a second run gets a new version, never the old directory
-    train_main(_no_rich(quickstart()))
+    train_main(_no_rich(light_quickstart()))
     assert (tmp_path / "runs/quickstart/version_1/config.yaml").exists()
 
 
 def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_main(_no_rich(quickstart()))
+    train_main(_no_rich(light_quickstart()))
     run = tmp_path / "runs/quickstart/version_0"
     first_config = (run / "config.yaml").read_text()
-    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "6", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "6", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
     assert cli.trainer.global_step == 6
     assert Path(cli.trainer.log_dir).resolve() == run.resolve()
     assert (run / "config.yaml").read_text() == first_config
     assert (run / "config-resume-1.yaml").exists()
     assert not (tmp_path / "runs/quickstart/version_1").exists()
     # resuming again from the newest checkpoint continues again, without clobbering anything
-    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "8", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "8", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
     assert cli.trainer.global_step == 8 and (run / "config-resume-2.yaml").exists()
 
 
 def test_resume_from_an_older_checkpoint_starts_a_new_version(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # quickstart checkpoints every 100 steps; save every 2 here so there is an older one
-    train_main(_no_rich(quickstart("--trainer.max_steps", "4", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+    train_main(_no_rich(light_quickstart("--trainer.max_steps", "4", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                                    "--trainer.callbacks.filename=step={step:06d}", "--trainer.callbacks.auto_insert_metric_name=false",
                                    "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1")))
     run = tmp_path / "runs/quickstart/version_0"
     older = sorted(run.glob("checkpoints/step=000002*.ckpt"))
     assert older, sorted(p.name for p in (run / "checkpoints").iterdir())
-    cli = train_main(_no_rich(quickstart("--trainer.max_steps", "5", "--ckpt_path", str(older[0]))))
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "5", "--ckpt_path", str(older[0]))))
     assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.global_step == 5
 
 
@@ -116,7 +136,7 @@ def test_image_size_override_reaches_data_and_model(tmp_path, monkeypatch):
 
 def test_probe_export_and_sample_commands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_main(_no_rich(quickstart()))
+    train_main(_no_rich(light_quickstart()))
     ckpt = tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt"
     out = probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     assert DDPMPipeline.from_pretrained(out).unet.config.sample_size == 16

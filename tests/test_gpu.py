@@ -58,3 +58,45 @@ def test_probe_monitor_runs_eager_beside_a_compiled_unet(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed", callbacks=[monitor])
     trainer.fit(make_module(compile=True), datamodule=data)
     assert [h["step"] for h in monitor.history] == [0, 3]
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_path, mode):
+    """The fast path of configs/shapes_gpu.yaml with every observer on: inductor (CUDA graphs with
+    reduce-overhead), bf16, channels_last. The compiled forward's features equal the eager ones
+    within bf16 tolerance, and everything is logged."""
+    from lightning.pytorch import Callback
+
+    from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor
+    from diffprobe.capture import capture_features
+    from helpers import read_events
+
+    layers = ["down_blocks.1", "mid_block"]
+
+    class CompareWithEager(Callback):
+        def on_train_end(self, trainer, pl_module):
+            x, t = torch.randn(32, 3, 16, 16, device="cuda"), torch.randint(0, 100, (32,), device="cuda")
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                prediction, features = pl_module._taps(x, t)
+                self.compiled = (prediction.float().clone(), {k: v.clone() for k, v in features.items()})
+                with capture_features(pl_module.unet, layers) as eager:
+                    self.eager = (pl_module.unet(x, t).sample.float(), dict(eager))
+
+    check = CompareWithEager()
+    data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
+    callbacks = [
+        OnlineProbes(layers=layers, log_every_n_steps=2),
+        ProbeMonitor(every_n_steps=4, num_images=30, timesteps=[10, 90], layers=layers, batch_size=64),
+        AttentionRecorder(every_n_steps=4, num_images=2),
+        PredictionEvolution(every_n_steps=4, num_images=2, trajectory_steps=3),
+        check,
+    ]
+    module = make_module(compile=True, compile_mode=mode, channels_last=True)
+    trainer = make_trainer(tmp_path, max_steps=6, accelerator="gpu", devices=1, precision="bf16-mixed", callbacks=callbacks)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 6 and all(torch.isfinite(p).all() for p in module.unet.parameters())
+    tags = set(read_events(trainer.log_dir).Tags()["scalars"])
+    assert "probe/shape/mid_block/t0010/acc" in tags and "probe_online/shape/mid_block/t0000-0049/acc" in tags
+    torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=0.05, atol=0.05)
+    for layer in layers:
+        torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=0.05, atol=0.05)
