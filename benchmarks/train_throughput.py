@@ -97,7 +97,7 @@ def observers(args) -> list[pl.Callback]:
 
     return [
         OnlineProbes(log_every_n_steps=50),
-        ProbeMonitor(every_n_steps=EVERY_N_STEPS, num_images=300, batch_size=500),
+        ProbeMonitor(every_n_steps=EVERY_N_STEPS, num_images=300, batch_size=500, method="ridge"),
         AttentionRecorder(every_n_steps=EVERY_N_STEPS, num_images=4),
         PredictionEvolution(every_n_steps=EVERY_N_STEPS, num_images=8),
         SampleGrid(every_n_steps=EVERY_N_STEPS, num_images=16, num_inference_steps=100),
