@@ -14,7 +14,7 @@ reported as ``<variant>_observer_s``), and ``<variant>_probes_on_amortized_img_s
 their intervals: batch / (median step + sum of evaluation seconds / 500).
 
     python benchmarks/train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 60   # GPU
-    python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 20 --workers 0  # CPU
+    python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 40 --workers 0 --repeats 3  # CPU
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=1, help="off / on pairs per variant (medians reported)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--variants", default=None, help="comma-separated of eager, compiled, cudagraphs (default: all the device runs)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled variant, e.g. max-autotune-no-cudagraphs")
@@ -166,14 +167,20 @@ def main(argv=None) -> dict:
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **vars(args)}
     results["baseline_img_s"] = baseline_loop(args, device)
     for variant in variants:
-        for probes in (False, True):
-            state = "on" if probes else "off"
-            inside, wall, amortized, seconds = lightning_run(args, device, variant, probes, args.check_finite_every)
-            results[f"{variant}_probes_{state}_img_s"], results[f"{variant}_probes_{state}_wall_img_s"] = inside, wall
-            if probes:
-                results[f"{variant}_probes_on_amortized_img_s"], results[f"{variant}_observer_s"] = amortized, seconds
-        results[f"{variant}_probes_cost"] = 1 - results[f"{variant}_probes_on_img_s"] / results[f"{variant}_probes_off_img_s"]
-        results[f"{variant}_stack_cost_amortized"] = 1 - results[f"{variant}_probes_on_amortized_img_s"] / results[f"{variant}_probes_off_img_s"]
+        # Off and on alternate, --repeats pairs: a shared machine's speed drifts by more than the
+        # cost measured, so each figure is the median over the pairs and the cost the median of
+        # the pairs' own costs.
+        runs = {False: [], True: []}
+        for _ in range(args.repeats):
+            for probes in (False, True):
+                runs[probes].append(lightning_run(args, device, variant, probes, args.check_finite_every))
+        for probes, state in ((False, "off"), (True, "on")):
+            results[f"{variant}_probes_{state}_img_s"] = statistics.median(r[0] for r in runs[probes])
+            results[f"{variant}_probes_{state}_wall_img_s"] = statistics.median(r[1] for r in runs[probes])
+        results[f"{variant}_probes_on_amortized_img_s"] = statistics.median(r[2] for r in runs[True])
+        results[f"{variant}_observer_s"] = {name: statistics.median(r[3][name] for r in runs[True]) for name in runs[True][0][3]}
+        results[f"{variant}_probes_cost"] = statistics.median(1 - on[0] / off[0] for off, on in zip(runs[False], runs[True]))
+        results[f"{variant}_stack_cost_amortized"] = statistics.median(1 - on[2] / off[0] for off, on in zip(runs[False], runs[True]))
     for key in [k for k in results if k.endswith("_img_s") and k != "baseline_img_s"]:
         results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
     print(json.dumps(results))  # one JSON line, last, so runs can be compared

@@ -40,6 +40,13 @@ class CaptionTokenizer:
     def split(self, caption: str) -> list[str]:
         return caption.lower().replace(",", " ").split()
 
+    def check_words(self, captions: Sequence[str]) -> None:
+        """ValueError naming the words of user-given captions that are not in the vocabulary: they
+        would all become one <unk> token, an image of nothing the model learned to read."""
+        unknown = list(dict.fromkeys(w for caption in captions for w in self.split(caption) if w not in self.index))
+        if unknown:
+            raise ValueError(f"words {unknown} are not in this model's caption vocabulary; use its words: {self.words[2:]}")
+
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> ids (B, max_tokens), padded with 0. Too long a caption is an error, not a
         silent cut, since a cut caption would drop concepts."""

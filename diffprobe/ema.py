@@ -32,6 +32,7 @@ class AveragedWeights(nn.Module):
         self.copy.requires_grad_(False)
         self.schedule = EMAModel([], decay=decay, use_ema_warmup=use_ema_warmup, inv_gamma=inv_gamma, power=power, foreach=True)
         self.schedule.shadow_params = list(self.copy.parameters())  # EMAModel updates the copy in place
+        self._averages: list[nn.Parameter] | None = None  # the copy's parameters, listed once per placement
 
     # ---- what EMAModel exposes, for callers and tests --------------------------------------------
     @property
@@ -53,7 +54,9 @@ class AveragedWeights(nn.Module):
     @torch.no_grad()
     def step(self, parameters: list[nn.Parameter]) -> None:
         parameters = list(parameters)
-        averages = list(self.copy.parameters())  # the same tensors, wherever they were moved
+        if self._averages is None:  # walking the copy's module tree every step costs about a millisecond
+            self._averages = list(self.copy.parameters())
+        averages = self._averages
         if len(parameters) != len(averages):
             raise ValueError(f"EMA step with {len(parameters)} parameters for {len(averages)} averages")
         self.schedule.shadow_params = averages
@@ -64,6 +67,7 @@ class AveragedWeights(nn.Module):
         # Lightning's "bf16-true" / "16-true" precisions cast the whole module: averages in half
         # precision stop moving (an update of (1 - 0.9999) x difference rounds away). Keep them fp32.
         super()._apply(fn, recurse)
+        self._averages = None  # moved or cast: listed again at the next step
         for param in self.copy.parameters():
             if param.is_floating_point() and param.dtype != torch.float32:
                 param.data = param.data.float()

@@ -106,6 +106,7 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         self.probe_heads: ProbeHeads | None = None  # OnlineProbes' heads, trained by the same backward
         self._taps: FeatureTaps | None = None  # the training forward that also returns their features
         self._probe_learning_rate: float | None = None
+        self._listed_parameters: list[torch.nn.Parameter] | None = None  # trained_parameters() during training
         self._nonfinite_seen = torch.zeros((), dtype=torch.bool)
         self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
@@ -145,8 +146,26 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
+        if self._listed_parameters is not None:
+            return self._listed_parameters
         encoder = [] if self.caption_encoder is None else list(self.caption_encoder.parameters())
         return list(self.unet.parameters()) + encoder
+
+    @override
+    def on_train_start(self) -> None:
+        # Listed once per fit, after the strategy has set the model up: the EMA update and the
+        # clipping read the list every step, and walking the module tree costs about a
+        # millisecond each time (3% of a 32 ms GPU step).
+        self._listed_parameters = None
+        self._listed_parameters = self.trained_parameters()
+
+    @override
+    def on_train_end(self) -> None:
+        self._listed_parameters = None
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self._listed_parameters = None  # also when fit stopped on an error
 
     @override
     def configure_model(self) -> None:

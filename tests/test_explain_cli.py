@@ -117,6 +117,15 @@ def test_lime_command(unconditional_run, tmp_path):
     assert {"lime_xt.png", "lime_final.png", "lime_top.png", "lime.pt"} <= {p.name for p in out.iterdir()}
 
 
+def test_sample_refuses_words_outside_the_models_vocabulary_before_sampling(conditional_run, tmp_path):
+    grid = tmp_path / "grid.png"
+    base = ["sample", "--ckpt", str(conditional_run), "--out", str(grid), "--num", "2", "--steps", "2"]
+    with pytest.raises(SystemExit, match=r"--caption: words \['purple', 'hexagon'\] are not in this model's caption vocabulary; use its words: \[.*'circle'"):
+        probe_main([*base, "--caption", "[a large purple solid hexagon, a small red solid circle]"])
+    assert not grid.exists()
+    assert probe_main([*base, "--caption", CAPTION]) == grid and grid.stat().st_size > 0
+
+
 def test_conditional_commands_on_a_checkpoint_and_its_export(conditional_run, tmp_path):
     out = probe_main(["relevance", "--ckpt", str(conditional_run), "--out", str(tmp_path / "rel"), "--prompt", CAPTION, "--schedule.steps", "4", "--schedule.lam", "3", "--scale", "1"])
     numbers = json.loads((out / "relevance.json").read_text())

@@ -74,6 +74,11 @@ def sample(
         raise CommandError(
             "this checkpoint is a conditional model: give --caption 'a large red solid circle ...' (or a list: --caption '[..., ...]')"
         )
+    if captions is not None:
+        try:
+            module.caption_encoder.tokenizer.check_words(captions)
+        except ValueError as error:
+            raise CommandError(f"--caption: {error}") from None
     images = module.sample(
         num, seed=seed, num_inference_steps=steps, sampler=sampler, captions=captions, guidance_scale=guidance, use_ema=not raw
     )

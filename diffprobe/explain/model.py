@@ -112,9 +112,7 @@ def caption_prompt_encoder(encoder: CaptionEncoder) -> Callable[[str], Prompt]:
     """Prompts for diffprobe's learned-token conditional models: one token per word, no specials."""
 
     def encode(text: str) -> Prompt:
-        unknown = [word for word in encoder.tokenizer.split(text) if word not in encoder.tokenizer.index]
-        if unknown:  # they would all become one <unk> token: an explanation of nothing the model learned
-            raise ValueError(f"words {unknown} are not in this model's caption vocabulary; use its words: {encoder.tokenizer.words[2:]}")
+        encoder.tokenizer.check_words([text])  # an <unk> token would explain nothing the model learned
         ids = encoder.tokenizer.encode([text])
         tokens = [encoder.tokenizer.words[i] for i in ids[0].tolist()]
         condition = encoder(ids.to(encoder.position_embedding.device))
