@@ -28,6 +28,13 @@ from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 CHECKPOINT_MARKER = "diffprobe"
 
 
+def _fused_on_gpu(groups) -> bool | None:
+    """AdamW's fused kernel (one launch for every parameter's update) when every parameter is on a
+    GPU; torch's default implementation otherwise."""
+    parameters = [p for group in groups for p in group["params"]]
+    return True if parameters and all(p.is_cuda for p in parameters) else None
+
+
 def _constant(step: int) -> float:
     return 1.0
 
@@ -158,6 +165,13 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         # millisecond each time (3% of a 32 ms GPU step).
         self._listed_parameters = None
         self._listed_parameters = self.trained_parameters()
+        for optimizer in self.trainer.optimizers if self._trainer is not None else []:
+            # A resumed optimizer takes its implementation from the checkpoint's groups: a run
+            # begun on a CPU keeps the fast one on a GPU, and one begun on a GPU goes on on a CPU.
+            fused = _fused_on_gpu(optimizer.param_groups)
+            if isinstance(optimizer, torch.optim.AdamW):
+                for group in optimizer.param_groups:
+                    group["fused"], group["foreach"] = fused, None if fused else group.get("foreach")
 
     @override
     def on_train_end(self) -> None:
@@ -253,7 +267,9 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         groups = [{"params": self.trained_parameters()}]
         if self.probe_heads is not None:
             groups.append({"params": list(self.probe_heads.parameters()), "lr": self._probe_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay, fused=_fused_on_gpu(groups)
+        )
         name = "cosine" if hp.lr_schedule == "cosine" else "constant_with_warmup"
         total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
         schedule = get_scheduler(name, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=max(total, 1))

@@ -24,6 +24,7 @@ def test_bf16_channels_last_compile_train_sample_export(tmp_path, compile):
     )
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 6
+    assert all(group["fused"] is True for group in trainer.optimizers[0].param_groups)  # one kernel per update
     # Lightning moves the module to the CPU at teardown; the EMA copy must follow it.
     assert module.ema.shadow_params[0].device == next(module.unet.parameters()).device
     assert all(torch.isfinite(p).all() for p in module.unet.parameters())

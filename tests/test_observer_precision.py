@@ -29,9 +29,9 @@ def test_every_observer_runs_the_unet_under_the_training_autocast_and_fits_probe
         PredictionEvolution(every_n_steps=2, num_images=2, trajectory_steps=3, trajectory_every=1),
     ]
     for observer in observers:  # tag each observer's UNet calls with its name
-        original = observer.observe
+        original, name = observer.observe, type(observer).__name__
 
-        def observe(trainer, pl_module, step, original=original, name=type(observer).__name__):
+        def observe(trainer, pl_module, step, original=original, name=name):
             running["who"] = name
             try:
                 original(trainer, pl_module, step)

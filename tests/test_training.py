@@ -100,6 +100,19 @@ def test_resume_continues_step_count_ema_and_optimizer(tmp_path, tiny_data):
     assert steps[-1] >= 5, "the resumed run logs into the same run directory, continuing its step axis"
 
 
+def test_a_run_begun_with_the_gpus_fused_adamw_resumes_with_the_default_one_on_a_cpu(tmp_path, tiny_data):
+    make_trainer(tmp_path, max_steps=2).fit(make_module(), datamodule=tiny_data)
+    ckpt = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert all(group["fused"] is None for group in saved["optimizer_states"][0]["param_groups"])  # built on a CPU
+    for group in saved["optimizer_states"][0]["param_groups"]:
+        group["fused"] = True  # as a GPU run writes it
+    torch.save(saved, tmp_path / "from_gpu.ckpt")
+    second = make_trainer(tmp_path, max_steps=3, version=1)
+    second.fit(make_module(), datamodule=tiny_data, ckpt_path=tmp_path / "from_gpu.ckpt")
+    assert second.global_step == 3 and all(group["fused"] is None for group in second.optimizers[0].param_groups)
+
+
 class PoisonAtStep3(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 3:
@@ -189,3 +202,23 @@ def test_ema_averages_are_a_submodule_and_older_checkpoints_still_load(tmp_path,
     torch.save(checkpoint, tmp_path / "old.ckpt")
     old = load_module(tmp_path / "old.ckpt")
     assert all(torch.equal(a, b) for a, b in zip(old.ema.shadow_params, averages)) and old.ema.optimization_step == 2
+
+
+def test_the_step_bar_reads_the_metrics_at_its_pace_not_every_step(tmp_path, tiny_data, monkeypatch):
+    from diffprobe.callbacks import StepProgressBar, progress
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])
+    bar = StepProgressBar(metrics_every_s=0.5)
+    reads = []
+    read = bar.get_metrics
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: reads.append(trainer.global_step) or read(trainer, module))
+
+    class Tick(Callback):  # 0.2 s of the fake clock per step
+        def on_train_batch_start(self, *args):
+            clock["now"] += 0.2
+
+    make_trainer(tmp_path, max_steps=8, callbacks=[Tick(), bar], enable_progress_bar=True).fit(make_module(), datamodule=tiny_data)
+    # steps 1..8 at 0.2 s each: read at the first step, then whenever 0.5 s have passed, and at the
+    # last (where Lightning's end-of-fit hooks read them once more)
+    assert sorted({step for step in reads if step > 0}) == [1, 4, 7, 8]
