@@ -84,19 +84,6 @@ def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch):
     assert cli.trainer.global_step == 8 and (run / "config-resume-2.yaml").exists()
 
 
-def test_resume_from_an_older_checkpoint_starts_a_new_version(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    # quickstart checkpoints every 100 steps; save every 2 here so there is an older one
-    train_main(_no_rich(light_quickstart("--trainer.max_steps", "4", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "--trainer.callbacks.filename=step={step:06d}", "--trainer.callbacks.auto_insert_metric_name=false",
-                                   "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1")))
-    run = tmp_path / "runs/quickstart/version_0"
-    older = sorted(run.glob("checkpoints/step=000002*.ckpt"))
-    assert older, sorted(p.name for p in (run / "checkpoints").iterdir())
-    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "5", "--ckpt_path", str(older[0]))))
-    assert Path(cli.trainer.log_dir).name == "version_1" and cli.trainer.global_step == 5
-
-
 def test_without_a_logger_the_observers_refuse_before_writing_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")

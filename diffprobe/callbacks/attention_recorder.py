@@ -123,9 +123,11 @@ class AttentionRecorder(PeriodicObserver):
         token_mass: dict[str, list[float]] = {}
         queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}  # layer -> row label -> (N, h, w)
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
-            for j, t in enumerate(self.timesteps):
+            on_device = []
+            for j in range(len(self.timesteps)):  # every forward queued before the host reads any map
                 interrupt.check()
-                maps = self.maps(pl_module, j, self.unet_precision(trainer))
+                on_device.append(self.maps(pl_module, j, self.unet_precision(trainer)))
+            for t, maps in zip(self.timesteps, on_device):
                 for layer in self.layers:
                     statistics, obj, bg = self._self_attention(layer, maps[layer].cpu(), t)
                     scalars |= statistics

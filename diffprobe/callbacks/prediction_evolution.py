@@ -95,16 +95,19 @@ class PredictionEvolution(PeriodicObserver):
         with eval_mode(pl_module), eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             # A conditional model predicts from each image's own caption (no guidance).
             condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
+            # Fixed noise per t, moved in one copy; results come back in one copy after the loop, so
+            # the host never waits for the device between timesteps.
+            generators = [torch.Generator().manual_seed(1234 + j) for j in range(len(self.timesteps))]
+            noise = torch.stack([torch.randn(self.images.shape, generator=g) for g in generators]).to(device)
             for j, t in enumerate(self.timesteps):
                 interrupt.check()
                 timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
-                noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(1234 + j))  # fixed per t
-                x_t = pl_module.scheduler.add_noise(x0, noise.to(device), timesteps)
+                x_t = pl_module.scheduler.add_noise(x0, noise[j], timesteps)
                 with precision():
                     output = sampling.guided_output(unet, x_t, timesteps, condition).float()
-                noisy.append(x_t.float().cpu())
-                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1).float().cpu())
-        return torch.stack(noisy), torch.stack(predicted)
+                noisy.append(x_t)
+                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1))
+        return torch.stack(noisy).float().cpu(), torch.stack(predicted).float().cpu()
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
