@@ -37,8 +37,9 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys, mon
     assert set(summary["shape"]["first_step_decodable_by_t"]) == {"0", "50", "99"}
     steps = sorted({e.step for e in read_events(run).Scalars("probe_ckpt/shape/mid_block/t0050/acc")})
     assert steps == [2, 4]
-    # the run's own probe set was used, not a new one
+    # the run's own probe set was used, not a new one, and the default size that would have made one is said to be ignored
     assert not (out / "probe_set.pt").exists()
+    assert "--num_images 300 ignored: using the probe set" in capsys.readouterr().err
 
     before = (out / "probes.csv").read_text()
     mtime = (out / "probes.csv").stat().st_mtime_ns

@@ -39,9 +39,21 @@ def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data
             loaded = ProbeSet.load(found)
         except checkpoint.LoadError as error:
             raise CommandError(str(error)) from error
-        if timesteps or data:
-            ignored = " and ".join(f for f, given in (("--timesteps", timesteps), ("--data", data)) if given)
-            print(f"probe.py linear: {ignored} ignored: using the probe set {found} (t = {loaded.timesteps.tolist()})", file=sys.stderr)
+        # Results stay comparable across calls only on one probe set: what would make another is
+        # said to be ignored (--num_images and --seed have defaults, so only where they differ).
+        differs = [
+            (f"--timesteps {list(timesteps or [])}", bool(timesteps)),
+            (f"--data {data}", bool(data)),
+            (f"--num_images {size}", size != len(loaded)),
+            (f"--seed {seed}", seed != loaded.seed),
+        ]
+        ignored = [name for name, given in differs if given]
+        if ignored:
+            print(
+                f"probe.py linear: {' and '.join(ignored)} ignored: using the probe set {found} ({len(loaded)} images, seed "
+                f"{loaded.seed}, t = {loaded.timesteps.tolist()}); {_why_this_probe_set(found, probe_set, source)}",
+                file=sys.stderr,
+            )
         return loaded, found
     T = parts.scheduler.config.num_train_timesteps
     grid = list(timesteps) if timesteps else default_timesteps(T)
@@ -59,6 +71,14 @@ def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data
         else:
             module = HFDataModule(data, image_size=image_size, batch_size=1, num_workers=0, **data_options)
         return ProbeSet.from_dataset(module.heldout_dataset(), module.concepts, size=size, timesteps=grid, seed=seed), None
+
+
+def _why_this_probe_set(found: Path, given: str | None, source: Source) -> str:
+    if given:
+        return "it is the one --probe_set names"
+    if source.run_dir is not None and found == source.run_dir / "probe_set.pt":
+        return "it is the run's own, so that these probes compare with the live ones"
+    return "an earlier call saved it in --out; another --out makes a new one"
 
 
 def _check_probe_set(probe_set, unet, T: int, where: str) -> None:
