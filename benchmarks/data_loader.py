@@ -1,4 +1,4 @@
-"""How fast the ConceptShapes DataModule feeds training: whole-batch fetching (``__getitems__``,
+"""How fast the ConceptShapes DataModule feeds training: whole-batch fetching (``fetch_batch``,
 what ``train_dataloader()`` does) against the per-sample fetch-and-collate it replaced (a
 DataLoader over ``__getitem__`` with torch's default collate), in the same process.
 
@@ -15,22 +15,9 @@ import json
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from diffprobe.data import ConceptShapesDataModule
-
-
-class PerSample(Dataset):
-    """The same data set, fetched one sample at a time (hides ``__getitems__``)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset[index]
 
 
 def milliseconds_per_batch(loader: DataLoader, batches: int) -> float:
@@ -57,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     data = ConceptShapesDataModule(image_size=args.image_size, train_size=args.train_size, batch_size=args.batch_size)
     batched = data.train_dataloader()
-    per_sample = DataLoader(PerSample(data.train_dataset()), batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_collate)
+    per_sample = DataLoader(data.train_dataset(), batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_collate)
     baseline = milliseconds_per_batch(per_sample, args.batches)
     fast = milliseconds_per_batch(batched, args.batches)
     result = {

@@ -101,3 +101,13 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
     torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=0.05, atol=0.05)
     for layer in layers:
         torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=0.05, atol=0.05)
+
+
+def test_a_run_begun_on_a_cpu_resumes_on_a_gpu_with_the_fused_adamw(tmp_path):
+    data = shapes_data(image_size=16, train_size=64, batch_size=8)
+    make_trainer(tmp_path, max_steps=2).fit(make_module(), datamodule=data)
+    gpu = make_trainer(tmp_path, max_steps=4, version=0, accelerator="gpu", devices=1, precision="bf16-mixed")
+    gpu.fit(make_module(), datamodule=data, ckpt_path=tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
+    optimizer = gpu.optimizers[0]
+    assert gpu.global_step == 4 and all(group["fused"] is True for group in optimizer.param_groups)
+    assert all(state["step"].is_cuda and int(state["step"]) == 4 for state in optimizer.state.values())

@@ -155,3 +155,5 @@ def test_a_probe_set_keeps_its_tensors_on_an_accelerator_and_not_on_the_host():
     assert probes.images_on("meta") is probes.images_on("meta")
     assert probes.noise_on(0, "cpu") is not probes.noise_on(0, "cpu") and torch.equal(probes.noise_on(0, "cpu"), probes.noise(0))
     assert not any(device.type == "cpu" for device, _ in probes._on_device)
+    probes.release()
+    assert not probes._on_device

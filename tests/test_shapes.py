@@ -108,3 +108,6 @@ def test_the_loader_fetches_whole_batches_equal_to_stacked_samples():
     for key in ("image", "labels", "mask", "index"):
         assert batch[key].dtype == stacked[key].dtype and torch.equal(batch[key], stacked[key]), key
     assert batch["caption"] == stacked["caption"] == [caption(dataset.label_dict(i)) for i in indices]
+    # The data set itself stays an ordinary one for a user's own DataLoader (and Subset, random_split).
+    plain = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [3, 1, 2]), batch_size=3)))
+    assert torch.equal(plain["image"], torch.stack([dataset[i]["image"] for i in (3, 1, 2)]))

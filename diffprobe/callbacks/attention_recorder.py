@@ -100,21 +100,26 @@ class AttentionRecorder(PeriodicObserver):
         self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
 
     @torch.no_grad()
-    def maps(self, pl_module, t_index: int, precision: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, torch.Tensor]:
+    def maps(self, pl_module, t_index: int, precision: Callable[[], AbstractContextManager] = nullcontext, inputs=None) -> dict[str, torch.Tensor]:
         """Head-mean attention (N, Q, K) float32 of every recorded layer at ``timesteps[t_index]``;
-        the UNet runs in ``precision``."""
-        device, unet = pl_module.device, pl_module.unet
-        x0 = self.images.to(device)
-        t = torch.full((len(x0),), self.timesteps[t_index], device=device, dtype=torch.long)
-        noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(4321 + t_index))  # fixed per t
-        x_t = pl_module.scheduler.add_noise(x0, noise.to(device), t)
-        context = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
+        the UNet runs in ``precision``; ``inputs``: :meth:`_inputs`, made once for all t."""
+        x0, noise, context = inputs if inputs is not None else self._inputs(pl_module)
+        unet = pl_module.unet
+        t = torch.full((len(x0),), self.timesteps[t_index], device=x0.device, dtype=torch.long)
+        x_t = pl_module.scheduler.add_noise(x0, noise[t_index], t)
         with record_attention(unet, self.layers + self.cross_layers) as recorded, precision():
             if context is None:
                 unet(x_t, t)
             else:
                 unet(x_t, t, encoder_hidden_states=context)
         return {name: calls[-1] for name, calls in recorded.items()}
+
+    def _inputs(self, pl_module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """On the module's device, in one copy each: the images, the fixed noise of every t (T, N,
+        C, H, W) and the captions' context (None for an unconditional model)."""
+        noise = torch.stack([torch.randn(self.images.shape, generator=torch.Generator().manual_seed(4321 + j)) for j in range(len(self.timesteps))])
+        context = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
+        return self.images.to(pl_module.device), noise.to(pl_module.device), context
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
@@ -123,10 +128,10 @@ class AttentionRecorder(PeriodicObserver):
         token_mass: dict[str, list[float]] = {}
         queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}  # layer -> row label -> (N, h, w)
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
-            on_device = []
+            inputs, on_device = self._inputs(pl_module), []
             for j in range(len(self.timesteps)):  # every forward queued before the host reads any map
                 interrupt.check()
-                on_device.append(self.maps(pl_module, j, self.unet_precision(trainer)))
+                on_device.append(self.maps(pl_module, j, self.unet_precision(trainer), inputs))
             for t, maps in zip(self.timesteps, on_device):
                 for layer in self.layers:
                     statistics, obj, bg = self._self_attention(layer, maps[layer].cpu(), t)

@@ -65,6 +65,8 @@ class ProbeMonitor(PeriodicObserver):
             raise ValueError(f"num_images must be >= 10 (probes need a train and a test part), got {num_images}")
         if weights not in ("ema", "raw", "both"):
             raise ValueError(f"weights must be 'ema', 'raw' or 'both', got {weights!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of UNet inputs, got {batch_size}")
         if probe_set is not None and not Path(probe_set).is_file():
             raise FileNotFoundError(f"probe set {probe_set} does not exist")
         self.num_images, self.timesteps = num_images, timesteps
@@ -184,6 +186,12 @@ class ProbeMonitor(PeriodicObserver):
             kinds = ("concept", "layer") if self.heatmaps is True else (self.heatmaps,)
             for by, name, figure in figures.probe_heatmaps(table, f"step {step}", by=kinds):
                 writer.add_figure(tb.probe_heatmap_tag(prefix, by, name), figure, step)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)  # the last evaluation
+        if self.probe_set is not None:
+            self.probe_set.release()  # the GPU memory its images and noise held, after fit
 
     # ---- state --------------------------------------------------------------------------------
     @override

@@ -77,7 +77,7 @@ def _why_this_probe_set(found: Path, given: str | None, source: Source) -> str:
     if given:
         return "it is the one --probe_set names"
     if source.run_dir is not None and found == source.run_dir / "probe_set.pt":
-        return "it is the run's own, so that these probes compare with the live ones"
+        return "it is the run's own: the same images and noise as its live probes"
     return "an earlier call saved it in --out; another --out makes a new one"
 
 

@@ -19,9 +19,28 @@ from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
 
 
+class WholeBatches(Dataset):
+    """A data set with ``fetch_batch(indices) -> batch dict`` (ConceptShapes), seen by the
+    DataLoader a batch at a time: the DataLoader calls ``__getitems__`` with a batch's indices
+    (under any sampler, Lightning's distributed one included) and ``collate_batches`` passes the
+    batch through. The data set itself stays an ordinary map-style one for any other DataLoader."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        return self.dataset.fetch_batch(list(indices))
+
+
 def collate_batches(samples: list[dict] | dict) -> dict:
-    """The DataLoader's collate: a data set that fetches whole batches (``__getitems__`` returning
-    one dict, as ConceptShapes does) hands them through; a list of samples is stacked as usual."""
+    """The DataLoader's collate: a whole batch (``WholeBatches``) passes through; a list of
+    samples is stacked as usual."""
     return samples if isinstance(samples, dict) else default_collate(samples)
 
 
@@ -52,8 +71,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
         return DataLoader(
-            self.train_dataset(),
+            WholeBatches(dataset) if hasattr(dataset, "fetch_batch") else dataset,
             batch_size=self.batch_size,
             shuffle=True,
             drop_last=True,

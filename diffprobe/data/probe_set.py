@@ -54,7 +54,7 @@ class ProbeSet:
     masks: torch.Tensor | None = None
     captions: list[str] = field(default_factory=list)
     # Images and noise already moved to an accelerator, kept for the next evaluation (not saved).
-    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -78,6 +78,10 @@ class ProbeSet:
         on the host each evaluation would cost more than the UNet's forwards on a GPU (a 1,000-image
         32x32 probe set's 15 noise tensors take 180 MB of its memory)."""
         return self._kept(device, ("noise", int(t_index)), lambda: self.noise(t_index))
+
+    def release(self) -> None:
+        """Free what :meth:`images_on` / :meth:`noise_on` keep on accelerators."""
+        self._on_device.clear()
 
     def _kept(self, device: torch.device, key, make) -> torch.Tensor:
         device = torch.device(device)

@@ -245,11 +245,11 @@ class ConceptShapes(Dataset):
             "index": index,
         }
 
-    def __getitems__(self, indices: list[int]) -> dict:
+    def fetch_batch(self, indices: list[int]) -> dict:
         """A whole batch in a few tensor ops: what stacking ``__getitem__`` gives, without a Python
-        call per sample. A DataLoader calls it with a batch's indices; ``collate_batches`` passes
-        the batch through. At GPU speed (4,000+ images/s) per-sample fetching and collating cost
-        5 ms of every 32 ms step on the main process."""
+        call per sample. The DataModule's loader fetches through it (``data.module.WholeBatches``):
+        at GPU speed (4,000+ images/s) per-sample fetching and collating cost 5 ms of every 32 ms
+        step on the main process."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return {
             # index_select, not advanced indexing (10x faster on CPU); in-place scaling makes the

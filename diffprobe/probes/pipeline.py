@@ -116,6 +116,8 @@ def extract_features(
             f"probe-set timesteps {probe_set.timesteps.tolist()} must lie in [0, {num_train_timesteps}) for this "
             f"scheduler (T = {num_train_timesteps}); build the probe set with timesteps below T"
         )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of UNet inputs, got {batch_size}")
     grid = probe_set.timesteps.tolist()
     missing = sorted(set(only or []) - set(grid))
     if missing:
