@@ -11,11 +11,10 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from diffusers.optimization import get_scheduler
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from diffprobe import diffusion, sampling, tb
+from diffprobe import diffusion, optimization, sampling, tb
 from diffprobe.captions import CaptionEncoder
 from diffprobe.capture import eval_mode
 from diffprobe.capture.taps import FeatureTaps
@@ -26,35 +25,6 @@ from diffprobe.probes.heads import ProbeHeads, match_checkpoint
 from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 
 CHECKPOINT_MARKER = "diffprobe"
-
-
-def _fused_on_gpu(groups, trainer) -> bool | None:
-    """AdamW's fused kernel (one launch for every parameter's update) when every parameter is on a
-    GPU and no gradient scaler runs ("16-mixed": Lightning would then skip unscaling before the
-    clipping); torch's default implementation otherwise."""
-    if trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None:
-        return None
-    parameters = [p for group in groups for p in group["params"]]
-    return True if parameters and all(p.is_cuda for p in parameters) else None
-
-
-def _use_device_implementation(optimizer: torch.optim.AdamW, trainer) -> None:
-    """A resumed optimizer takes its implementation from the checkpoint's groups: set the one this
-    device runs (a run begun on a CPU gets the fused kernel on a GPU, one begun on a GPU the
-    default one on a CPU), with each parameter's step count where that implementation keeps it."""
-    fused = _fused_on_gpu(optimizer.param_groups, trainer)
-    for group in optimizer.param_groups:
-        if bool(group.get("fused")) == bool(fused):
-            continue
-        group["fused"], group["foreach"] = fused, None
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if torch.is_tensor(state.get("step")):  # fused: on the parameter's device; default: on the CPU
-                state["step"] = state["step"].to(device=parameter.device if fused else "cpu", dtype=torch.float32)
-
-
-def _constant(step: int) -> float:
-    return 1.0
 
 
 class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
@@ -185,7 +155,7 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         self._listed_parameters = self.trained_parameters()
         for optimizer in self.trainer.optimizers if self._trainer is not None else []:
             if isinstance(optimizer, torch.optim.AdamW):
-                _use_device_implementation(optimizer, self.trainer)
+                optimization.use_device_implementation(optimizer, self.trainer)
 
     @override
     def on_train_end(self) -> None:
@@ -277,19 +247,7 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
 
     @override
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = [{"params": self.trained_parameters()}]
-        if self.probe_heads is not None:
-            groups.append({"params": list(self.probe_heads.parameters()), "lr": self._probe_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
-        fused = _fused_on_gpu(groups, self._trainer)
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay, fused=fused)
-        name = "cosine" if hp.lr_schedule == "cosine" else "constant_with_warmup"
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
-        schedule = get_scheduler(name, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=max(total, 1))
-        if self.probe_heads is not None:  # the heads keep their own constant rate: no warm-up or decay
-            schedule.lr_lambdas[1] = _constant
-            optimizer.param_groups[1]["lr"] = self._probe_learning_rate
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimization.adamw_and_schedule(self)
 
     @override
     def configure_callbacks(self):
