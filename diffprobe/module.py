@@ -6,7 +6,6 @@ Thin by design: the noise maths lives in ``diffusion``, the UNets in ``unet``, t
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -16,10 +15,11 @@ from typing_extensions import override
 
 from diffprobe import diffusion, optimization, sampling, tb
 from diffprobe.captions import CaptionEncoder
-from diffprobe.capture import eval_mode
 from diffprobe.capture.taps import FeatureTaps
 from diffprobe.ema import AveragedWeights
+from diffprobe.finite import NonFiniteGuard
 from diffprobe.metrics import TimestepBinnedMean
+from diffprobe.observation import Observation
 from diffprobe.online_heads import OnlineProbeHeads
 from diffprobe.probes.heads import ProbeHeads, match_checkpoint
 from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
@@ -27,7 +27,7 @@ from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
 CHECKPOINT_MARKER = "diffprobe"
 
 
-class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
+class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     """Train or fine-tune a DDPM UNet.
 
     Args:
@@ -102,7 +102,7 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         self._taps: FeatureTaps | None = None  # the training forward that also returns their features
         self._probe_learning_rate: float | None = None
         self._listed_parameters: list[torch.nn.Parameter] | None = None  # trained_parameters() during training
-        self._nonfinite_seen = torch.zeros((), dtype=torch.bool)
+        self.nonfinite = NonFiniteGuard()
         self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
         if pretrained is not None:
@@ -159,19 +159,22 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
 
     @override
     def on_train_end(self) -> None:
-        self._listed_parameters = None
+        self._listed_parameters = self._observation_unet = None
 
     @override
     def teardown(self, stage: str) -> None:
-        self._listed_parameters = None  # also when fit stopped on an error
+        self._listed_parameters = self._observation_unet = None  # also when fit stopped on an error
 
     @override
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
             options = {"mode": self.hparams.compile_mode, "backend": self.hparams.compile_backend}
-            # In place: state_dict keys unchanged. With online probes the tapped forward is compiled:
-            # the pooled features are outputs of the same graph as the prediction.
+            # In place: state_dict keys unchanged. With online probes the tapped forward is compiled
+            # (the pooled features are outputs of the same graph as the prediction), and so are the
+            # heads: a few fused kernels per step instead of a chain of small eager ones.
             (self._taps if self._taps is not None else self.unet).compile(**options)
+            if self.probe_heads is not None:
+                self.probe_heads.compile(**options)
             self._compiled = True
 
     # ---- conditioning -------------------------------------------------------------------------
@@ -197,27 +200,16 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
             prediction = sampling.guided_output(self.unet, x_t, t, context)
         losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
         loss = losses.mean()
-        # 3. Stop on a non-finite loss before the optimizer can spread it into the weights. The flag
-        # accumulates on the device (no sync); it is read every N steps and before every checkpoint.
-        self._nonfinite_seen = self._nonfinite_seen.to(loss.device) | ~torch.isfinite(loss.detach())
+        # 3. Stop on a non-finite loss before the optimizer can spread it into the weights.
+        self.nonfinite.update(loss)
         if self.global_step % self.hparams.check_finite_every_n_steps == 0:
-            self._raise_if_nonfinite(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}")
+            self.nonfinite.raise_if_seen(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}", self._trainer)
         self.loss_by_t.update(losses, diffusion.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
         if self.probe_heads is not None:  # the heads learn from this very forward's detached features
             probe_loss, correct, bucket = self.probe_heads(features, t, batch["labels"])
             return {"loss": loss + probe_loss, "probe_correct": correct, "probe_bucket": bucket}
         return loss
-
-    def _raise_if_nonfinite(self, what: str) -> None:
-        bad = bool(self._nonfinite_seen.item())
-        if self._trainer is not None:  # every rank must stop, or the others hang in the all-reduce
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise FloatingPointError(
-                f"{what}; training stopped before any checkpoint of these weights was written, so the checkpoints on disk are the "
-                "last good ones. Lower --model.learning_rate, set --trainer.gradient_clip_val, or check the data for NaNs."
-            )
 
     @override
     def on_fit_start(self) -> None:
@@ -261,7 +253,7 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Never write weights that went bad since the last check.
-        self._raise_if_nonfinite(f"a non-finite training loss was seen before the checkpoint at global step {self.global_step}")
+        self.nonfinite.raise_if_seen(f"a non-finite training loss was seen before the checkpoint at global step {self.global_step}", self._trainer)
         checkpoint[CHECKPOINT_MARKER] = {
             "unet_class": type(self.unet).__name__,
             "unet_config": dict(self.unet.config),
@@ -280,42 +272,6 @@ class DiffusionModule(OnlineProbeHeads, pl.LightningModule):
         if self._trainer is not None:  # a resume (loading for probe.py drops the heads silently)
             for note in notes:
                 rank_zero_warn(f"resuming: {note}")
-
-    # ---- sampling -----------------------------------------------------------------------------
-    def ema_weights(self) -> AbstractContextManager:
-        """Swap the EMA weights in for the duration; the raw training weights come back exactly."""
-        return self.ema.swapped_into(self.trained_parameters())
-
-    @torch.no_grad()
-    def sample(
-        self,
-        num_images: int = 16,
-        *,
-        seed: int = 0,
-        num_inference_steps: int = 100,
-        sampler: Literal["ddpm", "ddim"] = "ddpm",
-        captions: list[str] | None = None,
-        guidance_scale: float | None = None,
-        use_ema: bool = True,
-    ) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after."""
-        if self.caption_encoder is not None and captions is None:
-            raise ValueError("a conditional model needs captions to sample")
-        num_images = len(captions) if captions is not None else num_images
-        with eval_mode(self), self.ema_weights() if use_ema else nullcontext():
-            context = self.encode_captions(captions) if captions is not None else None
-            uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
-            return sampling.seeded_samples(
-                self.unet,
-                self.scheduler,
-                num_images,
-                seed=seed,
-                num_inference_steps=num_inference_steps,
-                sampler=sampler,
-                condition=context,
-                uncondition=uncontext,
-                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
-            )
 
     def describe(self) -> str:
         return f"{type(self.unet).__name__} with {count_parameters(self.unet):,} parameters"

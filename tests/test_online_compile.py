@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, seed_everything
 
 from diffprobe.callbacks import OnlineProbes
 from diffprobe.capture import capture_features
+from diffprobe.capture.eager import eager
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]
@@ -37,18 +38,26 @@ class CompareWithEager(Callback):
             self.compiled = pl_module._taps(x, t)
             with capture_features(pl_module.unet, LAYERS) as features:
                 self.eager = (pl_module.unet(x, t).sample, dict(features))
+            # The heads are compiled too (one fused chain, not many small eager kernels per step).
+            labels = torch.zeros(4, pl_module.probe_heads.num_concepts, dtype=torch.long)  # class 0 exists in every concept
+            self.heads_compiled = pl_module.probe_heads(self.eager[1], t, labels)
+            with eager(pl_module.probe_heads):
+                self.heads_eager = pl_module.probe_heads(self.eager[1], t, labels)
         self.was_compiled = pl_module._compiled
+        self.heads_were_compiled = pl_module.probe_heads._compiled_call_impl is not None
 
 
 def test_compiled_training_hands_out_the_eager_features_and_logs_online_probes(tmp_path):
     check = CompareWithEager()
     trainer, module = _fit(tmp_path, with_probes=True, extra=[check], **COMPILED)
-    assert check.was_compiled
+    assert check.was_compiled and check.heads_were_compiled
     tags = set(read_events(trainer.log_dir).Tags()["scalars"])
     assert {"probe_online/shape/mid_block/t0000-0049/acc", "probe_online/size/down_blocks.1/t0050-0099/acc"} <= tags
     torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=1e-5, atol=1e-5)
     for layer in LAYERS:
         torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(check.heads_compiled[0], check.heads_eager[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(check.heads_compiled[1], check.heads_eager[1]) and torch.equal(check.heads_compiled[2], check.heads_eager[2])
     assert module._taps is None and module.probe_heads is None  # taken off at the end of fit
 
 

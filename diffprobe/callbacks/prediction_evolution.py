@@ -24,7 +24,7 @@ from typing_extensions import override
 
 from diffprobe import diffusion, interrupt, sampling, tb, viz
 from diffprobe.callbacks.periodic import PeriodicObserver
-from diffprobe.capture import eager, eval_mode
+from diffprobe.capture import eval_mode
 from diffprobe.data.probe_set import check_timesteps, fixed_examples, scaled_timesteps
 from diffprobe.metrics import frequency_band_errors, mean_colour_error
 
@@ -89,10 +89,10 @@ class PredictionEvolution(PeriodicObserver):
     def predictions(self, pl_module, precision: Callable[[], AbstractContextManager] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t and x0_hat, each (T, N, C, H, W) float32 on the CPU, with the chosen weights; the
         UNet runs in ``precision``."""
-        device, unet = pl_module.device, pl_module.unet
+        device, unet = pl_module.device, pl_module.observation_unet()  # reads no hooks: compiled when training is
         x0 = self.images.to(device)
         noisy, predicted = [], []
-        with eval_mode(pl_module), eager(unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
+        with eval_mode(pl_module), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             # A conditional model predicts from each image's own caption (no guidance).
             condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
             # Fixed noise per t, moved in one copy; results come back in one copy after the loop, so
@@ -155,10 +155,10 @@ class PredictionEvolution(PeriodicObserver):
         generator = torch.Generator(device=pl_module.device).manual_seed(0)
         scheduler = diffusion.sampling_scheduler(pl_module.scheduler, "ddpm")
         rows_t, rows_x0 = [], []
-        with torch.no_grad(), eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights():
+        with torch.no_grad(), eval_mode(pl_module), pl_module.ema_weights():
             condition = pl_module.encode_captions(captions) if captions else None
             records = sampling.denoise(
-                pl_module.unet,
+                pl_module.observation_unet(),
                 scheduler,
                 batch_size=count,
                 num_inference_steps=self.trajectory_steps,

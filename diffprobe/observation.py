@@ -1,0 +1,67 @@
+"""The DiffusionModule's side of looking at it: its EMA weights swapped in, fixed-seed samples,
+and the UNet the observers call (during a compiled fit, a forward compiled apart from training's).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
+
+import torch
+
+from diffprobe import sampling
+from diffprobe.capture import eval_mode
+from diffprobe.compiled import ObservationUNet
+
+
+class Observation:
+    """Mixed into DiffusionModule (which provides unet, scheduler, ema, caption_encoder, hparams,
+    trained_parameters, encode_captions)."""
+
+    _observation_unet: ObservationUNet | None = None  # the observers' compiled forward during a fit
+
+    def ema_weights(self) -> AbstractContextManager:
+        """Swap the EMA weights in for the duration; the raw training weights come back exactly."""
+        return self.ema.swapped_into(self.trained_parameters())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_images: int = 16,
+        *,
+        seed: int = 0,
+        num_inference_steps: int = 100,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        captions: list[str] | None = None,
+        guidance_scale: float | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after."""
+        if self.caption_encoder is not None and captions is None:
+            raise ValueError("a conditional model needs captions to sample")
+        num_images = len(captions) if captions is not None else num_images
+        with eval_mode(self), self.ema_weights() if use_ema else nullcontext():
+            context = self.encode_captions(captions) if captions is not None else None
+            uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
+            return sampling.seeded_samples(
+                self.observation_unet(),
+                self.scheduler,
+                num_images,
+                seed=seed,
+                num_inference_steps=num_inference_steps,
+                sampler=sampler,
+                condition=context,
+                uncondition=uncontext,
+                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
+            )
+
+    def observation_unet(self):
+        """The UNet for observers that read no hooks (sampling, x0 predictions): during a fit with
+        ``compile``, its forward compiled apart from training's (:class:`ObservationUNet`); else
+        the UNet itself (after the fit, and for probe.py, which loads checkpoints without a Trainer)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.state.status == "running"
+        if not (self.hparams.compile and fitting):
+            return self.unet
+        if self._observation_unet is None or self._observation_unet.unet is not self.unet:
+            self._observation_unet = ObservationUNet(self.unet, self.hparams.compile_mode, self.hparams.compile_backend)
+        return self._observation_unet
