@@ -13,6 +13,12 @@ evaluation is timed where it runs anyway (at the start and the end of fit; the e
 reported as ``<variant>_observer_s``), and ``<variant>_probes_on_amortized_img_s`` spreads them over
 their intervals: batch / (median step + sum of evaluation seconds / 500).
 
+A run-level on / off comparison cannot resolve a cost of a few percent on a machine whose speed
+drifts by 10% from one fit to the next (a shared CPU). ``<variant>_online_probes_step_cost`` is
+measured step by step instead: the DiffusionModule's whole step with and without OnlineProbes'
+heads, alternating, same weights, same batches. ``<variant>_stack_cost_stepwise`` adds the periodic
+observers' seconds per 500 steps to it: 1 - off step / (off step x (1 + step cost) + seconds / 500).
+
     python benchmarks/train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 60   # GPU
     python benchmarks/train_throughput.py --preset tiny --image-size 16 --batch-size 32 --steps 40 --workers 0 --repeats 3  # CPU
 """
@@ -23,6 +29,8 @@ import argparse
 import json
 import statistics
 import time
+import warnings
+from itertools import islice
 
 import lightning.pytorch as pl
 import torch
@@ -134,7 +142,7 @@ def lightning_run(args, device: torch.device, variant: str, probes: bool, check_
             precision="bf16-mixed" if device.type == "cuda" else "32-true",
             max_steps=args.warmup + args.steps,
             gradient_clip_val=1.0,
-            logger=TensorBoardLogger(logs, name="bench") if probes else False,
+            logger=TensorBoardLogger(logs, name="bench"),  # a real run logs, observers or not
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -145,6 +153,61 @@ def lightning_run(args, device: torch.device, variant: str, probes: bool, check_
     step = statistics.median(timer.times)
     amortized = args.batch_size / (step + sum(clock.seconds.values()) / EVERY_N_STEPS)
     return args.batch_size / step, timer.wall_images_per_second(args.batch_size), amortized, clock.seconds
+
+
+def online_probes_step_cost(args, device: torch.device, variant: str) -> float:
+    """What OnlineProbes add to one training step, measured step by step: two DiffusionModules of
+    the same weights, one with heads (its compiled forward hands out the pooled features), run
+    their whole step (forward, heads, backward, clipping, AdamW, EMA) alternately, so the two
+    medians see the same machine at the same moments. A run-level comparison cannot see a 2%
+    cost on a machine whose speed drifts 10% from one fit to the next."""
+    compile, mode = VARIANTS[variant]
+    data = ConceptShapesDataModule(image_size=args.image_size, train_size=args.batch_size * 8, batch_size=args.batch_size, num_workers=0)
+    data.setup("fit")
+    batches = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in islice(data.train_dataloader(), 8)]
+    steps = {}
+    for probes in (False, True):
+        torch.manual_seed(0)
+        module = DiffusionModule(preset=args.preset, image_size=args.image_size, warmup_steps=0, channels_last=compile and device.type == "cuda",
+                                 compile=compile, compile_mode=mode or args.compile_mode, run_safety=False).to(device)
+        if probes:
+            from diffprobe.capture import default_layers
+
+            module.attach_probe_heads(default_layers(module.unet), "mean", [len(v) for v in data.concepts.values()], 10, 1e-3)
+        # Without a Trainer global_step stays 0, so the NaN check (a host sync) would run every step
+        # instead of every --check-finite-every: leave it out of both.
+        module.nonfinite.raise_if_seen = lambda what, trainer=None: None
+        module.configure_model()
+        optimizer = module.configure_optimizers()["optimizer"]
+        steps[probes] = _manual_step(module, optimizer, device)
+    times = {False: [], True: []}
+    for index in range(args.warmup + args.steps):
+        for probes in (False, True) if index % 2 else (True, False):  # neither always goes first
+            torch.compiler.cudagraph_mark_step_begin()  # two CUDA-graphed modules take turns
+            sync(device)
+            start = time.perf_counter()
+            steps[probes](batches[index % len(batches)])
+            sync(device)
+            if index >= args.warmup:
+                times[probes].append(time.perf_counter() - start)
+    return statistics.median(times[True]) / statistics.median(times[False]) - 1
+
+
+def _manual_step(module: DiffusionModule, optimizer: torch.optim.Optimizer, device: torch.device):
+    """The DiffusionModule's training step as Lightning runs it under bf16-mixed (GPU) or 32-true (CPU)."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step(batch) -> None:
+        with autocast, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here takes it
+            out = module.training_step(batch, 0)
+        (out["loss"] if isinstance(out, dict) else out).backward()
+        torch.nn.utils.clip_grad_norm_(module.trained_parameters(), 1.0)  # as both modules clip under Lightning
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        module.ema.step(module.trained_parameters())
+
+    return step
 
 
 def main(argv=None) -> dict:
@@ -180,7 +243,17 @@ def main(argv=None) -> dict:
         results[f"{variant}_probes_on_amortized_img_s"] = statistics.median(r[2] for r in runs[True])
         results[f"{variant}_observer_s"] = {name: statistics.median(r[3][name] for r in runs[True]) for name in runs[True][0][3]}
         results[f"{variant}_probes_cost"] = statistics.median(1 - on[0] / off[0] for off, on in zip(runs[False], runs[True]))
+        try:  # outside Lightning (never run on a GPU yet): a failure here must not lose the figures above
+            step_cost = online_probes_step_cost(args, device, variant)
+        except Exception as error:  # noqa: BLE001
+            step_cost, results[f"{variant}_online_probes_step_cost_error"] = None, repr(error)[:500]
+        results[f"{variant}_online_probes_step_cost"] = step_cost
+        if step_cost is not None:
+            off_step = args.batch_size / results[f"{variant}_probes_off_img_s"]
+            on_step = off_step * (1 + step_cost) + sum(results[f"{variant}_observer_s"].values()) / EVERY_N_STEPS
+            results[f"{variant}_stack_cost_stepwise"] = 1 - off_step / on_step
         results[f"{variant}_stack_cost_amortized"] = statistics.median(1 - on[2] / off[0] for off, on in zip(runs[False], runs[True]))
+        print(json.dumps({**results, "partial": True}), flush=True)  # a run cut short by a time limit keeps what it measured
     for key in [k for k in results if k.endswith("_img_s") and k != "baseline_img_s"]:
         results[key.replace("_img_s", "_ratio")] = results[key] / results["baseline_img_s"]
     print(json.dumps(results))  # one JSON line, last, so runs can be compared
