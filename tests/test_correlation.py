@@ -9,6 +9,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from diffprobe.commands.probe import probe_main
 from diffprobe.explain.correlation import (
     Correlation,
     jsonable,
@@ -194,3 +195,12 @@ def test_probe_file_errors(tmp_path):
     (tmp_path / "probes.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing"):
         probe_accuracy_correlations(tmp_path / "probes.csv")
+
+
+def test_the_command_reads_a_probe_file_without_a_model(probe_dir, tmp_path):
+    out = probe_main(["correlation", "--out", str(tmp_path / "corr"), "--probe_results", str(probe_dir / "probes.csv")])
+    numbers = json.loads((out / "correlation.json").read_text())
+    assert numbers["spearman_timestep_vs_probe_accuracy"]  # one entry per concept and layer, no model loaded
+    with pytest.raises(SystemExit, match="--triple measures a model's relevance: give the model with --ckpt"):
+        probe_main(["correlation", "--out", str(tmp_path / "again"), "--triple", "[[a red circle, left of, a blue square]]"])
+    assert not (tmp_path / "again").exists()

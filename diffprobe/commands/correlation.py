@@ -64,7 +64,7 @@ def _role_relevance(model, triples, schedules: dict[str, list[int]], seed: int) 
 
 @command
 def correlation(
-    ckpt: str, out: str, triple: list[tuple[str, str, str]] | None = None, probe_results: str | None = None, probe_weights: Weights | None = None,
+    out: str, ckpt: str | None = None, triple: list[tuple[str, str, str]] | None = None, probe_results: str | None = None, probe_weights: Weights | None = None,
     probe_step: int | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
     raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
@@ -72,6 +72,7 @@ def correlation(
     and against probe accuracy.
 
     Args:
+        ckpt: the conditional model whose relevance --triple measures (not needed for --probe_results alone)
         triple: prompts, each as three phrases: --triple '[[a red cat, "on", the mat]]' (conditional models; quote words YAML reads as true / false: on, off, yes, no)
         probe_results: probes.csv written by 'probe.py linear': Spearman of t against accuracy per concept and layer
         probe_weights: which probes of a file holding both EMA and raw ones
@@ -83,6 +84,8 @@ def correlation(
     check_outputs(out, run)
     if not triple and not probe_results:
         raise CommandError("give --triple (a list of [subject, relation, object] phrases) and/or --probe_results probes.csv")
+    if triple and ckpt is None:
+        raise CommandError("--triple measures a model's relevance: give the model with --ckpt (a run, .ckpt or export folder)")
     if triple and schedule.steps < 2:
         raise CommandError(f"--schedule.steps {schedule.steps}: a correlation over timesteps needs at least 2 steps")
     numbers: dict = {}
