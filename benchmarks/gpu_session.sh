@@ -3,7 +3,8 @@
 # (see the device tool's notes; they live in .whl/, ignored by git), then each part asked for, in
 # order. Results go to $OUT.  Usage: bash benchmarks/gpu_session.sh [tests] [throughput] [probes] [rise]
 #   tests       tests/test_gpu.py: bf16 / channels_last / compile, live probes under CUDA graphs (~4 min)
-#   throughput  train_throughput.py: eager / compiled / CUDA graphs x observers on and off (~8 min),
+#   throughput  train_throughput.py: CUDA graphs / compiled / eager x observers on and off (~8 min;
+#               the goal's variant first, a JSON line after each, so a time limit keeps what ran),
 #               and the DataModule's loader (data_loader.py, seconds)
 # A 15-minute device budget holds about one of tests / throughput plus the machine's start: run
 # throughput first (the numbers), tests in a second call if time is left.
@@ -19,7 +20,7 @@ for what in "$@"; do
     # eager / compiled / CUDA graphs, each with the full observation stack on and off (7 runs, ~8 min)
     throughput)
       python3 data_loader.py 2>"$OUT/data_loader_stderr.txt" | tail -1 | tee "$OUT/data_loader.json"
-      timeout 540 python3 train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 40 --warmup 15 --workers 6 2>"$OUT/throughput_stderr.txt" | tail -1 | tee "$OUT/throughput.json" ;;
+      timeout 540 python3 train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 40 --warmup 15 --workers 6 --variants cudagraphs,compiled,eager 2>"$OUT/throughput_stderr.txt" | tail -1 | tee "$OUT/throughput.json" ;;
     probes)
       timeout 120 python3 probe_fit.py 2>"$OUT/probe_fit_stderr.txt" | tail -1 | tee "$OUT/probe_fit.json"
       timeout 240 python3 probe_overhead.py --preset ddpm-cifar10 --image-size 32 --batch-size 128 --steps 60 --warmup 10 --monitor-every 60 --repeats 2 2>"$OUT/probe_overhead_stderr.txt" | tail -1 | tee "$OUT/probe_overhead.json"

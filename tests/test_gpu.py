@@ -68,8 +68,10 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
     within bf16 tolerance, and everything is logged."""
     from lightning.pytorch import Callback
 
+    from diffprobe import sampling
     from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor
-    from diffprobe.capture import capture_features
+    from diffprobe.capture import capture_features, eval_mode
+    from diffprobe.compiled import ObservationUNet
     from helpers import read_events
 
     layers = ["down_blocks.1", "mid_block"]
@@ -82,6 +84,12 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
                 self.compiled = (prediction.float().clone(), {k: v.clone() for k, v in features.items()})
                 with capture_features(pl_module.unet, layers) as eager:
                     self.eager = (pl_module.unet(x, t).sample.float(), dict(eager))
+            # The observers' own compiled forward (its own CUDA graphs under reduce-overhead)
+            # samples what the eager UNet samples.
+            observation = pl_module.observation_unet()
+            with eval_mode(pl_module.unet), torch.autocast("cuda", dtype=torch.bfloat16):
+                self.samples = [sampling.seeded_samples(unet, pl_module.scheduler, 4, seed=3, num_inference_steps=5) for unet in (observation, pl_module.unet)]
+            self.observation_compiled = isinstance(observation, ObservationUNet)
 
     check = CompareWithEager()
     data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
@@ -90,6 +98,7 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
         ProbeMonitor(every_n_steps=4, num_images=30, timesteps=[10, 90], layers=layers, batch_size=64),
         AttentionRecorder(every_n_steps=4, num_images=2),
         PredictionEvolution(every_n_steps=4, num_images=2, trajectory_steps=3),
+        SampleGrid(every_n_steps=4, num_images=4, num_inference_steps=3),
         check,
     ]
     module = make_module(compile=True, compile_mode=mode, channels_last=True)
@@ -101,6 +110,8 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
     torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=0.05, atol=0.05)
     for layer in layers:
         torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=0.05, atol=0.05)
+    assert check.observation_compiled and "samples/ema" in read_events(trainer.log_dir).Tags()["images"]
+    torch.testing.assert_close(check.samples[0], check.samples[1], rtol=0.1, atol=0.1)  # 5 bf16 sampling steps
 
 
 def test_a_run_begun_on_a_cpu_resumes_on_a_gpu_with_the_fused_adamw(tmp_path):
