@@ -50,6 +50,14 @@ def test_abbreviated_probe_flag_is_refused(tmp_path, capsys):
     assert "--batch-size" in refusal(["rise", "--ckpt", "x", "--out", "y", "--batch-size", "2"], capsys), "train.py's spelling: --batch_size"
 
 
+def test_a_list_flag_given_another_tools_way_says_the_two_ways_it_takes_one(tmp_path, capsys):
+    message = refusal(["linear", "--ckpt", str(tmp_path / "x.ckpt"), "--timesteps", "100,500"], capsys)
+    assert "A list is given in YAML: --timesteps '[100, 500]'" in message and "--timesteps+ 100 --timesteps+ 500" in message
+    # Both ways parse: the next refusal is about the missing checkpoint, not the list.
+    for given in (["--timesteps", "[100, 500]"], ["--timesteps+", "100", "--timesteps+", "500"]):
+        assert "x.ckpt does not exist" in refusal(["linear", "--ckpt", str(tmp_path / "x.ckpt"), *given], capsys)
+
+
 def _hf(source: str, *extra: str) -> list[str]:
     return ["--data", "diffprobe.data.HFDataModule", "--data.source", source, "--data.image_size", "16", "--data.batch_size", "4", "--data.num_workers", "0", *extra]
 

@@ -9,6 +9,7 @@ are checked before the command runs, and misspelt or abbreviated flags are error
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -34,19 +35,31 @@ COMMANDS = {
 }
 
 
+class ProbeParser(ArgumentParser):
+    """jsonargparse's parser; a list given the way other tools take one (``--timesteps 100,500``)
+    is refused with the two ways this one takes it."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        key = re.search(r'Parser key "([^"]+)"', message)
+        if key and "Expected a <class 'list'>" in message:
+            flag = f"--{key.group(1)}"
+            message += f"\n  A list is given in YAML: {flag} '[100, 500]' (quoted for the shell), or one item at a time: {flag}+ 100 {flag}+ 500"
+        return super().error(message, ex)
+
+
 def command_function(name: str) -> Callable:
     return getattr(import_module(f"diffprobe.commands.{COMMANDS[name]}"), name)
 
 
 def probe_parser() -> ArgumentParser:
-    parser = ArgumentParser(
+    parser = ProbeParser(
         prog="probe.py", description="diffprobe's tools on checkpoints: probes, explanations, export.", allow_abbrev=False
     )
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name in COMMANDS:
         function = command_function(name)
         summary = (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
-        sub = ArgumentParser(prog=f"probe.py {name}", description=summary, allow_abbrev=False)
+        sub = ProbeParser(prog=f"probe.py {name}", description=summary, allow_abbrev=False)
         sub.add_argument(
             "--config", action=ActionConfigFile, help="a YAML file of this command's settings (configs/probe/*.yaml: the paper's)"
         )
