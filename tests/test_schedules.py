@@ -77,3 +77,17 @@ def test_probe_schedules_command(tmp_path):
     assert torch.load(out / "early.pt", weights_only=True).shape == (2, 3, 16, 16) and (out / "schedules.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not empty"):
         probe_main(["schedules", "--ckpt", str(ckpt), "--out", str(out)])
+
+
+def test_schedule_settings_beyond_the_models_timesteps_are_refused_in_the_flags_words():
+    from diffprobe import diffusion
+    from diffprobe.commands.common import CommandError
+    from diffprobe.commands.schedules import TimestepSchedules
+
+    config = dict(diffusion.build_scheduler(100).config)  # T = 100
+    with pytest.raises(CommandError, match=r"--schedule.steps 200: this model has 100 training timesteps, so a schedule has at most 100 steps"):
+        TimestepSchedules(steps=200).timesteps(config)
+    with pytest.raises(CommandError, match=r"--schedule.window_start 400 \+ --schedule.window_width 200 reaches past the model's last timestep, 99"):
+        TimestepSchedules(kinds=("window",)).timesteps(config)
+    window = TimestepSchedules(kinds=("window",), window_start=40, window_width=20, window_steps=5, window_uniform_steps=3, steps=500)
+    assert window.timesteps(config)["window"] == [99, 60, 55, 50, 45, 40, 0]  # steps is not the window's setting: not checked for it

@@ -46,6 +46,14 @@ class TimestepSchedules:
         if not self.kinds:
             raise CommandError("--schedule.kinds is empty; give at least one of uniform, early, latter, window")
         scheduler = DDPMScheduler.from_config(scheduler_config)
+        T = scheduler.config.num_train_timesteps
+        if self.steps > T and set(self.kinds) - {"window"}:
+            raise CommandError(f"--schedule.steps {self.steps}: this model has {T} training timesteps, so a schedule has at most {T} steps")
+        if "window" in self.kinds and self.window_start + self.window_width > T - 1:
+            raise CommandError(
+                f"--schedule.window_start {self.window_start} + --schedule.window_width {self.window_width} reaches past the model's last "
+                f"timestep, {T - 1}: move the window inside [0, {T - 1}]"
+            )
         window = dict(
             uniform_steps=self.window_uniform_steps, window_steps=self.window_steps, start=self.window_start, width=self.window_width
         )
