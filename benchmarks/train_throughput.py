@@ -103,12 +103,12 @@ def observers(args) -> list[pl.Callback]:
     """The full observation stack at configs/cifar10_ddpm.yaml's intervals (ProbeMonitor every 500)."""
     from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
 
-    return [
+    return [  # the configs' order
+        SampleGrid(every_n_steps=EVERY_N_STEPS, num_images=16, num_inference_steps=100),
         OnlineProbes(log_every_n_steps=50),
         ProbeMonitor(every_n_steps=EVERY_N_STEPS, num_images=300, batch_size=500, method="ridge"),
         AttentionRecorder(every_n_steps=EVERY_N_STEPS, num_images=4),
         PredictionEvolution(every_n_steps=EVERY_N_STEPS, num_images=8),
-        SampleGrid(every_n_steps=EVERY_N_STEPS, num_images=16, num_inference_steps=100),
     ]
 
 
@@ -179,11 +179,16 @@ def online_probes_step_cost(args, device: torch.device, variant: str) -> float:
         module.nonfinite.raise_if_seen = lambda what, trainer=None: None
         module.configure_model()
         optimizer = module.configure_optimizers()["optimizer"]
-        steps[probes] = _manual_step(module, optimizer, device)
+        module.on_train_start()  # lists the trained parameters once, as in a fit
+        accuracy = None
+        if probes:  # OnlineProbes' per-step bookkeeping (its every-50-steps logging is left out)
+            from diffprobe.metrics import CellAccuracy
+
+            accuracy = CellAccuracy((len(module._taps.layers), 10, len(data.concepts))).to(device)
+        steps[probes] = _manual_step(module, optimizer, device, accuracy)
     times = {False: [], True: []}
     for index in range(args.warmup + args.steps):
         for probes in (False, True) if index % 2 else (True, False):  # neither always goes first
-            torch.compiler.cudagraph_mark_step_begin()  # two CUDA-graphed modules take turns
             sync(device)
             start = time.perf_counter()
             steps[probes](batches[index % len(batches)])
@@ -193,19 +198,22 @@ def online_probes_step_cost(args, device: torch.device, variant: str) -> float:
     return statistics.median(times[True]) / statistics.median(times[False]) - 1
 
 
-def _manual_step(module: DiffusionModule, optimizer: torch.optim.Optimizer, device: torch.device):
-    """The DiffusionModule's training step as Lightning runs it under bf16-mixed (GPU) or 32-true (CPU)."""
+def _manual_step(module: DiffusionModule, optimizer: torch.optim.Optimizer, device: torch.device, accuracy=None):
+    """The DiffusionModule's training step as Lightning runs it under bf16-mixed (GPU) or 32-true
+    (CPU), with OnlineProbes' accuracy update when ``accuracy`` is given."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step(batch) -> None:
         with autocast, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here takes it
             out = module.training_step(batch, 0)
+        optimizer.zero_grad(set_to_none=True)  # Lightning's order: the step's forward, zero_grad, backward
         (out["loss"] if isinstance(out, dict) else out).backward()
         torch.nn.utils.clip_grad_norm_(module.trained_parameters(), 1.0)  # as both modules clip under Lightning
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         module.ema.step(module.trained_parameters())
+        if accuracy is not None:
+            accuracy.update(out["probe_correct"], out["probe_bucket"])
 
     return step
 

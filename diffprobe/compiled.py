@@ -8,6 +8,7 @@ batches, where an eager diffusers UNet is bound by Python and kernel launches, n
 their own batch sizes and, under ``reduce-overhead``, their own CUDA graphs. Its graphs sit next
 to training's in dynamo's cache and never replace them (shapes are static: no automatic dynamic
 shapes, which could otherwise turn a training graph symbolic after the first odd batch).
+Its graphs are compiled on first use, on rank zero, at the first observation (step 0).
 
 It stands in for the UNet wherever a UNet is called: ``unet(x, t, ...)`` returns an object with
 ``.sample``, and every attribute (``config``, ``device``, ``dtype``) is the UNet's own.
@@ -29,9 +30,6 @@ class ObservationUNet:
 
     def __init__(self, unet: nn.Module, mode: str | None = None, backend: Any = "inductor"):
         self.unet = unet
-        # CUDA graphs reuse their output memory at the next replay: each call is its own step and
-        # its output is copied out (a few kilobytes) before anything else runs.
-        self._cuda_graphs = mode in ("reduce-overhead", "max-autotune")
         self._forward = torch.compile(self._prediction, mode=mode, backend=backend, dynamic=False)
 
     def _prediction(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
@@ -43,10 +41,13 @@ class ObservationUNet:
     def __call__(self, x: torch.Tensor, t: torch.Tensor | int, encoder_hidden_states: torch.Tensor | None = None) -> SimpleNamespace:
         if not torch.is_tensor(t):  # a Python int would be specialised on: one graph per timestep
             t = torch.tensor(t, device=x.device)
-        if self._cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        prediction = self._forward(x, t, encoder_hidden_states)
-        return SimpleNamespace(sample=prediction.clone() if self._cuda_graphs else prediction)
+        # Under CUDA graphs (reduce-overhead, max-autotune, the cudagraphs backend) the output lives
+        # in memory the next replay reuses: copy it out (a few kilobytes). Each call is a new
+        # compiled invocation with no backward pending, so torch starts a new CUDA-graph generation
+        # by itself. Never torch.compiler.cudagraph_mark_step_begin() here: once called, torch
+        # counts generations by it alone for the rest of the process, and the training graphs,
+        # whose gradients are still alive when the next forward runs, would stop replaying.
+        return SimpleNamespace(sample=self._forward(x, t, encoder_hidden_states).clone())
 
     def __getattr__(self, name: str) -> Any:  # config, device, dtype, ...: the UNet's
         if name == "unet":  # not set yet (during __init__ or unpickling)

@@ -208,7 +208,9 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         self.log(tb.LOSS, loss, prog_bar=True)
         if self.probe_heads is not None:  # the heads learn from this very forward's detached features
             probe_loss, correct, bucket = self.probe_heads(features, t, batch["labels"])
-            return {"loss": loss + probe_loss, "probe_correct": correct, "probe_bucket": bucket}
+            # Copies: under CUDA graphs the heads' outputs live in memory that an observer's compiled
+            # call (SampleGrid, before OnlineProbes reads them in on_train_batch_end) may free.
+            return {"loss": loss + probe_loss, "probe_correct": correct.clone(), "probe_bucket": bucket.clone()}
         return loss
 
     @override

@@ -58,7 +58,8 @@ class Observation:
     def observation_unet(self):
         """The UNet for observers that read no hooks (sampling, x0 predictions): during a fit with
         ``compile``, its forward compiled apart from training's (:class:`ObservationUNet`); else
-        the UNet itself (after the fit, and for probe.py, which loads checkpoints without a Trainer)."""
+        ``self.unet`` as it is (after a compiled fit without OnlineProbes, compiled in place by
+        training; for probe.py, which loads checkpoints without a Trainer, never compiled)."""
         fitting = self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.state.status == "running"
         if not (self.hparams.compile and fitting):
             return self.unet

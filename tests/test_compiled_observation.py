@@ -61,5 +61,10 @@ def test_a_compiled_fit_samples_and_predicts_through_the_observation_unet(tmp_pa
     # timestep and a 3-step trajectory.
     assert len(calls) == 2 * (3 + len(evolution.timesteps) + 3)
     assert "samples/ema" in read_events(trainer.log_dir).Tags()["images"]
-    # Outside a fit (probe.py, a notebook) the UNet itself samples: nothing is compiled.
+    # Observing never marks CUDA-graph steps by hand: after one mark, torch counts generations by
+    # the marks alone for the rest of the process, and training's CUDA graphs would stop replaying.
+    from torch._inductor.cudagraph_trees import MarkStepBox
+
+    assert MarkStepBox.mark_step_counter == 0
+    # After the fit (a notebook) the UNet itself samples again, and the observers' graphs are let go.
     assert module.observation_unet() is module.unet and module._observation_unet is None

@@ -89,16 +89,21 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
             observation = pl_module.observation_unet()
             with eval_mode(pl_module.unet), torch.autocast("cuda", dtype=torch.bfloat16):
                 self.samples = [sampling.seeded_samples(unet, pl_module.scheduler, 4, seed=3, num_inference_steps=5) for unet in (observation, pl_module.unet)]
+                # An output kept across the next call (the next CUDA-graph replay) stays what it was.
+                kept = observation(x[:4], t[:4]).sample
+                copy = kept.clone()
+                observation(x[4:8], t[4:8])
+                self.kept_output_intact = torch.equal(kept, copy)
             self.observation_compiled = isinstance(observation, ObservationUNet)
 
     check = CompareWithEager()
     data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
-    callbacks = [
+    callbacks = [  # in the configs' order: SampleGrid observes before OnlineProbes reads the step's outputs
+        SampleGrid(every_n_steps=4, num_images=4, num_inference_steps=3),
         OnlineProbes(layers=layers, log_every_n_steps=2),
         ProbeMonitor(every_n_steps=4, num_images=30, timesteps=[10, 90], layers=layers, batch_size=64),
         AttentionRecorder(every_n_steps=4, num_images=2),
         PredictionEvolution(every_n_steps=4, num_images=2, trajectory_steps=3),
-        SampleGrid(every_n_steps=4, num_images=4, num_inference_steps=3),
         check,
     ]
     module = make_module(compile=True, compile_mode=mode, channels_last=True)
@@ -110,7 +115,7 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
     torch.testing.assert_close(check.compiled[0], check.eager[0], rtol=0.05, atol=0.05)
     for layer in layers:
         torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=0.05, atol=0.05)
-    assert check.observation_compiled and "samples/ema" in read_events(trainer.log_dir).Tags()["images"]
+    assert check.observation_compiled and check.kept_output_intact and "samples/ema" in read_events(trainer.log_dir).Tags()["images"]
     torch.testing.assert_close(check.samples[0], check.samples[1], rtol=0.1, atol=0.1)  # 5 bf16 sampling steps
 
 
