@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from diffprobe import sampling
-from diffprobe.capture import eval_mode
+from diffprobe.capture import eager, eval_mode
 from diffprobe.compiled import ObservationUNet
 
 
@@ -36,11 +36,13 @@ class Observation:
         guidance_scale: float | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after."""
+        """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after. During a
+        compiled fit through the observers' compiled UNet; otherwise eagerly, also after a fit that
+        compiled the UNet in place (a notebook's samples never recompile training's graph)."""
         if self.caption_encoder is not None and captions is None:
             raise ValueError("a conditional model needs captions to sample")
         num_images = len(captions) if captions is not None else num_images
-        with eval_mode(self), self.ema_weights() if use_ema else nullcontext():
+        with eval_mode(self), eager(self.unet), self.ema_weights() if use_ema else nullcontext():
             context = self.encode_captions(captions) if captions is not None else None
             uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
             return sampling.seeded_samples(
@@ -58,8 +60,8 @@ class Observation:
     def observation_unet(self):
         """The UNet for observers that read no hooks (sampling, x0 predictions): during a fit with
         ``compile``, its forward compiled apart from training's (:class:`ObservationUNet`); else
-        ``self.unet`` as it is (after a compiled fit without OnlineProbes, compiled in place by
-        training; for probe.py, which loads checkpoints without a Trainer, never compiled)."""
+        ``self.unet`` (after a compiled fit without OnlineProbes still compiled in place by training:
+        callers run it under ``capture.eager``, as :meth:`sample` does)."""
         fitting = self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.state.status == "running"
         if not (self.hparams.compile and fitting):
             return self.unet

@@ -68,3 +68,16 @@ def test_a_compiled_fit_samples_and_predicts_through_the_observation_unet(tmp_pa
     assert MarkStepBox.mark_step_counter == 0
     # After the fit (a notebook) the UNet itself samples again, and the observers' graphs are let go.
     assert module.observation_unet() is module.unet and module._observation_unet is None
+
+
+def test_samples_after_a_compiled_fit_run_the_unet_eagerly(tmp_path):
+    module = make_module(compile=True, compile_backend="aot_eager")
+    make_trainer(tmp_path, max_steps=1).fit(module, datamodule=shapes_data(train_size=16, batch_size=8))
+    assert module.unet._compiled_call_impl is not None  # training compiled it in place (no OnlineProbes)
+
+    def training_graph(*args, **kwargs):
+        raise AssertionError("sampling after the fit ran training's compiled graph")
+
+    module.unet._compiled_call_impl = training_graph
+    images = module.sample(2, num_inference_steps=3)
+    assert images.shape == (2, 3, 16, 16) and module.unet._compiled_call_impl is training_graph  # put back as it was
