@@ -17,7 +17,7 @@ cd benchmarks
 for what in "$@"; do
   case $what in
     tests) (cd .. && timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider -p no:warnings tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1; grep -E "^E |passed|failed" "$OUT/gpu_tests.txt" | head -20) ;;
-    # eager / compiled / CUDA graphs, each with the full observation stack on and off (7 runs, ~8 min)
+    # CUDA graphs / compiled / eager, each with the full observation stack on and off, then OnlineProbes step by step
     throughput)
       python3 data_loader.py 2>"$OUT/data_loader_stderr.txt" | tail -1 | tee "$OUT/data_loader.json"
       timeout 540 python3 train_throughput.py --preset ddpm-cifar10 --batch-size 128 --steps 40 --warmup 15 --workers 6 --variants cudagraphs,compiled,eager 2>"$OUT/throughput_stderr.txt" | tail -1 | tee "$OUT/throughput.json" ;;
