@@ -26,7 +26,7 @@ if sys.argv[1] == "diffprobe":
     from diffprobe import cpu
     cpu.configure()
 import torch
-from diffprobe.unet import build_unet
+from diffprobe.diffusion.unet import build_unet
 torch.manual_seed(0)
 unet = build_unet("tiny", conditional=False, image_size=16)
 optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)

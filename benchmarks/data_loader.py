@@ -17,7 +17,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from diffprobe.data import ConceptShapesDataModule
+from diffprobe.training import ConceptShapesDataModule
 
 
 def milliseconds_per_batch(loader: DataLoader, batches: int) -> float:

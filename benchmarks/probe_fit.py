@@ -33,13 +33,14 @@ def planted_features(seed: int = 0):
 
 
 def checkpoint_features(path: str):
-    from diffprobe import checkpoint
     from diffprobe.capture import default_layers
-    from diffprobe.data.module import ConceptShapesDataModule
-    from diffprobe.data.probe_set import ProbeSet, default_timesteps
+    from diffprobe.data.probe_set import ProbeSet
+    from diffprobe.diffusion.timesteps import default_timesteps
     from diffprobe.probes.pipeline import extract_features
+    from diffprobe.training import checkpoints
+    from diffprobe.training.datamodules import ConceptShapesDataModule
 
-    module = checkpoint.load_module(path)
+    module = checkpoints.load_module(path)
     data = ConceptShapesDataModule(image_size=module.unet.config.sample_size, heldout_size=300, batch_size=1)
     probe_set = ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=300, timesteps=default_timesteps(1000))
     with module.ema_weights():

@@ -20,9 +20,9 @@ import torch
 from _timing import StepTimer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from diffprobe.callbacks import OnlineProbes, ProbeMonitor
-from diffprobe.data.module import ConceptShapesDataModule
-from diffprobe.module import DiffusionModule
+from diffprobe.training.callbacks import OnlineProbes, ProbeMonitor
+from diffprobe.training.datamodules import ConceptShapesDataModule
+from diffprobe.training.module import DiffusionModule
 
 
 def run(args, callbacks, root: str) -> float:

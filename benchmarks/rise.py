@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from diffprobe.diffusion import build_scheduler
+from diffprobe.diffusion.ddpm import build_scheduler
+from diffprobe.diffusion.unet import build_unet
 from diffprobe.explain.model import from_parts
 from diffprobe.explain.rise import df_rise
 from diffprobe.explain.run import explain_step
-from diffprobe.unet import build_unet
 
 
 def _sync(device: torch.device) -> None:

@@ -38,16 +38,16 @@ import torch.nn.functional as F
 from _timing import StepTimer, sync
 from diffusers.training_utils import EMAModel
 
-from diffprobe import diffusion
-from diffprobe.data.module import ConceptShapesDataModule
-from diffprobe.module import DiffusionModule
-from diffprobe.unet import build_unet
+from diffprobe.diffusion import ddpm
+from diffprobe.diffusion.unet import build_unet
+from diffprobe.training.datamodules import ConceptShapesDataModule
+from diffprobe.training.module import DiffusionModule
 
 
 def baseline_loop(args, device: torch.device) -> float:
     """The diffusers example loop; returns images/s."""
     unet = build_unet(args.preset, conditional=False, image_size=args.image_size).to(device)
-    scheduler = diffusion.build_scheduler()
+    scheduler = ddpm.build_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, foreach=True)
     ema.to(device)
@@ -101,7 +101,7 @@ class ObserverClock:
 
 def observers(args) -> list[pl.Callback]:
     """The full observation stack at configs/cifar10_ddpm.yaml's intervals (ProbeMonitor every 500)."""
-    from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
+    from diffprobe.training.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
 
     return [  # the configs' order
         SampleGrid(every_n_steps=EVERY_N_STEPS, num_images=16, num_inference_steps=100),
@@ -182,7 +182,7 @@ def online_probes_step_cost(args, device: torch.device, variant: str) -> float:
         module.on_train_start()  # lists the trained parameters once, as in a fit
         accuracy = None
         if probes:  # OnlineProbes' per-step bookkeeping (its every-50-steps logging is left out)
-            from diffprobe.metrics import CellAccuracy
+            from diffprobe.diffusion.metrics import CellAccuracy
 
             accuracy = CellAccuracy((len(module._taps.layers), 10, len(data.concepts))).to(device)
         steps[probes] = _manual_step(module, optimizer, device, accuracy)

@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from diffprobe.data.module import ConceptShapesDataModule  # noqa: E402
+from diffprobe.training.datamodules import ConceptShapesDataModule  # noqa: E402
 from helpers import shapes_data  # noqa: E402
 
 

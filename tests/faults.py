@@ -83,7 +83,7 @@ def tiny_run_config(
     config = {
         "seed_everything": seed,
         "model": {"preset": "tiny", "unet": dict(TINY_UNET), "num_train_timesteps": 100, "learning_rate": 1e-3, "warmup_steps": 1, "ema_decay": 0.9, "loss_buckets": 4},
-        "data": {"class_path": "diffprobe.data.ConceptShapesDataModule", "init_args": {"image_size": 16, "train_size": 64, "heldout_size": 16, "batch_size": 8}},
+        "data": {"class_path": "diffprobe.training.ConceptShapesDataModule", "init_args": {"image_size": 16, "train_size": 64, "heldout_size": 16, "batch_size": 8}},
         "trainer": {
             "accelerator": "cpu",
             "max_steps": max_steps,
@@ -93,13 +93,13 @@ def tiny_run_config(
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": name}},
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "step={step:06d}", "auto_insert_metric_name": False, "every_n_train_steps": checkpoint_every, "save_top_k": -1, "save_last": True}},
-                {"class_path": "diffprobe.callbacks.SampleGrid", "init_args": {"every_n_steps": 2, "num_images": 2, "num_inference_steps": 3}},
-                {"class_path": "diffprobe.callbacks.OnlineProbes", "init_args": {"num_buckets": 2, "log_every_n_steps": 2}},
+                {"class_path": "diffprobe.training.callbacks.SampleGrid", "init_args": {"every_n_steps": 2, "num_images": 2, "num_inference_steps": 3}},
+                {"class_path": "diffprobe.training.callbacks.OnlineProbes", "init_args": {"num_buckets": 2, "log_every_n_steps": 2}},
                 {"class_path": "faults.SignalDuringEvaluation"},
-                {"class_path": "diffprobe.callbacks.ProbeMonitor", "init_args": {"every_n_steps": 4, "num_images": probe_images, "method": "ridge", "batch_size": probe_batch, "heatmaps": False}},
-                {"class_path": "diffprobe.callbacks.AttentionRecorder", "init_args": {"every_n_steps": 4, "num_images": 2}},
-                {"class_path": "diffprobe.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
-                {"class_path": "diffprobe.callbacks.ExportDiffusers"},
+                {"class_path": "diffprobe.training.callbacks.ProbeMonitor", "init_args": {"every_n_steps": 4, "num_images": probe_images, "method": "ridge", "batch_size": probe_batch, "heatmaps": False}},
+                {"class_path": "diffprobe.training.callbacks.AttentionRecorder", "init_args": {"every_n_steps": 4, "num_images": 2}},
+                {"class_path": "diffprobe.training.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
+                {"class_path": "diffprobe.training.callbacks.ExportDiffusers"},
                 {"class_path": "faults.KillAtStep"},
                 {"class_path": "faults.RankChecksum"},
             ],

@@ -23,9 +23,9 @@ from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from diffprobe.commands.probe import probe_main  # noqa: E402
-from diffprobe.data.module import ConceptShapesDataModule  # noqa: E402
-from diffprobe.module import DiffusionModule  # noqa: E402
-from diffprobe.unet import UNCONDITIONAL_PRESETS  # noqa: E402
+from diffprobe.diffusion.unet import UNCONDITIONAL_PRESETS  # noqa: E402
+from diffprobe.training.datamodules import ConceptShapesDataModule  # noqa: E402
+from diffprobe.training.module import DiffusionModule  # noqa: E402
 
 torch.set_num_threads(2)
 

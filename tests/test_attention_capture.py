@@ -73,7 +73,7 @@ def test_bad_layer_and_query_point_are_named():
 
 
 def test_recording_in_train_mode_with_dropout_leaves_the_random_stream_alone():
-    from diffprobe.unet import build_unet
+    from diffprobe.diffusion.unet import build_unet
     from helpers import TINY_UNET
 
     unet = build_unet(None, conditional=False, image_size=16, overrides={**TINY_UNET, "dropout": 0.5}).train()

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from diffprobe.callbacks import AttentionRecorder
-from diffprobe.callbacks.attention_recorder import attention_statistics, query_points_from_masks
+from diffprobe.training.callbacks import AttentionRecorder
+from diffprobe.training.callbacks.attention_recorder import attention_statistics, query_points_from_masks
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 
@@ -54,7 +54,7 @@ def test_unknown_layer_is_named_before_training(tmp_path):
 
 
 def test_recorders_resume_with_their_grid_and_without_relogging(tmp_path):
-    from diffprobe.callbacks import PredictionEvolution
+    from diffprobe.training.callbacks import PredictionEvolution
 
     data = shapes_data(heldout_size=8)
     first = [AttentionRecorder(every_n_steps=2, num_images=1, timesteps=[10, 90]), PredictionEvolution(every_n_steps=2, num_images=2, timesteps=[20, 80], trajectory_steps=0)]

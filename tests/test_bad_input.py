@@ -59,7 +59,7 @@ def test_a_list_flag_given_another_tools_way_says_the_two_ways_it_takes_one(tmp_
 
 
 def _hf(source: str, *extra: str) -> list[str]:
-    return ["--data", "diffprobe.data.HFDataModule", "--data.source", source, "--data.image_size", "16", "--data.batch_size", "4", "--data.num_workers", "0", *extra]
+    return ["--data", "diffprobe.training.HFDataModule", "--data.source", source, "--data.image_size", "16", "--data.batch_size", "4", "--data.num_workers", "0", *extra]
 
 
 def _data_case(case: str, root: Path) -> tuple[list[str], str]:
@@ -103,7 +103,7 @@ def test_bad_data_settings_show_the_data_modules_own_message_first(case, tmp_pat
 
 
 def test_float_concept_column_says_which_types_can_be_concepts(tmp_path):
-    from diffprobe.data.module import HFDataModule
+    from diffprobe.training.datamodules import HFDataModule
 
     dataset = in_memory_dataset().add_column("weight", [0.5] * 12)
     datasets.DatasetDict(train=dataset).save_to_disk(str(tmp_path / "data"))
@@ -112,7 +112,7 @@ def test_float_concept_column_says_which_types_can_be_concepts(tmp_path):
 
 
 def test_a_label_only_in_the_heldout_split_still_has_a_name(tmp_path):
-    from diffprobe.data.module import HFDataModule
+    from diffprobe.training.datamodules import HFDataModule
 
     train = in_memory_dataset().add_column("count", [1, 2] * 6)
     heldout = in_memory_dataset(4).add_column("count", [3] * 4)
@@ -153,7 +153,7 @@ def test_linear_checks_timesteps_before_writing_and_a_corrected_rerun_works(run,
 
 
 def test_sample_refuses_an_existing_out_before_loading(run, tmp_path, monkeypatch):
-    import diffprobe.checkpoint
+    import diffprobe.training.checkpoints
 
     existing = tmp_path / "grid.png"
     existing.write_bytes(b"my picture")
@@ -162,7 +162,7 @@ def test_sample_refuses_an_existing_out_before_loading(run, tmp_path, monkeypatc
     def no_loading(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before --out was checked")
 
-    monkeypatch.setattr(diffprobe.checkpoint, "load_module", no_loading)
+    monkeypatch.setattr(diffprobe.training.checkpoints, "load_module", no_loading)
     ckpt = str(run / "checkpoints/last.ckpt")
     with pytest.raises(SystemExit, match=f"--out {existing} exists"):
         probe_main(["sample", "--ckpt", ckpt, "--out", str(existing), "--num", "2", "--steps", "2"])
@@ -177,7 +177,7 @@ def test_sample_refuses_captions_for_an_unconditional_model_and_a_raw_export_get
         probe_main(["sample", "--ckpt", str(run), "--out", str(tmp_path / "s.png"), "--num", "1", "--steps", "1", "--caption", "a red circle"])
     assert not (tmp_path / "s.png").exists()
     ema = probe_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt")])
-    raw = probe_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--raw", "true"])
+    raw = probe_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--weights", "raw"])
     assert ema.name == "export-last" and raw.name == "export-last-raw"
 
 

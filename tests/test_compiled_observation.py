@@ -1,4 +1,4 @@
-"""The observers' compiled UNet (diffprobe.compiled.ObservationUNet): the same samples as the eager
+"""The observers' compiled UNet (diffprobe.training.compiled.ObservationUNet): the same samples as the eager
 UNet, one graph for a whole reverse process (never one per timestep), used by SampleGrid and
 PredictionEvolution during a compiled fit, and out of the way everywhere else.
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback
 
-from diffprobe import sampling
-from diffprobe.callbacks import PredictionEvolution, SampleGrid
-from diffprobe.compiled import ObservationUNet
+from diffprobe.diffusion import sampling
+from diffprobe.training.callbacks import PredictionEvolution, SampleGrid
+from diffprobe.training.compiled import ObservationUNet
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 

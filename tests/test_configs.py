@@ -85,10 +85,10 @@ def test_every_training_config_probes_while_it_trains(config):
     parsed = parse(config)
     callbacks = {c.class_path: c.init_args for c in parsed.trainer.callbacks}
     max_steps = parsed.trainer.max_steps
-    monitor = callbacks.get("diffprobe.callbacks.ProbeMonitor")
+    monitor = callbacks.get("diffprobe.training.callbacks.ProbeMonitor")
     assert monitor is not None, f"{config} has no ProbeMonitor among {sorted(callbacks)}"
     assert monitor.every_n_steps <= max_steps, "the probe set is evaluated during the run, not only after"
-    online = callbacks.get("diffprobe.callbacks.OnlineProbes")
+    online = callbacks.get("diffprobe.training.callbacks.OnlineProbes")
     # The compiled training forward hands out the features too: every config probes online.
     assert online is not None, f"{config} has no OnlineProbes"
     assert online.log_every_n_steps <= max_steps

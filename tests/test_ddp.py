@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from diffprobe.checkpoint import safe_load
 from diffprobe.commands.train import train_main
+from diffprobe.io.loading import safe_load
 from faults import tiny_run_config, train
 from helpers import read_events
 

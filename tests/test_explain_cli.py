@@ -39,13 +39,13 @@ def tiny_sd(tmp_path_factory):
 
 
 def test_rise_and_cam_write_overlays_maps_json_and_tensorboard(unconditional_run, tmp_path):
-    out = probe_main(["rise", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "rise"), "--masks", "16", "--run", str(unconditional_run), *FAST])
+    out = probe_main(["rise", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "rise"), "--masks", "16", "--logdir", str(unconditional_run), *FAST])
     assert {p.name for p in out.iterdir()} == {"rise.png", "rise_xt.png", "rise_final.png", "rise.pt", "rise.json"}
     numbers = json.loads((out / "rise.json").read_text())
     assert numbers["step"] == 2 and numbers["t"] == numbers["timesteps"][2] and numbers["masks"] == 16
     saliency = torch.load(out / "rise.pt", weights_only=True)["saliency"]
     assert saliency.shape == (16, 16) and torch.isfinite(saliency).all()
-    out = probe_main(["cam", "--ckpt", str(unconditional_run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "cam"), "--run", str(unconditional_run), *FAST])
+    out = probe_main(["cam", "--ckpt", str(unconditional_run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "cam"), "--logdir", str(unconditional_run), *FAST])
     maps = torch.load(out / "cam.pt", weights_only=True)
     assert len(maps["layer_maps"]) == 14 and maps["total"].shape == (16, 16)
     assert (out / "cam_layers.png").exists() and (out / "cam_xt.png").exists()
@@ -260,10 +260,10 @@ def test_configs_are_checked_like_flags_and_late_errors_come_early(unconditional
     with pytest.raises(SystemExit, match="R2 compares consecutive steps"):
         probe_main(["groundtruth", "--ckpt", str(conditional_run), "--out", str(tmp_path / "h"), "--steps", "1"])
     assert "--mask" in refusal(["rise", "--mask", "3", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "i")], capsys), "no abbreviations"
-    # every prompt is checked before the first input is sampled, and --run gets no events file
+    # every prompt is checked before the first input is sampled, and --logdir gets no events file
     run_files = set(conditional_run.iterdir())
     prompts = json.dumps([CAPTION, "a purple unicorn"])
     with pytest.raises(SystemExit, match="purple"):
-        probe_main(["auc", "--ckpt", str(conditional_run), "--out", str(tmp_path / "j"), "--prompt", prompts, "--run", str(conditional_run), *FAST])
+        probe_main(["auc", "--ckpt", str(conditional_run), "--out", str(tmp_path / "j"), "--prompt", prompts, "--logdir", str(conditional_run), *FAST])
     assert set(conditional_run.iterdir()) == run_files
     assert not any((tmp_path / name).exists() for name in "acdfghij")

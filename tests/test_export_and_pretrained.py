@@ -6,7 +6,9 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from diffprobe import checkpoint, sampling
+from diffprobe.diffusion import sampling
+from diffprobe.diffusion.folders import load_exported
+from diffprobe.training import checkpoints
 from helpers import TINY_UNET, make_module, make_trainer, write_ddpm_cifar10_folder
 
 
@@ -15,7 +17,7 @@ def test_export_loads_in_ddpm_pipeline_and_matches_our_sampler(tmp_path):
     with torch.no_grad():  # make EMA and raw weights differ, so the test can tell which was exported
         for p in module.unet.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    out = checkpoint.export(module, tmp_path / "export")
+    out = checkpoints.export_module(module, tmp_path / "export")
     pipeline = DDPMPipeline.from_pretrained(out)
     theirs = pipeline(batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=5, output_type="np").images
     with module.ema_weights():
@@ -32,13 +34,13 @@ def test_export_never_writes_into_an_existing_folder(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
-        checkpoint.export(make_module(), tmp_path / "export")
+        checkpoints.export_module(make_module(), tmp_path / "export")
     assert (tmp_path / "export" / "mine.txt").read_text() == "keep me"
 
 
 def test_conditional_export_round_trips(tmp_path, tiny_data):
     module = make_module(conditional=True, data=tiny_data)
-    loaded = checkpoint.load_exported(checkpoint.export(module, tmp_path / "cond"))
+    loaded = load_exported(checkpoints.export_module(module, tmp_path / "cond"))
     caption = [tiny_data.heldout_dataset().caption(0)]
     with module.ema_weights():
         expected = module.caption_encoder.encode(caption)
@@ -94,6 +96,6 @@ def test_pretrained_of_another_shape_is_refused(tmp_path):
 def test_checkpoint_that_is_not_diffprobes_is_named(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a diffprobe checkpoint"):
-        checkpoint.load_module(tmp_path / "other.ckpt")
+        checkpoints.load_module(tmp_path / "other.ckpt")
     with pytest.raises(FileNotFoundError):
-        checkpoint.load_module(tmp_path / "nothing.ckpt")
+        checkpoints.load_module(tmp_path / "nothing.ckpt")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffprobe import viz
 from diffprobe.probes import figures
+from diffprobe.report import viz
 
 
 def _title(figure) -> str:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from diffprobe import checkpoint
-from diffprobe.callbacks import SampleGrid
+from diffprobe.training import checkpoints
+from diffprobe.training.callbacks import SampleGrid
 from helpers import make_module, make_trainer, shapes_data
 
 pytestmark = [
@@ -31,16 +31,16 @@ def test_bf16_channels_last_compile_train_sample_export(tmp_path, compile):
     module.to("cuda")
     images = module.sample(4, num_inference_steps=3)
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
-    out = checkpoint.export(module, tmp_path / "export")
+    out = checkpoints.export_module(module, tmp_path / "export")
     pipeline = DDPMPipeline.from_pretrained(out).to("cuda")
     generated = pipeline(batch_size=2, num_inference_steps=3, output_type="np").images
     assert generated.shape == (2, 16, 16, 3)
-    reloaded = checkpoint.load_module(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
+    reloaded = checkpoints.load_module(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
     assert torch.equal(reloaded.unet.state_dict()["conv_in.weight"], module.unet.state_dict()["conv_in.weight"].cpu())
 
 
 def test_live_probes_on_gpu_with_bf16(tmp_path):
-    from diffprobe.callbacks import OnlineProbes, ProbeMonitor
+    from diffprobe.training.callbacks import OnlineProbes, ProbeMonitor
     from helpers import read_events
 
     data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
@@ -52,7 +52,7 @@ def test_live_probes_on_gpu_with_bf16(tmp_path):
 
 
 def test_probe_monitor_runs_eager_beside_a_compiled_unet(tmp_path):
-    from diffprobe.callbacks import ProbeMonitor
+    from diffprobe.training.callbacks import ProbeMonitor
 
     data = shapes_data(image_size=16, train_size=256, heldout_size=40, batch_size=32)
     monitor = ProbeMonitor(every_n_steps=3, num_images=30, timesteps=[10, 90], layers=["mid_block"], method="ridge")
@@ -68,10 +68,10 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
     within bf16 tolerance, and everything is logged."""
     from lightning.pytorch import Callback
 
-    from diffprobe import sampling
-    from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor
     from diffprobe.capture import capture_features, eval_mode
-    from diffprobe.compiled import ObservationUNet
+    from diffprobe.diffusion import sampling
+    from diffprobe.training.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor
+    from diffprobe.training.compiled import ObservationUNet
     from helpers import read_events
 
     layers = ["down_blocks.1", "mid_block"]

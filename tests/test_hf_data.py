@@ -4,7 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
-from diffprobe.data.module import HFDataModule
+from diffprobe.training.datamodules import HFDataModule
 from helpers import COLOURS, in_memory_dataset, make_module, make_trainer, read_events, write_imagefolder
 
 
@@ -60,7 +60,7 @@ def test_unknown_data_set_says_what_to_give(tmp_path):
 
 
 def test_grayscale_data_runs_every_picture_callback(tmp_path):
-    from diffprobe.callbacks import AttentionRecorder, PredictionEvolution, SampleGrid
+    from diffprobe.training.callbacks import AttentionRecorder, PredictionEvolution, SampleGrid
 
     data = HFDataModule(str(write_imagefolder(tmp_path / "folder")), image_column="image", concept_columns=["label"], image_size=16, channels=1, batch_size=4, num_workers=0)
     callbacks = [

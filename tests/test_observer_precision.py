@@ -4,8 +4,8 @@ the CPU) and hand out float32 results; probes are fitted outside autocast."""
 import torch
 from lightning.pytorch import Callback
 
-from diffprobe.callbacks import AttentionRecorder, PredictionEvolution, ProbeMonitor, SampleGrid
 from diffprobe.probes import fit
+from diffprobe.training.callbacks import AttentionRecorder, PredictionEvolution, ProbeMonitor, SampleGrid
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from diffprobe.callbacks import ProbeMonitor
 from diffprobe.commands.probe import probe_main
+from diffprobe.training.callbacks import ProbeMonitor
 from helpers import make_module, make_trainer, read_events, refusal, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]
@@ -46,12 +46,12 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys, mon
     import diffprobe.commands.linear
 
     loaded = []
-    real_load = diffprobe.commands.linear.load_parts
-    monkeypatch.setattr(diffprobe.commands.linear, "load_parts", lambda weights, **kw: loaded.append(weights.name) or real_load(weights, **kw))
+    real_load = diffprobe.commands.linear.load_model
+    monkeypatch.setattr(diffprobe.commands.linear, "load_model", lambda entry, *args: loaded.append(entry.name) or real_load(entry, *args))
     probe_main(args)
     assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
     assert loaded == ["step=000002.ckpt"], "a rerun loads only the first checkpoint (for T and the block names), not the probed ones"
-    monkeypatch.setattr(diffprobe.commands.linear, "load_parts", real_load)
+    monkeypatch.setattr(diffprobe.commands.linear, "load_model", real_load)
     summary = [e.step for e in read_events(run).Scalars("Overview/decodable_t_ckpt/shape")]
     assert summary == [2, 4], "the summary per checkpoint step, once, however often linear runs"
     assert (out / "decodability_ema_over_training.png").exists() and (out / "decodable_t_ema_over_training.png").exists()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback, seed_everything
 
-from diffprobe.callbacks import OnlineProbes
 from diffprobe.capture import capture_features
 from diffprobe.capture.eager import eager
+from diffprobe.training.callbacks import OnlineProbes
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]

@@ -2,9 +2,9 @@
 
 import torch
 
-from diffprobe.callbacks import PredictionEvolution
-from diffprobe.callbacks.prediction_evolution import concept_recovery
-from diffprobe.metrics import frequency_band_errors, mean_colour_error
+from diffprobe.diffusion.metrics import frequency_band_errors, mean_colour_error
+from diffprobe.training.callbacks import PredictionEvolution
+from diffprobe.training.callbacks.prediction_evolution import concept_recovery
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from diffprobe.callbacks import OnlineProbes, ProbeMonitor
 from diffprobe.data.probe_set import ProbeSet
+from diffprobe.training.callbacks import OnlineProbes, ProbeMonitor
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 LAYERS = ["down_blocks.1", "mid_block"]
@@ -83,7 +83,7 @@ def test_online_probes_log_per_bucket_and_leave_unet_gradients_alone(tmp_path):
 
 
 def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
-    from diffprobe.metrics import CellAccuracy
+    from diffprobe.diffusion.metrics import CellAccuracy
     from diffprobe.probes.heads import ProbeHeads
 
     torch.manual_seed(0)

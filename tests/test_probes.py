@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from diffprobe.data.probe_set import ProbeSet, default_timesteps
+from diffprobe.data.probe_set import ProbeSet
+from diffprobe.diffusion.timesteps import default_timesteps
 from diffprobe.probes import binomial_p_value, chance_level, class_mask, fit_probes, wilson_interval
 from diffprobe.probes.fit import _ridge_weights, standardize
 from diffprobe.probes.pipeline import probe_features

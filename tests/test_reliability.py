@@ -17,9 +17,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
-from diffprobe.callbacks import ExportDiffusers, RunInterrupted, SampleGrid
-from diffprobe.checkpoint import find_checkpoints, safe_load
 from diffprobe.commands.train import train_main
+from diffprobe.io.loading import safe_load
+from diffprobe.io.runs import find_checkpoints
+from diffprobe.training.callbacks import ExportDiffusers, SampleGrid
+from diffprobe.training.run_safety import RunInterrupted
 from faults import TESTS, tiny_run_config, train
 from helpers import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 

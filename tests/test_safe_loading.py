@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffprobe import checkpoint
-from diffprobe.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
 from diffprobe.commands.probe import probe_main
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, fixed_examples
+from diffprobe.io.loading import LoadError
+from diffprobe.io.runs import checkpoint_step
+from diffprobe.training import checkpoints
+from diffprobe.training.callbacks import AttentionRecorder, OnlineProbes, PredictionEvolution, ProbeMonitor, SampleGrid
 from helpers import make_module, make_trainer, shapes_data
 
 CAPTION = "a large red solid circle at the top left on a navy background"
@@ -99,7 +101,7 @@ def test_a_real_runs_checkpoints_and_probe_set_are_plain_data(run):
         assert saved["lr_schedulers"] and saved["optimizer_states"] and saved["ema"]["optimization_step"] == 2 and any(k.startswith("ema.copy.") for k in saved["state_dict"])
     history = next(state for key, state in saved["callbacks"].items() if key.startswith("ProbeMonitor"))["history"]
     assert history and any(isinstance(v, torch.Tensor) for v in history[0].values()), "the probe history holds tensors"
-    module = checkpoint.load_module(run / "checkpoints/last.ckpt")
+    module = checkpoints.load_module(run / "checkpoints/last.ckpt")
     assert module.global_step_at_save == 2 and module.ema.optimization_step == 2
     probe_set = ProbeSet.load(run / PROBE_SET_FILE)
     assert len(probe_set) == 10 and probe_set.timesteps.tolist() == [0, 50]
@@ -133,15 +135,15 @@ def test_the_crafted_files_would_run_code_under_a_plain_torch_load(crafted, tmp_
 
 
 def test_load_module_probe_set_and_fixed_examples_refuse_crafted_files(crafted, run):
-    with pytest.raises(checkpoint.LoadError) as error:
-        checkpoint.load_module(crafted["ckpt"])
+    with pytest.raises(LoadError) as error:
+        checkpoints.load_module(crafted["ckpt"])
     _refused(error.value, crafted["ckpt"])
     with pytest.raises(ValueError) as error:
         ProbeSet.load(crafted["probe_set"])
     _refused(error.value, crafted["probe_set"])
     with pytest.raises(ValueError, match="refusing to load"):
         fixed_examples(crafted["run_with_evil_probe_set"], heldout=None, count=2)
-    assert checkpoint.checkpoint_step(crafted["ckpt"]) == -1  # the step is not worth running code for
+    assert checkpoint_step(crafted["ckpt"]) == -1  # the step is not worth running code for
     assert not crafted["marker"].exists()
 
 
@@ -225,7 +227,7 @@ EXPECTED = {
 def test_damaged_files_get_a_clear_error_naming_them(kind, damaged):
     path = damaged[kind]
     with pytest.raises(ValueError, match=EXPECTED[kind]) as error:
-        checkpoint.load_module(path)
+        checkpoints.load_module(path)
     assert str(path) in str(error.value) and "refusing" not in str(error.value)
     with pytest.raises(SystemExit, match=EXPECTED[kind]):  # a command exits with the same message
         probe_main(["export", "--ckpt", str(path), "--out", str(path.parent / f"export-{kind}")])
@@ -235,6 +237,6 @@ def test_damaged_files_get_a_clear_error_naming_them(kind, damaged):
 
 def test_a_missing_file_or_a_folder_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint .*nothing.ckpt does not exist"):
-        checkpoint.load_module(tmp_path / "nothing.ckpt")
+        checkpoints.load_module(tmp_path / "nothing.ckpt")
     with pytest.raises(FileNotFoundError, match="probe set .* is not a file"):
         ProbeSet.load(tmp_path)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffprobe import diffusion
 from diffprobe.commands.probe import probe_main
+from diffprobe.diffusion import ddpm, timesteps
 from diffprobe.explain.schedules import compare_schedules
 from helpers import make_module, make_trainer
 
@@ -17,7 +17,7 @@ def _strictly_descending(values):
 
 
 def test_early_schedule_is_packed_at_high_noise():
-    early = diffusion.early_timesteps(1000, 30, 60)
+    early = timesteps.early_timesteps(1000, 30, 60)
     assert len(early) == 30 and early[0] == 999 and _strictly_descending(early)
     assert early[1] == 1000 - 107  # 1000 - floor(alpha ** 61), alpha = 1000 ** (1 / 90)
     assert early[-1] > 0, "the trailing 0 is dropped"
@@ -26,26 +26,26 @@ def test_early_schedule_is_packed_at_high_noise():
 
 
 def test_latter_schedule_is_packed_at_low_noise():
-    latter = diffusion.latter_timesteps(1000, 30, 60)
+    latter = timesteps.latter_timesteps(1000, 30, 60)
     assert len(latter) == 30 and latter[0] == 999 and latter[-1] == 107 and _strictly_descending(latter)
     gaps = [a - b for a, b in zip(latter, latter[1:])]
     assert gaps[0] > gaps[-1], "dense at low t"
     # exact powers stay exact (alpha = 1000 ** (1/3)): floor(alpha ** 3) is 1000, clamped to T - 1
-    assert diffusion.latter_timesteps(1000, 3, 0) == [999, 100, 10]
-    assert diffusion.early_timesteps(1000, 3, 0) == [999, 990, 900]
+    assert timesteps.latter_timesteps(1000, 3, 0) == [999, 100, 10]
+    assert timesteps.early_timesteps(1000, 3, 0) == [999, 990, 900]
     with pytest.raises(ValueError, match="repeats timesteps"):
-        diffusion.latter_timesteps(1000, 50, 10)
+        timesteps.latter_timesteps(1000, 50, 10)
 
 
 def test_uniform_and_window_schedules():
-    scheduler = diffusion.build_scheduler()
-    assert diffusion.uniform_timesteps(scheduler, 10) == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
-    window = diffusion.window_timesteps(1000, uniform_steps=5, window_steps=11, start=300, width=100)
+    scheduler = ddpm.build_scheduler()
+    assert timesteps.uniform_timesteps(scheduler, 10) == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    window = timesteps.window_timesteps(1000, uniform_steps=5, window_steps=11, start=300, width=100)
     assert _strictly_descending(window) and {300, 310, 350, 400} <= set(window) and 999 in window and 0 in window
     with pytest.raises(ValueError, match="must lie inside"):
-        diffusion.window_timesteps(1000, start=950, width=100)
+        timesteps.window_timesteps(1000, start=950, width=100)
     with pytest.raises(ValueError, match="schedule must be"):
-        diffusion.schedule_timesteps("middle", scheduler)
+        timesteps.schedule_timesteps("middle", scheduler)
 
 
 def test_schedules_drive_the_sampler_from_the_same_initial_noise():
@@ -53,16 +53,16 @@ def test_schedules_drive_the_sampler_from_the_same_initial_noise():
     unet = module.unet.eval()
     same = compare_schedules(unet, module.scheduler, [3, 4], {"a": [500, 100], "b": [500, 100]})
     assert torch.equal(same["a"], same["b"]) and not torch.equal(same["a"][0], same["a"][1])
-    from diffprobe import sampling
+    from diffprobe.diffusion import sampling
 
     def first_x_t(timesteps):
         generator = torch.Generator().manual_seed(3)
         return next(sampling.denoise(unet, DDPMScheduler.from_config(module.scheduler.config), batch_size=1, generator=generator, timesteps=timesteps)).x_t
 
-    assert torch.equal(first_x_t(diffusion.early_timesteps(1000, 5, 5)), first_x_t(diffusion.latter_timesteps(1000, 5, 5)))
+    assert torch.equal(first_x_t(timesteps.early_timesteps(1000, 5, 5)), first_x_t(timesteps.latter_timesteps(1000, 5, 5)))
     scheduler = DDPMScheduler.from_config(module.scheduler.config)
-    scheduler.set_timesteps(timesteps=diffusion.early_timesteps(1000, 6, 10))
-    assert scheduler.timesteps.tolist() == diffusion.early_timesteps(1000, 6, 10)
+    scheduler.set_timesteps(timesteps=timesteps.early_timesteps(1000, 6, 10))
+    assert scheduler.timesteps.tolist() == timesteps.early_timesteps(1000, 6, 10)
 
 
 def test_probe_schedules_command(tmp_path):
@@ -80,11 +80,11 @@ def test_probe_schedules_command(tmp_path):
 
 
 def test_schedule_settings_beyond_the_models_timesteps_are_refused_in_the_flags_words():
-    from diffprobe import diffusion
     from diffprobe.commands.common import CommandError
     from diffprobe.commands.schedules import TimestepSchedules
+    from diffprobe.diffusion import ddpm
 
-    config = dict(diffusion.build_scheduler(100).config)  # T = 100
+    config = dict(ddpm.build_scheduler(100).config)  # T = 100
     with pytest.raises(CommandError, match=r"--schedule.steps 200: this model has 100 training timesteps, so a schedule has at most 100 steps"):
         TimestepSchedules(steps=200).timesteps(config)
     with pytest.raises(CommandError, match=r"--schedule.window_start 400 \+ --schedule.window_width 200 reaches past the model's last timestep, 99"):

@@ -94,7 +94,7 @@ def test_bad_arguments_are_named(bad):
 def test_the_loader_fetches_whole_batches_equal_to_stacked_samples():
     from torch.utils.data import default_collate
 
-    from diffprobe.data import ConceptShapesDataModule
+    from diffprobe.training import ConceptShapesDataModule
 
     data = ConceptShapesDataModule(image_size=16, train_size=40, heldout_size=10, batch_size=8)
     dataset = data.train_dataset()

@@ -4,8 +4,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from diffprobe.callbacks import SampleGrid
-from diffprobe.checkpoint import find_checkpoints, load_module
+from diffprobe.io.runs import find_checkpoints
+from diffprobe.training.callbacks import SampleGrid
+from diffprobe.training.checkpoints import load_module
 from helpers import make_module, make_trainer, read_events, shapes_data
 
 
@@ -169,8 +170,8 @@ def test_condition_dropout_replaces_captions_with_the_empty_one():
 
 
 def test_ddpm_and_ddim_sampling_are_seeded_and_custom_timesteps_need_ddpm():
-    from diffprobe import sampling
-    from diffprobe.diffusion import sampling_scheduler
+    from diffprobe.diffusion import sampling
+    from diffprobe.diffusion.ddpm import sampling_scheduler
 
     module = make_module()
     for sampler in ("ddpm", "ddim"):
@@ -205,7 +206,7 @@ def test_ema_averages_are_a_submodule_and_older_checkpoints_still_load(tmp_path,
 
 
 def test_the_step_bar_reads_the_metrics_at_its_pace_not_every_step(tmp_path, tiny_data, monkeypatch):
-    from diffprobe.callbacks import StepProgressBar, progress
+    from diffprobe.training.callbacks import StepProgressBar, progress
 
     clock = {"now": 0.0}
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from diffprobe.captions import CaptionEncoder, CaptionTokenizer
 from diffprobe.data.shapes import ConceptShapes, vocabulary
-from diffprobe.unet import build_unet, count_parameters
+from diffprobe.diffusion.captions import CaptionEncoder, CaptionTokenizer
+from diffprobe.diffusion.unet import build_unet, count_parameters
 
 
 def test_ddpm_cifar10_preset_is_the_exact_google_architecture():

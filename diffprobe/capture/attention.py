@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
@@ -32,8 +31,9 @@ from einops import rearrange
 from torch import nn
 
 from diffprobe.capture.layers import find_layers
+from diffprobe.choices import AttentionKind
 
-Kind = Literal["self", "cross", "all"]
+Kind = AttentionKind
 _WHAT = {"self": "self-attention module", "cross": "cross-attention module", "all": "attention module"}
 
 

@@ -12,13 +12,11 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from jsonargparse.typing import PositiveInt
 
-Device = str  # "cpu", "cuda", "cuda:1", ... (checked by torch when the model moves there)
-DType = Literal["float32", "float16", "bfloat16"]
-Weights = Literal["ema", "raw"]
+from diffprobe.choices import Device, DType, Weights
 
 __all__ = ["CommandError", "DType", "Device", "PositiveInt", "Weights", "as_list", "command", "flag", "new_file", "new_folder"]
 
@@ -46,9 +44,9 @@ SHARED_HELP = {
     "steps": "DDIM sampling steps of the run (paper: 20)",
     "step": "0-based index of the explained step in the run, 0 = most noisy (paper: 15)",
     "guidance": "classifier-free guidance scale (default: the model's; Stable Diffusion 7.5)",
-    "raw": "raw instead of EMA weights (a diffprobe .ckpt or run; an export holds one set of weights)",
-    "run": "a run directory whose TensorBoard gets the images and numbers too",
-    "device": "cpu, cuda, cuda:1, ...",
+    "weights": "the EMA or the raw weights of a diffprobe .ckpt or run (an export holds one set: ema)",
+    "logdir": "TensorBoard directory for the images and numbers (default: the run of --ckpt; none outside a run)",
+    "device": "auto (cuda when there is one, else cpu), cpu, cuda, cuda:1, ...",
     "dtype": "Stable Diffusion weights' dtype (float16 on a GPU); diffprobe models stay float32",
     "scale": "upscale factor of the PNGs",
     "batch_size": "perturbed copies per UNet call (doubled under classifier-free guidance)",

@@ -66,7 +66,7 @@ def _role_relevance(model, triples, schedules: dict[str, list[int]], seed: int) 
 def correlation(
     out: str, ckpt: str | None = None, triple: list[tuple[str, str, str]] | None = None, probe_results: str | None = None, probe_weights: Weights | None = None,
     probe_step: int | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
-    raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """Relevance by subject / relation / object role; Spearman's rho of t against role relevance
     and against probe accuracy.
@@ -78,10 +78,10 @@ def correlation(
         probe_weights: which probes of a file holding both EMA and raw ones
         probe_step: the checkpoint step whose probes to use (default: the newest)
     """
-    from diffprobe import viz
     from diffprobe.explain import correlation as stats
+    from diffprobe.report import viz
 
-    check_outputs(out, run)
+    check_outputs(out, logdir)
     if not triple and not probe_results:
         raise CommandError("give --triple (a list of [subject, relation, object] phrases) and/or --probe_results probes.csv")
     if triple and ckpt is None:
@@ -94,13 +94,15 @@ def correlation(
             numbers["spearman_timestep_vs_probe_accuracy"] = stats.probe_accuracy_correlations(
                 probe_results, weights=probe_weights, step=probe_step
             )
-    model, global_step = None, 0
+    model, global_step, tensorboard = None, 0, Path(logdir) if logdir else None
     if triple:
-        model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+        source = resolve(ckpt)
+        tensorboard = source.logdir(logdir)
+        model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
         require_conditional(model, "--triple")
         timesteps = schedule.timesteps(model.scheduler_config)
         encoded = _encoded_triples(model, triple)
-    outputs = Outputs(out, run, global_step, scale)
+    outputs = Outputs(out, tensorboard, global_step, scale)
     if triple:
         numbers.update(_role_relevance(model, encoded, timesteps, seed))
         totals = numbers["role_totals"]

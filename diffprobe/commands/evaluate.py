@@ -10,7 +10,7 @@ from pathlib import Path
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from diffprobe.choices import Saliency, Score
-from diffprobe.commands.common import CommandError, Device, DType, as_list, command, flag
+from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
 
@@ -58,7 +58,7 @@ def auc(
     ckpt: str, out: str, inputs: PositiveInt = 8, methods: tuple[Saliency, ...] = ("rise", "cam", "lime", "random"), score: Score = "mse",
     stride: PositiveInt | None = None, masks: PositiveInt = 500, samples: PositiveInt = 1000, batch_size: PositiveInt = 64,
     prompt: list[str] | str | None = None, shapes_captions: bool = False, seed: int = 0, steps: PositiveInt = 20, step: int = 15,
-    guidance: float | None = None, raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """Insertion / deletion AUC of saliency methods against a random map, averaged over inputs.
 
@@ -74,20 +74,21 @@ def auc(
     """
     import torch
 
-    from diffprobe import viz
     from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc
     from diffprobe.explain.run import check_step, explain_step
+    from diffprobe.report import viz
 
-    check_outputs(out, run)
+    check_outputs(out, logdir)
     if not methods:
         raise CommandError("--methods is empty; give at least one of rise, cam, lime, random")
     with flag("--step"):
         check_step(step, steps)
-    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    source = resolve(ckpt)
+    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
     pairs = _inputs(model, seed, inputs, as_list(prompt), shapes_captions)
     with flag("--prompt"):
         encoded_prompts = {text: model.prompt(text) for text in dict.fromkeys(text for _, text in pairs)}  # all, before any sampling
-    outputs = Outputs(out, run, global_step, scale)
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
     modes = ("insertion", "deletion")
     curves = {(method, mode): [] for method in methods for mode in modes}
     seconds = {method: 0.0 for method in methods}
@@ -136,8 +137,8 @@ def auc(
 @command
 def groundtruth(
     ckpt: str, out: str, prompt: list[str] | str | None = None, inputs: PositiveInt = 8, masks: PositiveInt = 200, batch_size: PositiveInt = 64,
-    mask_threshold: PositiveFloat = 0.15, seed: int = 0, steps: PositiveInt = 20, guidance: float | None = None, raw: bool = False,
-    run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    mask_threshold: PositiveFloat = 0.15, seed: int = 0, steps: PositiveInt = 20, guidance: float | None = None, weights: Weights = "ema",
+    logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """R1 / R2 of the paper against ConceptShapes' ground truth (conditional ConceptShapes models):
     is the saliency inside the object, and is the most relevant word the concept that changes most.
@@ -150,21 +151,22 @@ def groundtruth(
     """
     import torch
 
-    from diffprobe import viz
     from diffprobe.data.shapes import CONCEPT_NAMES
     from diffprobe.explain.groundtruth import check_caption, measure
+    from diffprobe.report import viz
 
-    check_outputs(out, run)
+    check_outputs(out, logdir)
     if steps < 2:
         raise CommandError(f"--steps {steps}: R2 compares consecutive steps; give at least 2")
     captions = as_list(prompt)
     with flag("--prompt"):
         for caption in captions:  # before loading anything
             check_caption(caption)
-    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    source = resolve(ckpt)
+    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
     require_conditional(model, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
     captions = captions or _shapes_captions(inputs)
-    outputs = Outputs(out, run, global_step, scale)
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
     started = time.perf_counter()
     with flag("--ckpt"):
         report = measure(

@@ -20,27 +20,25 @@ scalars at each checkpoint's global step, plus ``Overview/decodable_vs_decided``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
+from diffprobe.choices import InterventionMode, SamplingSchedule
 from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
-from diffprobe.commands.source import resolve
+from diffprobe.commands.source import resolve, resolve_device
 
-Mode = Literal["switch", "steer"]
-SamplingSchedule = Literal["uniform", "early", "latter"]
 EXAMPLE_ROWS = 4  # captions shown in each example grid
 
 
 @command
 def intervene(
-    ckpt: str, mode: Mode = "switch", out: str | None = None, concepts: list[str] | str | None = None, num_captions: PositiveInt = 64,
+    ckpt: str, mode: InterventionMode = "switch", out: str | None = None, concepts: list[str] | str | None = None, num_captions: PositiveInt = 64,
     switch_times: list[NonNegativeInt] | None = None, pairs: list[tuple[str, str]] | None = None, schedule: SamplingSchedule = "uniform",
     steps: PositiveInt = 50, lam: PositiveFloat = 60.0, target: str | None = None, source: str | None = None, layer: str | None = None,
     t: NonNegativeInt | None = None, alphas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0), windows: list[tuple[NonNegativeInt, PositiveInt]] | None = None,
     probes: str | None = None, reader: str | None = None, reader_steps: PositiveInt = 3000, reader_images: PositiveInt = 20_000, data: str | None = None, image_column: str = "img",
     concept_columns: tuple[str, ...] = ("label",), heldout_fraction: OpenUnitInterval = 0.05, weights: Weights = "ema",
-    guidance: float | None = None, logdir: str | None = None, overwrite: bool = False, device: Device | None = None, dtype: DType = "float32",
+    guidance: float | None = None, logdir: str | None = None, overwrite: bool = False, device: Device = "auto", dtype: DType = "float32",
     batch_size: PositiveInt = 64, seed: int = 0,
 ) -> Path:  # fmt: skip
     """Causal timing: prompt-switch insertion (CIS, t_lock) or probe-direction steering, per concept.
@@ -73,16 +71,14 @@ def intervene(
         weights: the EMA or the raw weights of a checkpoint
         logdir: TensorBoard directory (default: the run's own)
         overwrite: measure again what intervene.csv already holds
-        device: where sampling runs (default: cuda when there is one, else cpu)
         batch_size: images per UNet call (doubled under classifier-free guidance)
         seed: image i uses seed + i
     """
-    import torch
 
     from diffprobe.commands.intervention_run import InterventionRun
     from diffprobe.commands.intervention_steer import plan_steer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     concepts = as_list(concepts) or None
     if reader and not Path(reader).is_file():
         raise CommandError(f"--reader {reader} is not a file; give a concept_reader.pt an earlier probe.py intervene wrote")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from diffprobe import tb
+from diffprobe.report import tb
 
 EXAMPLES = 4  # images per example grid row set
 
@@ -97,7 +97,7 @@ class InterventionOutput:
     def _examples(self, entry, concept: str, images: torch.Tensor, group) -> None:
         """The first captions' finals at every switch time, from switched-at-the-start (B) on the
         left to never switched (A) on the right."""
-        from diffprobe import viz
+        from diffprobe.report import viz
 
         run = self.run
         count = min(EXAMPLES if run.reader is not None else 8, images.shape[1])
@@ -155,7 +155,7 @@ class InterventionOutput:
     def _steer_examples(self, entry, concept, settings, plain, steered) -> None:
         """Unsteered images, then each alpha along the probe in the window that moved most, then
         the random direction at the largest alpha there."""
-        from diffprobe import viz
+        from diffprobe.report import viz
 
         rates = {(r["variant"], r["alpha"], r["window_start"], r["window_end"]): r["rate"] for r in self._new}
         top = max(self.run.alphas)

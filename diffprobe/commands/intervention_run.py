@@ -39,8 +39,8 @@ class InterventionRun:
     # ---- 1. checks, in flag order ------------------------------------------------------------
 
     def load_first(self) -> None:
-        self.model, _ = load_explain_model(self.source.weights[0], device=self.device, raw=self.weights == "raw", guidance=self.guidance, dtype=self.dtype)
-        self.stable_diffusion = self.source.weights[0].kind == "stable-diffusion"
+        self.model, _ = load_explain_model(self.source.files[0], weights=self.weights, device=self.device, guidance=self.guidance, dtype=self.dtype)
+        self.stable_diffusion = self.source.files[0].kind == "stable-diffusion"
         self.T = int(self.model.scheduler_config["num_train_timesteps"])
         if self.mode == "switch" and not self.model.conditional:
             raise CommandError(
@@ -53,7 +53,7 @@ class InterventionRun:
     def load_data(self, data: str | None, options: dict, count: int, reader_images: int) -> None:
         """The data set behind the captions and the reader: ConceptShapes unless told otherwise;
         none for Stable Diffusion without --data (its switched images are written unscored)."""
-        from diffprobe.data.module import ConceptShapesDataModule, HFDataModule
+        from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule
 
         self.data_module = None
         self.shapes = data in (None, "shapes") and not self.stable_diffusion
@@ -103,7 +103,7 @@ class InterventionRun:
     def choose_timesteps(self, schedule: str, steps: int, lam: float) -> None:
         from diffusers import DDPMScheduler
 
-        from diffprobe.diffusion import schedule_timesteps
+        from diffprobe.diffusion.timesteps import schedule_timesteps
 
         self.timesteps = schedule_timesteps(schedule, DDPMScheduler.from_config(self.model.scheduler_config), steps, lam)
         self.settings.update(schedule=schedule, steps=int(steps), lam=float(lam) if schedule != "uniform" else None)
@@ -125,7 +125,7 @@ class InterventionRun:
         return torch.stack([heldout[i]["labels"] for i in range(count)])
 
     def plan_switch(self, switch_times: list[int] | None, pairs: list[tuple[str, str]] | None, count: int) -> None:
-        from diffprobe.data.probe_set import default_timesteps
+        from diffprobe.diffusion.timesteps import default_timesteps
         from diffprobe.intervene.switch import CaptionPairs, concept_pairs, encode_captions
 
         times = sorted({int(t) for t in switch_times}) if switch_times else default_timesteps(self.T)
@@ -239,13 +239,13 @@ class InterventionRun:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         output = InterventionOutput(self)
-        for index, entry in enumerate(self.source.weights):
+        for index, entry in enumerate(self.source.files):
             todo = output.todo(entry)
             if not todo:
                 continue
-            log(f"{entry.name} ({index + 1} of {len(self.source.weights)}): {', '.join(todo)}")
+            log(f"{entry.name} ({index + 1} of {len(self.source.files)}): {', '.join(todo)}")
             if index > 0:
-                self.model, _ = load_explain_model(entry, device=self.device, raw=self.weights == "raw", guidance=self.guidance, dtype=self.dtype)
+                self.model, _ = load_explain_model(entry, weights=self.weights, device=self.device, guidance=self.guidance, dtype=self.dtype)
             for concept in todo:
                 if self.mode == "switch":
                     output.switch(entry, concept, self._switch(concept))

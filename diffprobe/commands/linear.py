@@ -19,7 +19,7 @@ from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt, r
 
 from diffprobe.choices import Method, Pool
 from diffprobe.commands.common import CommandError, Device, Weights, as_list, command, flag
-from diffprobe.commands.source import Source, load_parts, resolve
+from diffprobe.commands.source import Source, load_model, resolve, resolve_device
 
 ProbeSetSize = restricted_number_type("ProbeSetSize", int, [(">=", 10)])  # probes are fitted and tested on a split of it
 
@@ -27,8 +27,9 @@ ProbeSetSize = restricted_number_type("ProbeSetSize", int, [(">=", 10)])  # prob
 def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data, size: int, seed: int, parts, data_options: dict):
     """(probe set, path it was loaded from or None): the given one, the run's own, the one an
     earlier call saved in ``out``, or a new one made for this model."""
-    from diffprobe import checkpoint
-    from diffprobe.data.probe_set import ProbeSet, default_timesteps
+    from diffprobe.data.probe_set import ProbeSet
+    from diffprobe.diffusion.timesteps import default_timesteps
+    from diffprobe.io.loading import LoadError
 
     candidates = (
         [Path(probe_set)] if probe_set else [p for p in (source.run_dir and source.run_dir / "probe_set.pt", out / "probe_set.pt") if p]
@@ -37,7 +38,7 @@ def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data
     if found is not None:
         try:
             loaded = ProbeSet.load(found)
-        except checkpoint.LoadError as error:
+        except LoadError as error:
             raise CommandError(str(error)) from error
         # Results stay comparable across calls only on one probe set: what would make another is
         # said to be ignored (--num_images and --seed have defaults, so only where they differ).
@@ -60,9 +61,9 @@ def _probe_set(source: Source, out: Path, probe_set: str | None, timesteps, data
     outside = sorted({t for t in grid if t >= T})
     if outside:
         raise CommandError(
-            f"--timesteps {outside} out of range: {source.weights[0].path} has {T} training timesteps, so t must be in [0, {T}) (0 = the clean end)"
+            f"--timesteps {outside} out of range: {source.files[0].path} has {T} training timesteps, so t must be in [0, {T}) (0 = the clean end)"
         )
-    from diffprobe.data.module import ConceptShapesDataModule, HFDataModule
+    from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule
 
     image_size = parts.unet.config.sample_size
     with flag("--data"):
@@ -100,7 +101,7 @@ def _check_probe_set(probe_set, unet, T: int, where: str) -> None:
 @command
 def linear(
     ckpt: str, out: str | None = None, probe_set: str | None = None, layers: list[str] | str | None = None, pool: Pool = "mean", method: Method = "logistic",
-    weights: Weights = "ema", logdir: str | None = None, overwrite: bool = False, device: Device | None = None, batch_size: PositiveInt = 128,
+    weights: Weights = "ema", logdir: str | None = None, overwrite: bool = False, device: Device = "auto", batch_size: PositiveInt = 128,
     num_images: ProbeSetSize = 300, timesteps: list[NonNegativeInt] | None = None, seed: int = 0, data: str | None = None, image_column: str = "img",
     concept_columns: tuple[str, ...] = ("label",), heldout_fraction: OpenUnitInterval = 0.05,
 ) -> Path:  # fmt: skip
@@ -116,7 +117,6 @@ def linear(
         weights: probe the EMA or the raw weights of a checkpoint
         logdir: TensorBoard directory (default: the run's own)
         overwrite: redo cells already in probes.csv
-        device: where features are extracted (default: cuda when there is one, else cpu)
         batch_size: images per UNet call
         num_images: probe-set size when one is made (at least 10: probes are fitted and tested on a split)
         timesteps: t grid (training indices, 0 = the clean end) when a probe set is made
@@ -126,15 +126,14 @@ def linear(
         concept_columns: --data's concept columns
         heldout_fraction: share of --data held out when it has no test split
     """
-    import torch
 
-    from diffprobe import tb
     from diffprobe.capture import check_layers, default_layers
     from diffprobe.probes import results
     from diffprobe.probes.pipeline import probe_unet
+    from diffprobe.report import tb
 
     layers = as_list(layers) or None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if probe_set and not Path(probe_set).is_file():
         raise CommandError(f"--probe_set {probe_set} does not exist")
     # 1. Every input is checked (and the first model loaded, for T, image size and block names)
@@ -143,8 +142,7 @@ def linear(
     folder = Path(out) if out else (source.run_dir / "probes" if source.run_dir else source.path.parent / f"probes-{source.path.stem}")
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py linear wrote)")
-    raw = weights == "raw"
-    first = load_parts(source.weights[0], raw=raw, device=device, raw_flag="--weights raw")
+    first = load_model(source.files[0], weights, device)
     T = first.scheduler.config.num_train_timesteps
     with flag("--layers"):
         check_layers(first.unet, layers or default_layers(first.unet))
@@ -163,8 +161,8 @@ def linear(
     probed: set[int] = set()  # steps of the checkpoints probed in this call
     # The checkpoints of a run share one architecture: the first one's block names stand for all.
     names = layers or default_layers(first.unet)
-    for index, entry in enumerate(source.weights):
-        print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.weights)})", file=sys.stderr)
+    for index, entry in enumerate(source.files):
+        print(f"probe.py linear: {entry.name} ({index + 1} of {len(source.files)})", file=sys.stderr)
         same_step = {r["checkpoint"] for r in rows if int(r["step"]) == entry.step and r["weights"] == weights} - {entry.name}
         if same_step and not overwrite:  # e.g. last.ckpt, a copy of the newest step=N.ckpt
             print(f"probe.py linear: {entry.name} skipped: step {entry.step} is already probed as {sorted(same_step)[0]}", file=sys.stderr)
@@ -174,12 +172,12 @@ def linear(
         }
         if cells <= done and not overwrite:
             continue  # decided before loading it: a rerun after more training loads only the new checkpoints
-        parts = first if index == 0 and first is not None else load_parts(entry, raw=raw, device=device, raw_flag="--weights raw")
+        parts = first if index == 0 and first is not None else load_model(entry, weights, device)
         first = None  # let the first model go once it is probed (or skipped)
         with flag("--layers"):
             check_layers(parts.unet, names)
         # A conditional UNet gets the empty caption: probes read the image, not the caption.
-        condition = parts.caption_encoder.unconditional(1) if parts.caption_encoder is not None else None
+        condition = parts.empty_caption()
         table = probe_unet(parts.unet, parts.scheduler, probes, names, pool, method, batch_size, condition)
         new_rows = table.rows(step=parts.step, checkpoint=entry.name, weights=weights)
         probed.add(parts.step)

@@ -1,59 +1,50 @@
 """Where an explanation command's results go: a new ``--out`` folder (PNGs, ``.pt`` tensors, a JSON
-of numbers) and, with ``--run``, the same images, figures and scalars in that run's TensorBoard."""
+of numbers) and the same images, figures and scalars in TensorBoard (``--logdir``; by default the
+run of ``--ckpt``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from diffprobe.commands.common import CommandError, new_folder
+from diffprobe.io import atomic
+from diffprobe.report.writer import LazyWriter
 
 
-def check_outputs(out: str | Path, run: str | Path | None) -> None:
-    """``out`` is new or empty and ``run`` (if given) is a folder: every command calls this first,
-    before anything is loaded, so a refusal costs nothing."""
+def check_outputs(out: str | Path, logdir: str | Path | None) -> None:
+    """``out`` is new or empty and ``logdir`` (if given) is not a file: every command calls this
+    first, before anything is loaded, so a refusal costs nothing."""
     new_folder(out)
-    if run is not None and not Path(run).is_dir():
-        raise CommandError(f"--run {run} is not a directory; give a run directory such as runs/quickstart/version_0")
+    if logdir is not None and Path(logdir).exists() and not Path(logdir).is_dir():
+        raise CommandError(f"--logdir {logdir} is a file; give a TensorBoard directory such as runs/quickstart/version_0")
 
 
 class Outputs:
-    """A new output folder, plus the run's TensorBoard when ``run`` is given. Make it once every
-    input is checked: it creates the folder (and, at its first write, the run's events file)."""
+    """A new output folder, plus TensorBoard in ``logdir`` when there is one. Make it once every
+    input is checked: it creates the folder (and, at its first write, a new events file)."""
 
-    def __init__(self, out: str | Path, run: str | Path | None, global_step: int, scale: int, model: str = ""):
-        check_outputs(out, run)
+    def __init__(self, out: str | Path, logdir: str | Path | None, global_step: int, scale: int, model: str = ""):
+        check_outputs(out, logdir)
         self.out = Path(out)
         self.model = f"{model}, training step {global_step}" if model else f"training step {global_step}"  # for titles
         self.out.mkdir(parents=True, exist_ok=True)
-        self.scale, self.global_step, self.run = scale, global_step, run
-        self._writer = None
-
-    @property
-    def writer(self):
-        """The run's SummaryWriter, made at the first write (a new events file beside the run's
-        own: nothing of the run is rewritten); None without ``run``."""
-        if self._writer is None and self.run is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.run))
-        return self._writer
+        self.scale, self.global_step = scale, global_step
+        self.tensorboard = LazyWriter(logdir)
 
     def image(self, name: str, image, tag: str | None = None) -> Path:
         """(C, H, W) tensor in [-1, 1]."""
-        from diffprobe import viz
+        from diffprobe.report import viz
 
         image = viz.to_unit(image.detach().float().cpu())
         path = viz.save_png(image, self.out / f"{name}.png", scale=self.scale)
-        if self.writer is not None:
-            self.writer.add_image(tag or f"explain/{name}", image, self.global_step)
+        self.tensorboard.image(tag or f"explain/{name}", image, self.global_step)
         return path
 
     def overlays(self, name: str, heat, model, step, tag: str, tool: str) -> None:
         """The (h, w) map over the decoded x_t and over the final image (the paper's two views):
         ``<name>.png``, a titled figure with a colour bar, and the two overlays as plain images
         (``<name>_xt.png``, ``<name>_final.png``, TensorBoard's image cards)."""
-        from diffprobe import viz
+        from diffprobe.report import viz
 
         x_t, final = model.decode(step.x_t)[0], model.decode(step.final)[0]
         views = {f"over x_t (t = {step.t})": (x_t, heat), "over the final image": (final, heat)}
@@ -65,24 +56,19 @@ class Outputs:
         self.image(f"{name}_final", viz.heat_overlay(final, heat), f"{tag}/final")
 
     def figure(self, name: str, figure, tag: str | None = None) -> None:
-        figure.savefig(self.out / f"{name}.png")
-        if self.writer is not None:
-            self.writer.add_figure(tag or f"explain/{name}", figure, self.global_step)
+        atomic.save_figure(figure, self.out / f"{name}.png")
+        self.tensorboard.figure(tag or f"explain/{name}", figure, self.global_step)
 
     def scalar(self, tag: str, value: float) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, self.global_step)
+        self.tensorboard.scalars({tag: value}, self.global_step)
 
     def save(self, name: str, numbers: dict, tensors: dict | None = None) -> None:
-        (self.out / f"{name}.json").write_text(json.dumps(numbers, indent=1))
+        atomic.write_json(self.out / f"{name}.json", numbers)
         if tensors is not None:
-            import torch
-
-            torch.save(tensors, self.out / f"{name}.pt")
+            atomic.save_torch(self.out / f"{name}.pt", tensors)
 
     def close(self) -> Path:
-        if self._writer is not None:
-            self._writer.close()
+        self.tensorboard.close()
         return self.out
 
 

@@ -1,8 +1,8 @@
 """``probe.py rise | cam | lime``: saliency maps of one step of a seeded DDIM sampling run.
 
 Each writes into a new ``out`` folder the map over the decoded x_t and over the final image (the
-paper's two views), the raw maps (``.pt``) and a JSON of numbers; with ``run``, the same to that
-run's TensorBoard.
+paper's two views), the raw maps (``.pt``) and a JSON of numbers; and the same to TensorBoard
+(``--logdir``, by default the run of ``--ckpt``).
 """
 
 from __future__ import annotations
@@ -14,30 +14,30 @@ from pathlib import Path
 from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
 
 from diffprobe.choices import Response, Similarity
-from diffprobe.commands.common import CommandError, Device, DType, as_list, command, flag
+from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs, step_numbers, step_tag
 from diffprobe.commands.source import load_explain_model, resolve
 
 
 def explained_step(flags: dict, check_model: Callable | None = None):
     """(model, explained step, outputs) shared by the single-step tools, from a command's
-    ``locals()`` (its flags: ckpt, out, prompt, seed, steps, step, guidance, raw, run, device, dtype,
-    scale); ``check_model(model)`` checks the tool's settings against the model before the
+    ``locals()`` (its flags: ckpt, out, prompt, seed, steps, step, guidance, weights, logdir, device,
+    dtype, scale); ``check_model(model)`` checks the tool's settings against the model before the
     sampling run."""
     from diffprobe.explain.run import check_step, explain_step
 
-    check_outputs(flags["out"], flags["run"])  # before loading anything
+    check_outputs(flags["out"], flags["logdir"])  # before loading anything
     with flag("--step"):
         check_step(flags["step"], flags["steps"])
-    weights = resolve(flags["ckpt"]).newest
+    source = resolve(flags["ckpt"])
     model, global_step = load_explain_model(
-        weights, device=flags["device"], raw=flags["raw"], guidance=flags["guidance"], dtype=flags["dtype"]
+        source.newest, weights=flags["weights"], device=flags["device"], guidance=flags["guidance"], dtype=flags["dtype"]
     )
     with flag("--prompt"):
         encoded = model.prompt(flags["prompt"])
     if check_model is not None:
         check_model(model)
-    outputs = Outputs(flags["out"], flags["run"], global_step, flags["scale"], model=weights.name)
+    outputs = Outputs(flags["out"], source.logdir(flags["logdir"]), global_step, flags["scale"], model=source.newest.name)
     explained = explain_step(model, prompt=encoded, seed=flags["seed"], num_inference_steps=flags["steps"], step=flags["step"])
     return model, explained, outputs
 
@@ -46,7 +46,7 @@ def explained_step(flags: dict, check_model: Callable | None = None):
 def rise(
     ckpt: str, out: str, masks: PositiveInt = 500, keep: OpenUnitInterval = 0.5, similarity: Similarity = "structure", grid: PositiveInt | None = None,
     window: PositiveInt = 15, sigma: PositiveFloat = 1.5, batch_size: PositiveInt = 64, prompt: str | None = None, seed: int = 0,
-    steps: PositiveInt = 20, step: int = 15, guidance: float | None = None, raw: bool = False, run: str | None = None, device: Device = "cpu",
+    steps: PositiveInt = 20, step: int = 15, guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto",
     dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """DF-RISE: which regions of x_t the explained step recovers (R1 of the paper).
@@ -96,17 +96,17 @@ def rise(
 @command
 def cam(
     ckpt: str, out: str, layers: list[str] | str | None = None, prompt: str | None = None, seed: int = 0, steps: PositiveInt = 20, step: int = 15,
-    guidance: float | None = None, raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """DF-CAM: Grad-CAM of the predicted noise at every UNet block (R2 of the paper).
 
     Args:
         layers: block layers to explain (default: every ResNet, attention and sampler of the blocks)
     """
-    from diffprobe import viz
     from diffprobe.capture import check_layers
     from diffprobe.capture.gradients import block_layers
     from diffprobe.explain.cam import df_cam
+    from diffprobe.report import viz
 
     layers = as_list(layers) or None
 
@@ -143,8 +143,8 @@ def cam(
 def lime(
     ckpt: str, out: str, samples: PositiveInt = 1000, kernel_width: PositiveFloat = 0.25, response: Response = "mean", top: PositiveInt = 5,
     kernel_size: PositiveFloat | None = None, max_dist: PositiveFloat = 10.0, ratio: OpenUnitInterval = 0.2, batch_size: PositiveInt = 64,
-    prompt: str | None = None, seed: int = 0, steps: PositiveInt = 20, step: int = 15, guidance: float | None = None, raw: bool = False,
-    run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    prompt: str | None = None, seed: int = 0, steps: PositiveInt = 20, step: int = 15, guidance: float | None = None, weights: Weights = "ema",
+    logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """LIME on quickshift superpixels: the paper's baseline for DF-RISE.
 

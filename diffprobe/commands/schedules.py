@@ -10,7 +10,7 @@ from pathlib import Path
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from diffprobe.choices import Schedule
-from diffprobe.commands.common import CommandError, Device, DType, command, flag
+from diffprobe.commands.common import CommandError, Device, DType, Weights, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
 
@@ -41,7 +41,7 @@ class TimestepSchedules:
         """Each schedule's timesteps for a model's noise schedule (T from its config)."""
         from diffusers import DDPMScheduler
 
-        from diffprobe import diffusion
+        from diffprobe.diffusion.timesteps import schedule_timesteps
 
         if not self.kinds:
             raise CommandError("--schedule.kinds is empty; give at least one of uniform, early, latter, window")
@@ -58,13 +58,13 @@ class TimestepSchedules:
             uniform_steps=self.window_uniform_steps, window_steps=self.window_steps, start=self.window_start, width=self.window_width
         )
         with flag("--schedule"):
-            return {kind: diffusion.schedule_timesteps(kind, scheduler, self.steps, self.lam, **window) for kind in self.kinds}
+            return {kind: schedule_timesteps(kind, scheduler, self.steps, self.lam, **window) for kind in self.kinds}
 
 
 @command
 def schedules(
     ckpt: str, out: str, schedule: TimestepSchedules = TimestepSchedules(), seeds: tuple[int, ...] = (0, 1, 2, 3), prompt: str | None = None,
-    guidance: float | None = None, raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """Sample the same seeds under each timestep schedule: rows are schedules, columns seeds.
 
@@ -73,18 +73,19 @@ def schedules(
     """
     import torch
 
-    from diffprobe import viz
     from diffprobe.explain.schedules import schedule_images
+    from diffprobe.report import viz
 
-    check_outputs(out, run)
+    check_outputs(out, logdir)
     if not seeds:
         raise CommandError("--seeds is empty; give at least one seed, e.g. --seeds '[0, 1]'")
-    weights = resolve(ckpt).newest
-    model, global_step = load_explain_model(weights, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    source = resolve(ckpt)
+    entry = source.newest
+    model, global_step = load_explain_model(entry, weights=weights, device=device, guidance=guidance, dtype=dtype)
     with flag("--prompt"):
         encoded = model.prompt(prompt)
     timesteps = schedule.timesteps(model.scheduler_config)
-    outputs = Outputs(out, run, global_step, scale, model=weights.name)
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale, model=entry.name)
     started = time.perf_counter()
     images = schedule_images(model, encoded, list(seeds), timesteps)
     seconds = time.perf_counter() - started
@@ -104,22 +105,23 @@ def schedules(
 @command
 def relevance(
     ckpt: str, out: str, prompt: str | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
-    raw: bool = False, run: str | None = None, device: Device = "cpu", dtype: DType = "float32", scale: PositiveInt = 8,
+    weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
     """Cross-attention token relevance at every step of a run under each timestep schedule
     (conditional models)."""
     import torch
 
-    from diffprobe import viz
     from diffprobe.explain.relevance import relevance_over_run
+    from diffprobe.report import viz
 
-    check_outputs(out, run)
-    model, global_step = load_explain_model(resolve(ckpt).newest, device=device, raw=raw, guidance=guidance, dtype=dtype)
+    check_outputs(out, logdir)
+    source = resolve(ckpt)
+    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
     require_conditional(model, "token relevance")
     with flag("--prompt"):
         encoded = model.prompt(prompt)
     timesteps = schedule.timesteps(model.scheduler_config)
-    outputs = Outputs(out, run, global_step, scale)
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
     started = time.perf_counter()
     runs = {name: relevance_over_run(model, encoded, seed=seed, timesteps=steps) for name, steps in timesteps.items()}
     seconds = time.perf_counter() - started

@@ -1,20 +1,19 @@
-"""What ``--ckpt`` names, resolved once for every probe.py command.
+"""What ``--ckpt`` names, resolved once for every probe.py command, and the flags every command
+that loads weights shares in one dialect: ``--weights ema|raw``, ``--device auto``, ``--logdir``.
 
 ``--ckpt`` may be a diffprobe ``.ckpt``, a run directory (its checkpoints in step order), a folder
 written by ``probe.py export`` (or any diffusers DDPM pipeline folder), a bare diffusers UNet
 folder, or a Stable Diffusion pipeline folder. :func:`resolve` says which, before anything heavy
-is loaded; the loaders below turn one entry into the model a command needs.
+is loaded; :func:`load_model` turns one entry into the model a command needs.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from diffprobe.choices import Weights
 from diffprobe.commands.common import CommandError, flag
 
 Kind = Literal["checkpoint", "export", "unet", "stable-diffusion"]
@@ -25,28 +24,49 @@ _WHAT = (
 )
 
 
-@dataclass
-class Weights:
-    """One set of weights a command runs on."""
+@dataclass(frozen=True)
+class WeightsFile:
+    """One file or folder of weights a command runs on."""
 
-    name: str  # the checkpoint file's or folder's name: the rows of probes.csv are keyed by it
+    name: str  # the checkpoint file's or folder's name: result tables are keyed by it
     path: Path
     kind: Kind
     step: int  # the global step the weights were saved at (0 when the folder does not say)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Source:
     """What ``--ckpt`` named: its weights (several for a run directory, in step order) and the
     run directory it belongs to, if any (where outputs and TensorBoard scalars go by default)."""
 
     path: Path
-    weights: list[Weights]
+    files: list[WeightsFile]
     run_dir: Path | None
 
     @property
-    def newest(self) -> Weights:
-        return self.weights[-1]
+    def newest(self) -> WeightsFile:
+        return self.files[-1]
+
+    def default_folder(self, name: str) -> Path:
+        """``<run>/<name>`` inside a run; ``<name>-<ckpt name>`` beside ``--ckpt`` outside one."""
+        return self.run_dir / name if self.run_dir else self.path.parent / f"{name}-{self.path.stem}"
+
+    def logdir(self, given: str | None) -> Path | None:
+        """Where TensorBoard goes: ``--logdir`` when given, else the run's own folder (none outside a run)."""
+        if given:
+            if Path(given).exists() and not Path(given).is_dir():
+                raise CommandError(f"--logdir {given} is a file; give a TensorBoard directory")
+            return Path(given)
+        return self.run_dir
+
+
+def resolve_device(device: str) -> str:
+    """``--device auto``: cuda when there is one, else cpu; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _folder_kind(path: Path) -> Kind | None:
@@ -63,7 +83,8 @@ def _folder_kind(path: Path) -> Kind | None:
 
 def resolve(ckpt: str | Path) -> Source:
     """The weights ``ckpt`` names; a CommandError saying what to give when it names none."""
-    from diffprobe import checkpoint
+    from diffprobe.diffusion.folders import exported_step
+    from diffprobe.io.runs import checkpoint_step, find_checkpoints, run_directory
 
     path = Path(ckpt).expanduser()
     if not path.exists():
@@ -73,111 +94,61 @@ def resolve(ckpt: str | Path) -> Source:
     if path.is_dir():
         kind = _folder_kind(path)
         if kind is not None:
-            step = checkpoint.exported_step(path) if kind == "export" else None
-            return Source(path, [Weights(path.name, path, kind, step or 0)], None)
+            step = exported_step(path) if kind == "export" else None
+            return Source(path, [WeightsFile(path.name, path, kind, step or 0)], None)
     try:
-        files = checkpoint.find_checkpoints(path)
+        found = find_checkpoints(path)
     except FileNotFoundError as error:
         raise CommandError(f"--ckpt {path}: {error}. {_WHAT}") from error
-    folders = sorted({str(p.parent) for p in files})
+    folders = sorted({str(p.parent) for p in found})
     if len(folders) > 1:  # e.g. runs/quickstart/ holding version_0, version_1, ...: which run is meant?
         raise CommandError(f"--ckpt {path} holds the checkpoints of several runs ({', '.join(folders)}); give one run directory or checkpoint")
     # Lightning's file names carry the step; a file without one (last.ckpt) is read for it.
-    weights = [Weights(p.name, p, "checkpoint", max(checkpoint.checkpoint_step(p), 0)) for p in files]
+    files = [WeightsFile(p.name, p, "checkpoint", max(checkpoint_step(p), 0)) for p in found]
     resolved = path.resolve()
-    run_dir = checkpoint.run_directory(resolved.parent if resolved.is_dir() and resolved.name == "checkpoints" else resolved)
-    return Source(path, weights, run_dir)
+    run_dir = run_directory(resolved.parent if resolved.is_dir() and resolved.name == "checkpoints" else resolved)
+    return Source(path, files, run_dir)
 
 
-def load_checkpoint(weights: Weights, map_location: str = "cpu"):
-    """The DiffusionModule of a diffprobe checkpoint; damaged, foreign or unsafe files are named."""
-    from diffprobe import checkpoint
+def load_model(entry: WeightsFile, weights: Weights = "ema", device: str = "cpu"):
+    """The :class:`~diffprobe.diffusion.model.DiffusionModel` of a diffprobe checkpoint, export or
+    UNet folder: eval mode, frozen, on ``device``. Damaged, foreign or unsafe files are named."""
+    from diffprobe.diffusion import folders
+    from diffprobe.diffusion.model import load_checkpoint
 
-    try:
-        return checkpoint.load_module(weights.path, map_location=map_location)
-    except (FileNotFoundError, checkpoint.LoadError) as error:
-        raise CommandError(str(error)) from error
-
-
-@dataclass
-class DiffusionParts:
-    """A UNet with what sampling it needs: eval mode, frozen, on the command's device."""
-
-    unet: object
-    scheduler: object  # the training (DDPM) scheduler
-    caption_encoder: object | None
-    guidance_scale: float
-    step: int
-
-
-def _unet_class(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return None
+    if weights == "raw" and entry.kind != "checkpoint":
+        raise CommandError(f"--weights raw: {entry.path} is a diffusers folder, which holds one set of weights; give a diffprobe .ckpt for the raw ones")
+    if entry.kind == "stable-diffusion":
+        raise CommandError(f"--ckpt {entry.path} is a Stable Diffusion pipeline; this command needs a diffprobe model (pixel-space UNet)")
+    with flag(f"--ckpt {entry.path}"):
+        if entry.kind == "checkpoint":
+            model = load_checkpoint(entry.path, weights)
+        elif entry.kind == "export":
+            model = folders.load_exported(entry.path)
+        else:
+            model = folders.load_unet_folder(entry.path)
+    return model.frozen(resolve_device(device))
 
 
-def load_parts(weights: Weights, *, raw: bool = False, device: str = "cpu", raw_flag: str = "--raw true") -> DiffusionParts:
-    """The UNet, scheduler and caption encoder of diffprobe weights (EMA unless ``raw``, which the
-    command spells ``raw_flag``)."""
-    if raw and weights.kind != "checkpoint":
-        raise CommandError(
-            f"{raw_flag}: {weights.path} is a diffusers folder, which holds one set of weights; give a diffprobe .ckpt for the raw ones"
-        )
-    if weights.kind == "stable-diffusion":
-        raise CommandError(f"--ckpt {weights.path} is a Stable Diffusion pipeline; this command needs a diffprobe model (pixel-space UNet)")
-    if weights.kind == "checkpoint":
-        module = load_checkpoint(weights)
-        with module.ema_weights() if not raw else nullcontext():  # copies taken inside keep the EMA weights
-            unet = copy.deepcopy(module.unet)
-            encoder = copy.deepcopy(module.caption_encoder)
-        parts = DiffusionParts(unet, module.scheduler, encoder, module.hparams.guidance_scale, module.global_step_at_save)
-    elif weights.kind == "export":
-        from diffprobe import checkpoint
-
-        with flag(f"--ckpt {weights.path}"):
-            if _unet_class(weights.path / "unet") == "UNet2DConditionModel" and not (weights.path / "caption_encoder").is_dir():
-                raise ValueError("a conditional UNet without diffprobe's caption_encoder/ (not a folder 'probe.py export' wrote): nothing here encodes its prompts")
-            exported = checkpoint.load_exported(weights.path)
-        parts = DiffusionParts(exported.unet, exported.scheduler, exported.caption_encoder, exported.guidance_scale, weights.step)
-    else:  # a bare UNet folder: diffusers' default DDPM schedule unless a scheduler config sits beside it
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-
-        from diffprobe.unet import load_pretrained
-
-        if _unet_class(weights.path) == UNet2DConditionModel.__name__:
-            raise CommandError(
-                f"--ckpt {weights.path} is a bare conditional UNet without its caption encoder; give the folder 'probe.py export' wrote, "
-                "which holds both"
-            )
-        with flag(f"--ckpt {weights.path}"):
-            loaded = load_pretrained(str(weights.path), conditional=False)
-        parts = DiffusionParts(loaded.unet, loaded.scheduler or DDPMScheduler(), None, 1.0, 0)
-    for part in (parts.unet, parts.caption_encoder):
-        if part is not None:
-            part.to(device).eval().requires_grad_(False)
-    return parts
-
-
-def load_explain_model(weights: Weights, *, device: str = "cpu", raw: bool = False, guidance: float | None = None, dtype: str = "float32"):
+def load_explain_model(entry: WeightsFile, *, weights: Weights = "ema", device: str = "auto", guidance: float | None = None, dtype: str = "float32"):
     """(ExplainModel, global step) for the explanation tools: a diffprobe model or Stable Diffusion.
     ``dtype``: Stable Diffusion's weights (float16 / bfloat16 halve its memory on a GPU)."""
     import torch
 
-    from diffprobe.explain.model import from_parts
+    from diffprobe.explain.model import from_model
 
-    if weights.kind == "stable-diffusion":
+    if entry.kind == "stable-diffusion":
         from diffprobe.explain.stable_diffusion import load_stable_diffusion
 
-        if raw:
-            raise CommandError(f"--raw true: {weights.path} is a Stable Diffusion pipeline, which holds one set of weights")
-        with flag(f"--ckpt {weights.path}"):
-            return load_stable_diffusion(
-                weights.path, guidance_scale=7.5 if guidance is None else guidance, device=device, dtype=getattr(torch, dtype)
-            ), 0
-    parts = load_parts(weights, raw=raw, device=device)
-    scale = parts.guidance_scale if guidance is None else guidance
-    return from_parts(parts.unet, parts.scheduler.config, parts.caption_encoder, scale), parts.step
+        if weights == "raw":
+            raise CommandError(f"--weights raw: {entry.path} is a Stable Diffusion pipeline, which holds one set of weights")
+        with flag(f"--ckpt {entry.path}"):
+            model = load_stable_diffusion(
+                entry.path, guidance_scale=7.5 if guidance is None else guidance, device=resolve_device(device), dtype=getattr(torch, dtype)
+            )
+        return model, 0
+    loaded = load_model(entry, weights, device)
+    return from_model(loaded, guidance), loaded.step
 
 
 def require_conditional(model, needs: str) -> None:

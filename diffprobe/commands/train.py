@@ -2,7 +2,7 @@
 
 The real function takes plain arguments and returns the CLI, so tests call it directly:
 ``train_main(["fit", "--config", ...])``. What ``--ckpt_path`` means (continue the run in place,
-or start a new run from an older checkpoint) is decided in ``diffprobe.resume``.
+or start a new run from an older checkpoint) is decided in ``diffprobe.training.resume``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from typing_extensions import override
 
-from diffprobe.data.module import ImageDataModule
-from diffprobe.module import DiffusionModule
-from diffprobe.resume import ResumeSource, architecture_differences, inspect_resume_checkpoint, setting_changes
+from diffprobe.training.datamodules import ImageDataModule
+from diffprobe.training.module import DiffusionModule
+from diffprobe.training.resume import ResumeSource, architecture_differences, inspect_resume_checkpoint, setting_changes
 
 
 class RunConfig(SaveConfigCallback):

@@ -1,6 +1,7 @@
-"""Data: ConceptShapes (built in, ground-truth concepts), Hugging Face / local data sets, DataModules."""
+"""Data sets as plain torch Datasets: ConceptShapes (built in, ground-truth concepts), Hugging Face
+/ local image folders (``hf``), and the fixed probe set (``probe_set``). The Lightning DataModules
+that wrap them for training are ``diffprobe.training.datamodules``."""
 
-from diffprobe.data.module import ConceptShapesDataModule, HFDataModule, ImageDataModule
 from diffprobe.data.shapes import CONCEPT_NAMES, CONCEPTS, ConceptShapes
 
-__all__ = ["CONCEPTS", "CONCEPT_NAMES", "ConceptShapes", "ConceptShapesDataModule", "HFDataModule", "ImageDataModule"]
+__all__ = ["CONCEPTS", "CONCEPT_NAMES", "ConceptShapes"]

@@ -8,37 +8,16 @@ storing N x T noise tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from diffprobe.io.loading import LoadError, safe_load
+
 PROBE_SET_FILE = "probe_set.pt"  # its name inside a run directory
 PROBE_SET_FORMAT = "diffprobe.ProbeSet/1"  # the marker save() writes and load() checks
-
-# Dense at small t, where fine detail is decided; spans [0, T).
-DEFAULT_TIMESTEPS_1000 = (0, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 999)
-
-
-def scaled_timesteps(grid_1000: Sequence[int], num_train_timesteps: int) -> list[int]:
-    """A t grid written for T = 1000, scaled to this T: rounded, capped at T - 1, unique, ascending."""
-    T = num_train_timesteps
-    return sorted({min(T - 1, round(t * T / 1000)) for t in grid_1000})
-
-
-def default_timesteps(num_train_timesteps: int) -> list[int]:
-    """The probe set's default grid (``DEFAULT_TIMESTEPS_1000``) for this T."""
-    return scaled_timesteps(DEFAULT_TIMESTEPS_1000, num_train_timesteps)
-
-
-def check_timesteps(timesteps: Sequence[int], num_train_timesteps: int, who: str) -> None:
-    """ValueError naming ``who`` when a timestep lies outside [0, T)."""
-    outside = [int(t) for t in timesteps if not 0 <= t < num_train_timesteps]
-    if outside:
-        raise ValueError(f"{who} timesteps {outside} are outside [0, {num_train_timesteps}), the model's T")
-
 
 @dataclass
 class ProbeSet:
@@ -119,8 +98,6 @@ class ProbeSet:
     def load(cls, path: str | Path) -> ProbeSet:
         """A probe set written by :meth:`save`, read as plain data (``torch.load(weights_only=True)``):
         loading never runs code. FileNotFoundError, or a ValueError naming the file."""
-        from diffprobe.checkpoint import LoadError, safe_load
-
         path = Path(path)
         stored = safe_load(path, what="probe set")
         hint = "probe_set.pt written by ProbeMonitor or probe.py linear"

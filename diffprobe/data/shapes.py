@@ -21,11 +21,12 @@ from ``numpy.random.default_rng([seed, split_id, i])``. Rendering is vectorised 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from diffprobe.choices import Split
 
 CONCEPTS: dict[str, tuple[str, ...]] = {
     "background_colour": ("black", "navy", "maroon", "teal"),
@@ -203,7 +204,7 @@ class ConceptShapes(Dataset):
     concept_names = CONCEPT_NAMES
 
     def __init__(
-        self, size: int = 10_000, image_size: int = 32, split: Literal["train", "test"] = "train", seed: int = 0, chunk: int = 2048
+        self, size: int = 10_000, image_size: int = 32, split: Split = "train", seed: int = 0, chunk: int = 2048
     ):
         if image_size not in SUPPORTED_SIZES:
             raise ValueError(f"ConceptShapes image_size must be one of {SUPPORTED_SIZES}, got {image_size}")

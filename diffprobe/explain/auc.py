@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch.nn import functional as F
 
-from diffprobe.choices import Score  # noqa: F401  (re-exported: the core's name for it)
+from diffprobe.choices import CausalMode, Score  # noqa: F401  (re-exported: the core's name for it)
 from diffprobe.explain.model import ExplainModel
 from diffprobe.explain.run import ExplainedStep, predict_prev
 from diffprobe.explain.similarity import gaussian_blur, similarity_map
 
-Mode = Literal["insertion", "deletion"]
+Mode = CausalMode
 SCORES: tuple[str, ...] = ("mse", "ssim", "cosine")
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from diffprobe.capture.gradients import block_layers, capture_outputs
+from diffprobe.diffusion.sampling import cfg_combine
 from diffprobe.explain.model import ExplainModel
 from diffprobe.explain.run import ExplainedStep, normalise_map, resize_map
-from diffprobe.sampling import cfg_combine
 
 
 @dataclass

@@ -18,13 +18,13 @@ import math
 import re
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from diffprobe.choices import ProbeMetric
+
 ROLES: tuple[str, ...] = ("subject", "relation", "object")
 OTHER = "other"  # the role of words outside the three phrases ("a", "the", ...)
-ProbeMetric = Literal["accuracy", "selectivity", "control_accuracy"]
 
 
 @dataclass

@@ -19,8 +19,9 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from diffprobe.captions import PAD, CaptionEncoder
-from diffprobe.sampling import guided_output
+from diffprobe.diffusion.captions import PAD, CaptionEncoder
+from diffprobe.diffusion.model import DiffusionModel
+from diffprobe.diffusion.sampling import guided_output
 
 
 @dataclass
@@ -98,7 +99,7 @@ class ExplainModel:
 
     def guided(self, x: torch.Tensor, t: torch.Tensor | int, prompt: Prompt | None, condition: torch.Tensor | None = None) -> torch.Tensor:
         """UNet output for a batch x (B, C, h, w) at one t, classifier-free guided when conditional
-        (:func:`diffprobe.sampling.guided_output`). ``condition`` overrides the prompt's (e.g. a
+        (:func:`diffprobe.diffusion.sampling.guided_output`). ``condition`` overrides the prompt's (e.g. a
         traced condition that carries gradients)."""
         if prompt is None:
             return guided_output(self.unet, x, t)
@@ -144,3 +145,9 @@ def from_parts(
         kind="conditional",
         extras={"caption_encoder": caption_encoder},
     )
+
+
+def from_model(model: DiffusionModel, guidance_scale: float | None = None) -> ExplainModel:
+    """An ExplainModel for a :class:`DiffusionModel` (its own guidance weight unless given)."""
+    scale = model.guidance_scale if guidance_scale is None else guidance_scale
+    return from_parts(model.unet, dict(model.scheduler.config), model.caption_encoder, scale)

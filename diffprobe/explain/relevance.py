@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffprobe import sampling
 from diffprobe.capture.attention import TracedAttention, attention_modules, record_attention
+from diffprobe.diffusion import sampling
 from diffprobe.explain.model import ExplainModel, Prompt
 
 _BLOCK = re.compile(r"^(?P<chain>.+?)(?:\.transformer_blocks\.(?P<index>\d+))?\.(?P<attn>attn\d+)$")

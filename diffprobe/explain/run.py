@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from diffprobe import sampling
+from diffprobe.diffusion import sampling
 from diffprobe.explain.model import ExplainModel, Prompt
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from diffprobe import sampling
+from diffprobe.diffusion import sampling
 from diffprobe.explain.model import ExplainModel, Prompt
 
 

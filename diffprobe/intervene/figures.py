@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diffprobe.viz import new_figure
+from diffprobe.report.viz import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from diffprobe.io.loading import LoadError, safe_load
+
 READER_FORMAT = "diffprobe.ConceptReader/1"
 READER_FILE = "concept_reader.pt"
 
@@ -96,8 +98,6 @@ class TrainedReader:
     @classmethod
     def load(cls, path: str | Path) -> TrainedReader:
         """A reader written by :meth:`save`, read without running code; a clear error otherwise."""
-        from diffprobe.checkpoint import LoadError, safe_load
-
         path = Path(path)
         stored = safe_load(path, what="concept reader")
         if not isinstance(stored, dict) or stored.get("format") != READER_FORMAT:

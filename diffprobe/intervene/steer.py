@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from diffprobe.capture.layers import find_layers
+from diffprobe.diffusion.sampling import guided_output
 from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
 from diffprobe.probes.fit import probe_weights
-from diffprobe.sampling import guided_output
 
 
 @dataclass

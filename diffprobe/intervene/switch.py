@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffprobe.diffusion.sampling import guided_output
 from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
-from diffprobe.sampling import guided_output
 
 
 @dataclass

@@ -9,12 +9,13 @@ significantly above chance (Bonferroni over the table) are marked as such.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from diffprobe.viz import new_figure
+from diffprobe.choices import HeatmapView
+from diffprobe.report.viz import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -73,7 +74,7 @@ def accuracy_heatmap(
 
 
 def probe_heatmaps(
-    table: ProbeTable, note: str, by: Sequence[Literal["concept", "layer"]] = ("concept", "layer")
+    table: ProbeTable, note: str, by: Sequence[HeatmapView] = ("concept", "layer")
 ) -> Iterator[tuple[str, str, Figure]]:
     """The heatmaps of a probe table, one at a time, as ``(by, name, figure)``: per concept (layers
     x timesteps) and / or per layer (concepts x timesteps), titled ``"<name>: probe accuracy (<note>)"``."""

@@ -13,15 +13,17 @@ with the module, so a resumed run continues them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from diffprobe import diffusion, tb
-from diffprobe.callbacks.periodic import adopt_unkeyed_state
 from diffprobe.capture import check_layers, default_layers
-from diffprobe.metrics import CellAccuracy
+from diffprobe.choices import Pool
+from diffprobe.diffusion import ddpm
+from diffprobe.diffusion.metrics import CellAccuracy
+from diffprobe.report import tb
+from diffprobe.training.callbacks.periodic import adopt_unkeyed_state
 
 
 class OnlineProbes(pl.Callback):
@@ -38,7 +40,7 @@ class OnlineProbes(pl.Callback):
     def __init__(
         self,
         layers: list[str] | None = None,
-        pool: Literal["mean", "grid2", "grid4"] = "mean",
+        pool: Pool = "mean",
         num_buckets: int = 10,
         learning_rate: float = 1e-3,
         log_every_n_steps: int = 50,
@@ -58,7 +60,7 @@ class OnlineProbes(pl.Callback):
         self.concepts = dict(trainer.datamodule.concepts)
         if not self.concepts:
             raise ValueError("OnlineProbes needs concept labels; this data has none (set --data.concept_columns)")
-        self.bounds = diffusion.bucket_bounds(pl_module.num_train_timesteps, self.num_buckets)
+        self.bounds = ddpm.bucket_bounds(pl_module.num_train_timesteps, self.num_buckets)
         self.accuracy = CellAccuracy((len(self.layers), self.num_buckets, len(self.concepts)))
         pl_module.attach_probe_heads(self.layers, self.pool, [len(v) for v in self.concepts.values()], self.num_buckets, self.learning_rate)
 

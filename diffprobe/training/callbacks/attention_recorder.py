@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from einops import rearrange
 from typing_extensions import override
 
-from diffprobe import interrupt, tb, viz
-from diffprobe.callbacks.periodic import PeriodicObserver
+from diffprobe import interrupt
 from diffprobe.capture import attention_modules, eager, eval_mode, query_indices, record_attention
-from diffprobe.data.probe_set import check_timesteps, fixed_examples, scaled_timesteps
+from diffprobe.choices import Weights
+from diffprobe.data.probe_set import fixed_examples
+from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
+from diffprobe.report import tb, viz
+from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.tensorboard import tensorboard_writer
 
 DEFAULT_T_1000 = (50, 200, 500, 800)
 
@@ -75,7 +78,7 @@ class AttentionRecorder(PeriodicObserver):
         num_images: int = 4,
         timesteps: list[int] | None = None,
         layers: list[str] | None = None,
-        weights: Literal["ema", "raw"] = "ema",
+        weights: Weights = "ema",
     ):
         super().__init__(every_n_steps)
         if num_images < 1:
@@ -123,7 +126,7 @@ class AttentionRecorder(PeriodicObserver):
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
-        writer = tb.tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         scalars: dict[str, float] = {}
         token_mass: dict[str, list[float]] = {}
         queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}  # layer -> row label -> (N, h, w)

@@ -12,14 +12,13 @@ run directory is written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffprobe.checkpoint import CHECKPOINT_MARKER, run_directory, safe_load
-
-_STEP = re.compile(r"step=(\d+)")
+from diffprobe.diffusion.model import CHECKPOINT_MARKER
+from diffprobe.io.loading import safe_load
+from diffprobe.io.runs import checkpoint_step, run_directory
 
 
 @dataclass
@@ -38,17 +37,6 @@ class ResumeSource:
         return self.run_dir is not None and self.newest
 
 
-def _step_of(path: Path) -> int:
-    match = _STEP.search(path.name)
-    if match:
-        return int(match.group(1))
-    try:
-        checkpoint = safe_load(path, mmap=True)
-        return int(checkpoint.get("global_step", -1)) if isinstance(checkpoint, dict) else -1
-    except (OSError, ValueError):  # a damaged neighbour does not stop a resume from a good file
-        return -1
-
-
 def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
     """Check ``path`` and place it: raises FileNotFoundError / ValueError with the fix in words."""
     path = Path(path)
@@ -62,7 +50,7 @@ def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
     run_dir = run_directory(path.resolve()) if path.is_file() else None
     newest, newest_path = True, path
     if run_dir is not None:
-        later = [(s, p) for p in path.resolve().parent.glob("*.ckpt") if p != path.resolve() and (s := _step_of(p)) > step]
+        later = [(s, p) for p in path.resolve().parent.glob("*.ckpt") if p != path.resolve() and (s := checkpoint_step(p)) > step]
         if later:
             newest, newest_path = False, max(later)[1]
     stored = checkpoint[CHECKPOINT_MARKER]

@@ -17,6 +17,8 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from typing_extensions import override
 
+from diffprobe.diffusion.model import upgrade_ema_state
+
 # EMAModel state that is not the averages (those are the submodule's parameters).
 SCHEDULE_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 
@@ -97,12 +99,6 @@ class AveragedWeights(nn.Module):
         self.schedule.optimization_step = int(state.get("optimization_step", 0))
 
     def upgrade_checkpoint(self, checkpoint: dict[str, Any], prefix: str) -> None:
-        """Checkpoints written before the averages were a submodule kept them as a list in
-        ``checkpoint["ema"]["shadow_params"]``: move them into ``state_dict`` under ``prefix``."""
-        shadow = checkpoint.get("ema", {}).pop("shadow_params", None)
-        if shadow is None:
-            return
-        names = [name for name, _ in self.copy.named_parameters()]
-        if len(names) != len(shadow):
-            raise ValueError(f"the checkpoint's EMA has {len(shadow)} tensors, this model {len(names)}: another architecture")
-        checkpoint["state_dict"].update({f"{prefix}copy.{name}": value for name, value in zip(names, shadow)})
+        """Move an older checkpoint's EMA list into ``state_dict`` under ``prefix`` (the core's
+        :func:`~diffprobe.diffusion.model.upgrade_ema_state`, with this copy's parameter names)."""
+        upgrade_ema_state(checkpoint, [name for name, _ in self.copy.named_parameters()], prefix=f"{prefix}copy.")

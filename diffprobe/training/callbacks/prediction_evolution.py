@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -22,11 +21,16 @@ from einops import rearrange
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from typing_extensions import override
 
-from diffprobe import diffusion, interrupt, sampling, tb, viz
-from diffprobe.callbacks.periodic import PeriodicObserver
+from diffprobe import interrupt
 from diffprobe.capture import eval_mode
-from diffprobe.data.probe_set import check_timesteps, fixed_examples, scaled_timesteps
-from diffprobe.metrics import frequency_band_errors, mean_colour_error
+from diffprobe.choices import Weights
+from diffprobe.data.probe_set import fixed_examples
+from diffprobe.diffusion import ddpm, sampling
+from diffprobe.diffusion.metrics import frequency_band_errors, mean_colour_error
+from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
+from diffprobe.report import tb, viz
+from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.tensorboard import tensorboard_writer
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
 
@@ -63,7 +67,7 @@ class PredictionEvolution(PeriodicObserver):
         timesteps: list[int] | None = None,
         trajectory_steps: int = 50,
         trajectory_every: int = 10,
-        weights: Literal["ema", "raw"] = "ema",
+        weights: Weights = "ema",
     ):
         super().__init__(every_n_steps)
         if num_images < 1 or trajectory_every < 1 or trajectory_steps < 0:
@@ -106,12 +110,12 @@ class PredictionEvolution(PeriodicObserver):
                 with precision():
                     output = sampling.guided_output(unet, x_t, timesteps, condition).float()
                 noisy.append(x_t)
-                predicted.append(diffusion.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1))
+                predicted.append(ddpm.predict_x0(pl_module.scheduler, output, x_t, timesteps).clamp(-1, 1))
         return torch.stack(noisy).float().cpu(), torch.stack(predicted).float().cpu()
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
-        writer = tb.tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         noisy, predicted = self.predictions(pl_module, self.unet_precision(trainer))
         # One labelled row per t, one column per image.
         columns = [f"image {i + 1}" for i in range(len(self.images))]
@@ -153,7 +157,7 @@ class PredictionEvolution(PeriodicObserver):
         if pl_module.caption_encoder is not None:
             captions = [""] * count  # unconditional: the trajectory shows what the model does alone
         generator = torch.Generator(device=pl_module.device).manual_seed(0)
-        scheduler = diffusion.sampling_scheduler(pl_module.scheduler, "ddpm")
+        scheduler = ddpm.sampling_scheduler(pl_module.scheduler, "ddpm")
         rows_t, rows_x0 = [], []
         with torch.no_grad(), eval_mode(pl_module), pl_module.ema_weights():
             condition = pl_module.encode_captions(captions) if captions else None

@@ -29,8 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from typing_extensions import override
 
-from diffprobe import interrupt, tb
-from diffprobe.checkpoint_io import AtomicCheckpointIO
+from diffprobe import interrupt
+from diffprobe.report import tb
+from diffprobe.training.checkpoint_io import AtomicCheckpointIO
+from diffprobe.training.tensorboard import tensorboard_writer
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -77,7 +79,7 @@ class RunSafety(Checkpoint):
         # stops at the end of this step, so Lightning's flag would only turn that into an exit 0.
         self._install_handlers()
         trainer._signal_connector.received_sigterm = False
-        writer = tb.tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         # A run folder gets its settings once: a run continued in its own folder already has them.
         continued = trainer.ckpt_path is not None and trainer.log_dir is not None and Path(trainer.ckpt_path).resolve().parent.parent == Path(trainer.log_dir).resolve()
         if writer is not None and trainer.is_global_zero and not continued:

@@ -10,13 +10,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffprobe import diffusion, interrupt
+from diffprobe import interrupt
 from diffprobe.choices import Sampler
-from diffprobe.unet import UNet
+from diffprobe.diffusion import ddpm
+from diffprobe.diffusion.unet import UNet
+
+if TYPE_CHECKING:
+    from diffprobe.diffusion.captions import CaptionEncoder
 
 
 @dataclass
@@ -123,7 +128,7 @@ def seeded_samples(
     copy of the training noise schedule (``train_scheduler`` itself is not touched)."""
     return generate(
         unet,
-        diffusion.sampling_scheduler(train_scheduler, sampler),
+        ddpm.sampling_scheduler(train_scheduler, sampler),
         batch_size=num_images,
         num_inference_steps=num_inference_steps,
         generator=torch.Generator(device=unet.device).manual_seed(seed),
@@ -131,6 +136,40 @@ def seeded_samples(
         uncondition=uncondition,
         guidance_scale=guidance_scale,
     ).float()
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet,
+    train_scheduler,
+    caption_encoder: CaptionEncoder | None,
+    num_images: int,
+    *,
+    seed: int = 0,
+    num_inference_steps: int = 100,
+    sampler: Sampler = "ddpm",
+    captions: list[str] | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Final samples (N, C, H, W) float32 in [-1, 1] from a fixed seed: :func:`seeded_samples` with
+    a conditional model's ``captions`` (one per image, N = len(captions)) encoded and guided."""
+    if caption_encoder is not None and captions is None:
+        raise ValueError("a conditional model needs captions to sample")
+    if caption_encoder is None and captions is not None:
+        raise ValueError("an unconditional model takes no captions")
+    condition = caption_encoder.encode(captions) if caption_encoder is not None and captions is not None else None
+    uncondition = caption_encoder.unconditional(len(captions)) if caption_encoder is not None and captions is not None else None
+    return seeded_samples(
+        unet,
+        train_scheduler,
+        len(captions) if captions is not None else num_images,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        sampler=sampler,
+        condition=condition,
+        uncondition=uncondition,
+        guidance_scale=guidance_scale,
+    )
 
 
 def generate(unet: UNet, scheduler, **kwargs) -> torch.Tensor:

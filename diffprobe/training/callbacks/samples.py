@@ -3,13 +3,13 @@ model improving (``samples/ema``, ``samples/raw``)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from diffprobe import tb, viz
-from diffprobe.callbacks.periodic import PeriodicObserver
+from diffprobe.choices import Sampler, WeightsOrBoth
+from diffprobe.report import tb, viz
+from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.tensorboard import tensorboard_writer
 
 
 class SampleGrid(PeriodicObserver):
@@ -29,8 +29,8 @@ class SampleGrid(PeriodicObserver):
         num_images: int = 16,
         seed: int = 0,
         num_inference_steps: int = 100,
-        sampler: Literal["ddpm", "ddim"] = "ddpm",
-        weights: Literal["ema", "raw", "both"] = "ema",
+        sampler: Sampler = "ddpm",
+        weights: WeightsOrBoth = "ema",
     ):
         super().__init__(every_n_steps)
         if num_images < 1:
@@ -54,7 +54,7 @@ class SampleGrid(PeriodicObserver):
 
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
-        writer = tb.tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         if step == 0 and self._captions is not None:
             writer.add_text(tb.SAMPLE_CAPTIONS, "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]

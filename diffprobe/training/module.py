@@ -1,30 +1,35 @@
 """DiffusionModule: a diffusers UNet + DDPM scheduler trained with Lightning, with EMA weights.
 
-Thin by design: the noise maths lives in ``diffusion``, the UNets in ``unet``, the sampler in
-``sampling``; this file wires them to Lightning (optimizer, logging, checkpoint state).
+Thin by design: the noise maths, UNets and sampler live in the core (``diffprobe.diffusion``); this
+file and its mixins (``observation``, ``online_heads``) wire them to Lightning (optimizer, logging,
+checkpoint state).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from diffprobe import diffusion, optimization, sampling, tb
-from diffprobe.captions import CaptionEncoder
 from diffprobe.capture.taps import FeatureTaps
-from diffprobe.ema import AveragedWeights
-from diffprobe.finite import NonFiniteGuard
-from diffprobe.metrics import TimestepBinnedMean
-from diffprobe.observation import Observation
-from diffprobe.online_heads import OnlineProbeHeads
-from diffprobe.probes.heads import ProbeHeads, match_checkpoint
-from diffprobe.unet import build_unet, count_parameters, fine_tuning_unet
-
-CHECKPOINT_MARKER = "diffprobe"
+from diffprobe.choices import BetaSchedule, LrSchedule, PredictionType
+from diffprobe.diffusion import ddpm, sampling
+from diffprobe.diffusion.captions import CaptionEncoder
+from diffprobe.diffusion.folders import fine_tuning_unet
+from diffprobe.diffusion.metrics import TimestepBinnedMean
+from diffprobe.diffusion.model import CHECKPOINT_MARKER
+from diffprobe.diffusion.unet import build_unet, count_parameters
+from diffprobe.probes.heads import ProbeHeads
+from diffprobe.report import tb
+from diffprobe.training import optimization
+from diffprobe.training.ema import AveragedWeights
+from diffprobe.training.finite import NonFiniteGuard
+from diffprobe.training.observation import Observation
+from diffprobe.training.online_heads import OnlineProbeHeads, match_checkpoint
+from diffprobe.training.run_safety import RunSafety
 
 
 class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
@@ -66,14 +71,14 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         condition_dropout: float = 0.1,
         guidance_scale: float = 3.0,
         num_train_timesteps: int = 1000,
-        beta_schedule: diffusion.BetaSchedule = "linear",
-        prediction_type: diffusion.PredictionType = "epsilon",
+        beta_schedule: BetaSchedule = "linear",
+        prediction_type: PredictionType = "epsilon",
         loss_buckets: int = 10,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 500,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule: LrSchedule = "cosine",
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         ema_inv_gamma: float = 1.0,
@@ -103,7 +108,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         self._probe_learning_rate: float | None = None
         self._listed_parameters: list[torch.nn.Parameter] | None = None  # trained_parameters() during training
         self.nonfinite = NonFiniteGuard()
-        self.use_scheduler(diffusion.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
+        self.use_scheduler(ddpm.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
         if pretrained is not None:
             if unet:
@@ -114,7 +119,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
             noise_process = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
             loaded = fine_tuning_unet(pretrained, **shape, noise_process=noise_process, warn=rank_zero_warn)
             self.unet = loaded.unet
-            if loaded.scheduler is not None:  # keep the noise process the weights were trained with
+            if loaded.noise_process_known:  # keep the noise process the weights were trained with
                 self.use_scheduler(loaded.scheduler)
         elif preset is None and not unet:
             raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
@@ -138,7 +143,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         """Set the training noise process (and the timestep buckets that depend on its length)."""
         self.scheduler = scheduler
         self.num_train_timesteps = scheduler.config.num_train_timesteps
-        self.bucket_bounds = diffusion.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
+        self.bucket_bounds = ddpm.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         if self._listed_parameters is not None:
@@ -198,13 +203,13 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
             prediction, features = self._taps(x_t, t, context)
         else:
             prediction = sampling.guided_output(self.unet, x_t, t, context)
-        losses = diffusion.per_sample_loss(prediction, diffusion.training_target(self.scheduler, x0, noise, t))
+        losses = ddpm.per_sample_loss(prediction, ddpm.training_target(self.scheduler, x0, noise, t))
         loss = losses.mean()
         # 3. Stop on a non-finite loss before the optimizer can spread it into the weights.
         self.nonfinite.update(loss)
         if self.global_step % self.hparams.check_finite_every_n_steps == 0:
             self.nonfinite.raise_if_seen(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}", self._trainer)
-        self.loss_by_t.update(losses, diffusion.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
+        self.loss_by_t.update(losses, ddpm.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
         if self.probe_heads is not None:  # the heads learn from this very forward's detached features
             probe_loss, correct, bucket = self.probe_heads(features, t, batch["labels"])
@@ -247,8 +252,6 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     def configure_callbacks(self):
         # Atomic checkpoints, a clean stop on SIGTERM / SIGINT and a clean TensorBoard history on
         # resume, for every fit (train.py and the Python API alike).
-        from diffprobe.callbacks.run_safety import RunSafety
-
         return [RunSafety()] if self.hparams.run_safety else []
 
     # ---- checkpoint state ---------------------------------------------------------------------

@@ -15,18 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from diffprobe import tb
-from diffprobe.callbacks.periodic import PeriodicObserver
 from diffprobe.capture import check_layers, default_layers, eager
-from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet, check_timesteps, default_timesteps
+from diffprobe.choices import HeatmapView, Method, Pool, WeightsOrBoth
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
+from diffprobe.diffusion.timesteps import check_timesteps, default_timesteps
 from diffprobe.probes import figures
 from diffprobe.probes.pipeline import ProbeTable, probe_unet
+from diffprobe.report import tb
+from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.tensorboard import tensorboard_writer
 
 
 class ProbeMonitor(PeriodicObserver):
@@ -52,11 +55,11 @@ class ProbeMonitor(PeriodicObserver):
         num_images: int = 300,
         timesteps: list[int] | None = None,
         layers: list[str] | None = None,
-        pool: Literal["mean", "grid2", "grid4"] = "mean",
-        method: Literal["logistic", "ridge"] = "logistic",
-        weights: Literal["ema", "raw", "both"] = "ema",
+        pool: Pool = "mean",
+        method: Method = "logistic",
+        weights: WeightsOrBoth = "ema",
         batch_size: int = 128,
-        heatmaps: bool | Literal["concept", "layer"] = "concept",
+        heatmaps: bool | HeatmapView = "concept",
         probe_set: str | None = None,
         seed: int = 0,
     ):
@@ -124,7 +127,7 @@ class ProbeMonitor(PeriodicObserver):
 
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
-        writer = tb.tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
         tables = {}
         for kind in kinds:  # all tables first: an interrupted evaluation leaves no trace

@@ -1,4 +1,5 @@
-"""TensorBoard tag names and writer access, in one place.
+"""TensorBoard tag names, in one place, and the writer commands share (no Lightning here: a
+training run's writer is its logger's, ``training.tensorboard``).
 
 Every tag that depends on a timestep carries the training index t (0 = clean end), zero-padded
 to four digits: ``train/loss_by_t/t0000-0099``, ``probe/<concept>/<layer>/t0500/acc``.
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -78,18 +78,6 @@ def cross_attention_tag(token: str, t: int) -> str:
 
 def cross_attention_mass_tag(token: str, t: int) -> str:
     return f"cross_attention_mass/{token}/{t_tag(t)}"
-
-
-def has_tensorboard(trainer) -> bool:
-    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-
-
-def tensorboard_writer(trainer) -> SummaryWriter | None:
-    """The run's SummaryWriter, or None when no TensorBoard logger is attached."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
 
 
 def log_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> None:

@@ -26,7 +26,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from diffprobe import interrupt, tb
+from diffprobe import interrupt
+from diffprobe.training.tensorboard import has_tensorboard
 
 
 def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
@@ -100,7 +101,7 @@ class PeriodicObserver(pl.Callback):
     def check_trainer(self, trainer: pl.Trainer) -> None:
         """Raise ValueError when this trainer cannot run the observer (train.py calls it before fit)."""
         refuse_sharded_strategy(trainer, type(self).__name__)
-        if self.needs_tensorboard and not tb.has_tensorboard(trainer):
+        if self.needs_tensorboard and not has_tensorboard(trainer):
             raise ValueError(
                 f"{type(self).__name__} writes to TensorBoard, and this Trainer has no TensorBoardLogger. Add one "
                 "(train.py has one by default; --trainer.logger lightning.pytorch.loggers.TensorBoardLogger) or "

@@ -5,13 +5,13 @@ and the UNet the observers call (during a compiled fit, a forward compiled apart
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
 
 import torch
 
-from diffprobe import sampling
 from diffprobe.capture import eager, eval_mode
-from diffprobe.compiled import ObservationUNet
+from diffprobe.choices import Sampler
+from diffprobe.diffusion import sampling
+from diffprobe.training.compiled import ObservationUNet
 
 
 class Observation:
@@ -31,7 +31,7 @@ class Observation:
         *,
         seed: int = 0,
         num_inference_steps: int = 100,
-        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        sampler: Sampler = "ddpm",
         captions: list[str] | None = None,
         guidance_scale: float | None = None,
         use_ema: bool = True,
@@ -39,21 +39,16 @@ class Observation:
         """Images (N, C, H, W) in [-1, 1] from a fixed seed; restores train/eval mode after. During a
         compiled fit through the observers' compiled UNet; otherwise eagerly, also after a fit that
         compiled the UNet in place (a notebook's samples never recompile training's graph)."""
-        if self.caption_encoder is not None and captions is None:
-            raise ValueError("a conditional model needs captions to sample")
-        num_images = len(captions) if captions is not None else num_images
         with eval_mode(self), eager(self.unet), self.ema_weights() if use_ema else nullcontext():
-            context = self.encode_captions(captions) if captions is not None else None
-            uncontext = self.caption_encoder.unconditional(num_images) if context is not None else None
-            return sampling.seeded_samples(
+            return sampling.sample(
                 self.observation_unet(),
                 self.scheduler,
+                self.caption_encoder,
                 num_images,
                 seed=seed,
                 num_inference_steps=num_inference_steps,
                 sampler=sampler,
-                condition=context,
-                uncondition=uncontext,
+                captions=captions,
                 guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
             )
 

@@ -7,16 +7,10 @@ counts it.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffprobe.choices import Schedule  # noqa: F401  (re-exported: the core's name for it)
-
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-BetaSchedule = Literal["linear", "cosine", "scaled_linear"]
+from diffprobe.choices import BetaSchedule, PredictionType, Sampler
 
 # diffusers' name for the cosine schedule of Nichol & Dhariwal (2021).
 _DIFFUSERS_BETA_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2", "scaled_linear": "scaled_linear"}
@@ -47,7 +41,7 @@ def build_scheduler(
     )
 
 
-def sampling_scheduler(train_scheduler: DDPMScheduler, kind: Literal["ddpm", "ddim"]) -> DDPMScheduler | DDIMScheduler:
+def sampling_scheduler(train_scheduler: DDPMScheduler, kind: Sampler) -> DDPMScheduler | DDIMScheduler:
     """A fresh scheduler for sampling, sharing the training noise schedule (never the same object,
     so ``set_timesteps`` during sampling cannot disturb training)."""
     if kind == "ddpm":
@@ -116,80 +110,3 @@ def bucket_bounds(num_train_timesteps: int, num_buckets: int) -> list[tuple[int,
         last = -(-(b + 1) * num_train_timesteps // num_buckets) - 1
         bounds.append((first, last))
     return bounds
-
-
-# ---- timestep schedules (Park, Ju & Lee 2024: exponential timestep sampling) ----------------------
-
-
-def _exponential_base(num_train_timesteps: int, num_steps: int, lam: float) -> float:
-    """alpha = exp(ln(T) / (N + lambda)), so that alpha ** (N + lambda) = T."""
-    return math.exp(math.log(num_train_timesteps) / (num_steps + lam))
-
-
-def early_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: float = 60) -> list[int]:
-    """N steps packed at high noise ("semantic" stage), descending.
-
-    t_i = T - floor(alpha ** (i + 1 + lambda)) for i = 0..N-1; then T - 1 is prepended and the last
-    value dropped: the paper's early schedule (Park, Ju & Lee 2024).
-    """
-    alpha = _exponential_base(num_train_timesteps, num_steps, lam)
-    values = [num_train_timesteps - _floor(alpha ** (i + 1 + lam)) for i in range(num_steps)]
-    return _checked([num_train_timesteps - 1, *values[:-1]], "early", num_steps, lam)
-
-
-def latter_timesteps(num_train_timesteps: int = 1000, num_steps: int = 30, lam: float = 60) -> list[int]:
-    """N steps packed at low noise ("delicate" stage), descending.
-
-    t_i = floor(alpha ** (i + 1 + lambda)) for i = 0..N-1, sorted descending, a value equal to T
-    replaced by T - 1.
-    """
-    alpha = _exponential_base(num_train_timesteps, num_steps, lam)
-    values = sorted((_floor(alpha ** (i + 1 + lam)) for i in range(num_steps)), reverse=True)
-    return _checked([min(v, num_train_timesteps - 1) for v in values], "latter", num_steps, lam)
-
-
-def _floor(x: float) -> int:
-    """floor that keeps exact powers exact (1000 ** (1/3) ** 3 is 999.99999...)."""
-    return math.floor(x + 1e-9)
-
-
-def _checked(timesteps: list[int], kind: str, num_steps: int, lam: float) -> list[int]:
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])) or min(timesteps) < 0:
-        raise ValueError(
-            f"the {kind} schedule with N = {num_steps}, lambda = {lam} repeats timesteps ({timesteps}); "
-            "use fewer steps or a larger lambda (the paper: N = 30, lambda = 60)"
-        )
-    return timesteps
-
-
-def uniform_timesteps(scheduler, num_steps: int = 30) -> list[int]:
-    """The scheduler's own spacing for ``num_steps`` steps (on a copy: ``scheduler`` is untouched)."""
-    copy = type(scheduler).from_config(scheduler.config)
-    copy.set_timesteps(num_steps)
-    return [int(t) for t in copy.timesteps]
-
-
-def window_timesteps(
-    num_train_timesteps: int = 1000, uniform_steps: int = 10, window_steps: int = 20, start: int = 400, width: int = 200
-) -> list[int]:
-    """``uniform_steps`` evenly spread steps plus ``window_steps`` packed in [start, start + width],
-    descending and unique: slide ``start`` across [0, T) to see what each stage contributes."""
-    if not 0 <= start < start + width <= num_train_timesteps:
-        raise ValueError(f"window [{start}, {start + width}] must lie inside [0, {num_train_timesteps}]")
-    spread = [round(x) for x in torch.linspace(num_train_timesteps - 1, 0, uniform_steps).tolist()]
-    packed = [round(x) for x in torch.linspace(min(start + width, num_train_timesteps - 1), start, window_steps).tolist()]
-    return sorted(set(spread) | set(packed), reverse=True)
-
-
-def schedule_timesteps(kind: Schedule, scheduler, num_steps: int = 30, lam: float = 60, **window) -> list[int]:
-    """The timesteps of one named schedule for ``scheduler`` (T from its config)."""
-    T = scheduler.config.num_train_timesteps
-    if kind == "uniform":
-        return uniform_timesteps(scheduler, num_steps)
-    if kind == "early":
-        return early_timesteps(T, num_steps, lam)
-    if kind == "latter":
-        return latter_timesteps(T, num_steps, lam)
-    if kind == "window":
-        return window_timesteps(T, **window)
-    raise ValueError(f"schedule must be 'uniform', 'early', 'latter' or 'window', got {kind!r}")

@@ -8,8 +8,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from diffprobe import checkpoint, interrupt
-from diffprobe.callbacks.periodic import refuse_sharded_strategy
+from diffprobe import interrupt
+from diffprobe.diffusion.folders import exported_step
+from diffprobe.training.callbacks.periodic import refuse_sharded_strategy
+from diffprobe.training.checkpoints import export_module
 
 
 class ExportDiffusers(pl.Callback):
@@ -44,10 +46,10 @@ class ExportDiffusers(pl.Callback):
         step = trainer.global_step
         for target in (run / self.folder, run / f"{self.folder}-step{step:06d}"):
             if not target.exists() or not any(target.iterdir()):
-                self.exported_to = checkpoint.export(pl_module, target, use_ema=self.use_ema, step=step)
+                self.exported_to = export_module(pl_module, target, use_ema=self.use_ema, step=step)
                 rank_zero_info(f"diffprobe: exported diffusers folder to {self.exported_to}")
                 return
-            if checkpoint.exported_step(target) == step:
+            if exported_step(target) == step:
                 self.exported_to = target
                 rank_zero_info(f"diffprobe: step {step} is already exported in {target}")
                 return

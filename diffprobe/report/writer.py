@@ -1,0 +1,50 @@
+"""LazyWriter: the one TensorBoard writer of every ``probe.py`` command.
+
+Opened at its first write, so a command that is refused (or writes nothing) leaves no events file;
+always a new events file beside the run's own, so nothing a run or an earlier command wrote is
+touched. Without a log directory every write is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class LazyWriter:
+    def __init__(self, logdir: str | Path | None):
+        self.logdir = Path(logdir) if logdir is not None else None
+        self._writer = None
+
+    @property
+    def active(self) -> bool:
+        return self.logdir is not None
+
+    @property
+    def writer(self):
+        """The SummaryWriter (made now if it was not yet); None without a log directory."""
+        if self._writer is None and self.logdir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.logdir))
+        return self._writer
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.active:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, float(value), step)
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        if self.active:
+            self.writer.add_figure(tag, figure, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """(C, H, W) in [0, 1]."""
+        if self.active:
+            self.writer.add_image(tag, image, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
