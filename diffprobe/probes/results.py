@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from diffprobe.io.tables import ResultTable, TableSchema
 
 FIELDS = [
     "step",
@@ -29,36 +29,25 @@ FIELDS = [
 ]
 
 
-def cell(row: dict) -> tuple[str, str, str, str, str]:
-    """A row's key: which probe it is, whatever its numbers."""
-    return (row["checkpoint"], row["weights"], row["layer"], str(row["t"]), row["concept"])
+PROBE_TABLE = TableSchema(
+    "probes",
+    tuple(FIELDS),
+    integers=frozenset({"step", "t", "n"}),
+    floats=frozenset({"accuracy", "chance", "control_accuracy", "selectivity", "p_value", "ci_low", "ci_high"}),
+    booleans=frozenset({"significant"}),
+)
+CELL = ("weights", "layer", "t", "concept")  # what one row measures on a checkpoint
 
 
-_INTEGERS = ("step", "t", "n")
-_FLOATS = ("accuracy", "chance", "control_accuracy", "selectivity", "p_value", "ci_low", "ci_high")
+def table(folder: Path) -> ResultTable:
+    """``folder/probes.csv`` and ``probes.json``."""
+    return ResultTable(Path(folder), PROBE_TABLE)
 
 
 def read_rows(folder: Path) -> list[dict]:
     """The rows of ``folder/probes.csv`` (none when it does not exist yet), typed as
-    ``ProbeTable.rows`` makes them, so old and new rows mix in ``probes.json``."""
-    path = Path(folder) / "probes.csv"
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row.update({key: int(row[key]) for key in _INTEGERS if key in row})
-        row.update({key: float(row[key]) for key in _FLOATS if key in row})
-        row["significant"] = str(row.get("significant")) == "True"
-    return rows
-
-
-def write_rows(folder: Path, rows: list[dict]) -> None:
-    with (Path(folder) / "probes.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (Path(folder) / "probes.json").write_text(json.dumps(rows, indent=1))
+    ``ProbeTable.rows`` makes them."""
+    return table(folder).read_rows()
 
 
 def emergence(rows: list[dict]) -> dict:
