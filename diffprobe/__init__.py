@@ -81,7 +81,49 @@ _PUBLIC = {
     "StepProgressBar": "diffprobe.training.callbacks",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "AttentionRecorder",
+    "CONCEPTS",
+    "CONDITIONAL_PRESETS",
+    "CaptionEncoder",
+    "CaptionTokenizer",
+    "ConceptShapes",
+    "ConceptShapesDataModule",
+    "DiffusionModel",
+    "DiffusionModule",
+    "ExportDiffusers",
+    "HFDataModule",
+    "ImageDataModule",
+    "OnlineProbes",
+    "PredictionEvolution",
+    "ProbeMonitor",
+    "ProbeSet",
+    "ProbeTable",
+    "SampleGrid",
+    "StepProgressBar",
+    "StepRecord",
+    "UNCONDITIONAL_PRESETS",
+    "build_unet",
+    "capture_features",
+    "denoise",
+    "df_cam",
+    "df_rise",
+    "explain_step",
+    "export_module",
+    "find_checkpoints",
+    "from_model",
+    "generate",
+    "lime_saliency",
+    "load_checkpoint",
+    "load_exported",
+    "load_module",
+    "load_pretrained",
+    "probe_unet",
+    "record_attention",
+    "save_exported",
+    "token_relevance",
+]
+assert sorted(_PUBLIC) == __all__  # one list for editors (TYPE_CHECKING above) and for __getattr__
 
 
 def __getattr__(name: str):
