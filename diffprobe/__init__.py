@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from diffprobe.diffusion.unet import CONDITIONAL_PRESETS, UNCONDITIONAL_PRESETS, build_unet
     from diffprobe.explain import df_cam, df_rise, explain_step, from_model, lime_saliency, token_relevance
     from diffprobe.io.runs import find_checkpoints
-    from diffprobe.probes.pipeline import ProbeTable, probe_unet
+    from diffprobe.probes.pipeline import probe_unet
+    from diffprobe.probes.table import ProbeTable
     from diffprobe.training import ConceptShapesDataModule, DiffusionModule, HFDataModule, ImageDataModule, export_module, load_module
     from diffprobe.training.callbacks import (
         AttentionRecorder,
@@ -64,7 +65,7 @@ _PUBLIC = {
     "lime_saliency": "diffprobe.explain",
     "token_relevance": "diffprobe.explain",
     "find_checkpoints": "diffprobe.io.runs",
-    "ProbeTable": "diffprobe.probes.pipeline",
+    "ProbeTable": "diffprobe.probes.table",
     "probe_unet": "diffprobe.probes.pipeline",
     "ConceptShapesDataModule": "diffprobe.training",
     "DiffusionModule": "diffprobe.training",

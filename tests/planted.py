@@ -84,3 +84,36 @@ class PlantedBlockUNet(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states=None, **_) -> _Output:
         activation = self.down_blocks[0].resnets[0](sample)
         return _Output(activation.mean(1, keepdim=True).expand_as(sample) * self.anchor)
+
+
+class _InputBlock(nn.Module):
+    """The input itself, or the input weighted by fixed spatial ramps (``position``): its mean over
+    positions then carries where the object is, which the mean-pooled input does not."""
+
+    def __init__(self, size: int, position: bool):
+        super().__init__()
+        ramp = torch.linspace(-1, 1, size)
+        ramps = torch.stack([ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size)])  # (2, H, W): x then y
+        self.register_buffer("ramps", ramps)
+        self.position = position
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.position:
+            return x
+        # (B, C, H, W) -> (B, 2C, H, W): each channel times the x ramp and the y ramp
+        return (x.unsqueeze(2) * self.ramps).flatten(1, 2)
+
+
+class PlantedFeatureUNet(ModelMixin, ConfigMixin):
+    """A stand-in whose one probed block, ``mid_block``, outputs either the input itself (its probe
+    can only match the input baseline: no gain) or the input weighted by spatial ramps (its pooled
+    features locate the object: ConceptShapes' position is learned where the noise leaves it)."""
+
+    @register_to_config
+    def __init__(self, sample_size: int = 16, in_channels: int = 3, position: bool = False):
+        super().__init__()
+        self.mid_block = _InputBlock(sample_size, position)
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states=None, **_) -> _Output:
+        return _Output(self.mid_block(sample)[:, : sample.shape[1]] + 0 * self.anchor)

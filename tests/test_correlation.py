@@ -21,7 +21,7 @@ from diffprobe.explain.correlation import (
     timestep_relevance_correlation,
 )
 from diffprobe.probes import results
-from diffprobe.probes.pipeline import ProbeTable
+from diffprobe.probes.table import ProbeTable
 
 TIMESTEPS = [999, 900, 800, 700, 600, 500, 400, 300, 200, 100]
 
@@ -147,7 +147,7 @@ def _table(timesteps: list[int], shape_accuracy: list[float], colour_accuracy: l
         p_value=zeros + 0.01,
         ci_low=zeros,
         ci_high=zeros + 1,
-        n_test=50,
+        hits=torch.zeros(*zeros.shape, 50, dtype=torch.bool),
     )
 
 
@@ -159,7 +159,7 @@ def probe_dir(tmp_path):
     new = _table(timesteps, ramp[::-1], [0.4, 0.5, 0.45, 0.6, 0.55, 0.7, 0.65, 0.8, 0.75, 0.9]).rows(
         step=200, checkpoint="epoch=1-step=200.ckpt", weights="ema"
     )
-    results.write_rows(tmp_path, old + new)  # exactly what probe.py linear writes: probes.csv and probes.json
+    results.table(tmp_path).write(old + new)  # exactly what probe.py linear writes: probes.csv and probes.json
     return tmp_path
 
 
@@ -180,8 +180,8 @@ def test_probe_file_correlations_use_the_newest_checkpoint(probe_dir, name):
 
 
 def test_probe_file_with_both_weights_needs_a_choice(probe_dir):
-    rows = json.loads((probe_dir / "probes.json").read_text())
-    results.write_rows(probe_dir, rows + [{**r, "weights": "raw"} for r in rows])
+    rows = json.loads((probe_dir / "probes.json").read_text())["rows"]
+    results.table(probe_dir).write(rows + [{**r, "weights": "raw"} for r in rows])
     with pytest.raises(ValueError, match="weights="):
         probe_accuracy_correlations(probe_dir)
     assert probe_accuracy_correlations(probe_dir, weights="raw")[("shape", "mid_block")].rho == pytest.approx(-1.0)

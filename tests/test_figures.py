@@ -41,7 +41,10 @@ FIGURES = {
     "decodability_over_training": lambda: figures.decodability_over_training(
         {100: torch.rand(4, 2), 600: torch.rand(4, 2)}, {100: torch.rand(4, 2) > 0.5, 600: torch.rand(4, 2) > 0.5}, T, CONCEPTS, "over training"
     ),
-    "decodable_t_over_training": lambda: figures.decodable_t_over_training({100: [50, None], 600: [500, 50]}, CONCEPTS, "largest decodable t", 1000),
+    "decodability_with_baselines": lambda: figures.decodability_curves(
+        torch.rand(4, 2), torch.rand(4, 2) > 0.3, T, CONCEPTS, "learned vs decodable (step 600)", torch.rand(4, 2) * 0.5, torch.rand(4, 2) > 0.5
+    ),
+    "largest_t_over_training": lambda: figures.largest_t_over_training({100: [50, None], 600: [500, 50]}, CONCEPTS, "largest learned t", 1000, "largest learned t"),
     "metric_curves": lambda: viz.metric_curves({"mse": [0.1, 0.2, 0.3, 0.4], "ssim": [0.9, 0.8, 0.5, 0.1]}, T, "x0_hat vs x0"),
     "line_panels": lambda: viz.line_panels({"uniform": {"0:a": ([999, 500], [0.1, 0.9])}}, "token relevance", "timestep t", "relevance"),
     "grouped_bars": lambda: viz.grouped_bars({"uniform": [1.0, 2.0]}, ["subject", "object"], "relevance by role", "summed relevance", "role"),
@@ -92,8 +95,8 @@ def _colour_bars_axes(figure):
     return [a for a in figure.axes if a.get_label() == "<colorbar>"]
 
 
-def test_decodable_t_marks_a_concept_decodable_nowhere_as_none():
-    figure = figures.decodable_t_over_training({100: [50, None], 600: [500, None]}, CONCEPTS, "t", 1000)
+def test_largest_t_marks_a_concept_decodable_nowhere_as_none():
+    figure = figures.largest_t_over_training({100: [50, None], 600: [500, None]}, CONCEPTS, "t", 1000)
     axis = _plots(figure)[0]
     lines = {line.get_label(): line for line in axis.get_lines() if not line.get_label().startswith("_")}
     assert set(lines) == set(CONCEPTS)

@@ -26,46 +26,57 @@ def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys, mon
     out = probe_main(args)
     assert out == run / "probes"
     rows = list(csv.DictReader((out / "probes.csv").open()))
-    # step=2 and step=4 (last.ckpt repeats step 4 and is skipped) x 2 layers x 3 t x 6 concepts
-    assert len(rows) == 2 * 2 * 3 * 6
-    assert {r["step"] for r in rows} == {"2", "4"}
-    assert set(rows[0]) >= {"accuracy", "chance", "control_accuracy", "selectivity", "p_value", "significant", "ci_low", "ci_high", "n"}
-    assert json.loads((out / "probes.json").read_text())[0]["concept"] == rows[0]["concept"]
-    assert (out / "heatmaps" / "step000002_ema_shape.png").exists() and (out / "decodability_ema.png").exists()
+    # step=0 (the init weights), step=2 and step=4 (last.ckpt repeats step 4 and is skipped) x 2 layers x 3 t x 6 concepts
+    assert len(rows) == 3 * 2 * 3 * 6
+    assert {r["step"] for r in rows} == {"0", "2", "4"}
+    assert set(rows[0]) >= {"accuracy", "chance", "control_accuracy", "selectivity", "p_value", "significant", "ci_low", "ci_high", "n",
+                            "input_accuracy", "init_accuracy", "gain", "gain_p_value", "learned", "pool", "method"}  # fmt: skip
+    at_init = [r for r in rows if r["step"] == "0"]
+    assert all(float(r["gain"]) <= 0 and r["learned"] == "False" and float(r["gain_p_value"]) == 1.0 for r in at_init), "init vs itself"
+    assert {(r["pool"], r["method"]) for r in rows} == {("mean", "ridge")}
+    assert json.loads((out / "probes.json").read_text())["rows"][0]["concept"] == rows[0]["concept"]
+    assert (out / "heatmaps" / "step000002_ema_shape.png").exists() and (out / "heatmaps" / "step000002_ema_shape_gain.png").exists()
+    assert (out / "decodability_ema.png").exists()
     summary = json.loads((out / "emergence.json").read_text())
     assert set(summary) == {"background_colour", "object_colour", "shape", "size", "position", "texture"}
-    assert set(summary["shape"]["first_step_decodable_by_t"]) == {"0", "50", "99"}
+    assert set(summary["shape"]["first_step_decodable_by_t"]) == {"0", "50", "99"} and "max_learned_t" in summary["shape"]
     steps = sorted({e.step for e in read_events(run).Scalars("probe_ckpt/shape/mid_block/t0050/acc")})
-    assert steps == [2, 4]
-    # the run's own probe set was used, not a new one, and the default size that would have made one is said to be ignored
-    assert not (out / "probe_set.pt").exists()
-    assert "--num_images 300 ignored: using the probe set" in capsys.readouterr().err
+    assert steps == [0, 2, 4]
+    assert not (out / "probe_set.pt").exists(), "the run's own probe set was used, not a new one"
+    assert "init baseline: the run's step-0 weights" in capsys.readouterr().err
 
-    before = (out / "probes.csv").read_text()
     mtime = (out / "probes.csv").stat().st_mtime_ns
     import diffprobe.commands.linear
+    import diffprobe.commands.linear_output
 
     loaded = []
-    real_load = diffprobe.commands.linear.load_model
-    monkeypatch.setattr(diffprobe.commands.linear, "load_model", lambda entry, *args: loaded.append(entry.name) or real_load(entry, *args))
+    for module in (diffprobe.commands.linear, diffprobe.commands.linear_output):
+        real_load = module.load_model
+        monkeypatch.setattr(module, "load_model", lambda entry, *args, real_load=real_load: loaded.append(entry.name) or real_load(entry, *args))
     probe_main(args)
     assert (out / "probes.csv").stat().st_mtime_ns == mtime, "a rerun with nothing to do writes nothing"
-    assert loaded == ["step=000002.ckpt"], "a rerun loads only the first checkpoint (for T and the block names), not the probed ones"
-    monkeypatch.setattr(diffprobe.commands.linear, "load_model", real_load)
-    summary = [e.step for e in read_events(run).Scalars("Overview/decodable_t_ckpt/shape")]
-    assert summary == [2, 4], "the summary per checkpoint step, once, however often linear runs"
-    assert (out / "decodability_ema_over_training.png").exists() and (out / "decodable_t_ema_over_training.png").exists()
+    assert loaded == ["step=000000.ckpt"], "a rerun loads only the first checkpoint (for T and the block names), not the probed ones"
+    monkeypatch.undo()
+    events = read_events(run)
+    assert [e.step for e in events.Scalars("Overview/decodable_t_ckpt/shape")] == [0, 2, 4], "the summary per checkpoint step, once"
+    assert [e.step for e in events.Scalars("Overview/learned_t_ckpt/shape")] == [0, 2, 4]
+    assert [e.value for e in events.Scalars("Overview/learned_t_ckpt/shape")][0] == -1, "nothing is learned at step 0"
+    for name in ("decodability", "decodable_t", "learned_t"):
+        assert (out / f"{name}_ema_over_training.png").exists(), name
     before_rows = len(list(csv.DictReader((out / "probes.csv").open())))
     probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--layers", json.dumps(LAYERS), "--method", "ridge", "--device", "cpu"])
     assert len(list(csv.DictReader((out / "probes.csv").open()))) == before_rows, "last.ckpt is step 4, already probed"
     probe_main([*args, "--weights", "raw"])  # raw weights get their own tags, never mixed into the EMA ones
     events = read_events(run)
-    assert [e.step for e in events.Scalars("probe_ckpt/shape/mid_block/t0050/acc")] == [2, 4]
-    assert [e.step for e in events.Scalars("probe_ckpt_raw/shape/mid_block/t0050/acc")] == [2, 4]
-    assert json.loads((out / "probes.json").read_text())[0]["step"] in (2, 4), "rows read back keep their types"
+    assert [e.step for e in events.Scalars("probe_ckpt/shape/mid_block/t0050/acc")] == [0, 2, 4]
+    assert [e.step for e in events.Scalars("probe_ckpt_raw/shape/mid_block/t0050/acc")] == [0, 2, 4]
+    assert json.loads((out / "probes.json").read_text())["rows"][0]["step"] in (0, 2, 4), "rows read back keep their types"
     probe_main([*args, "--overwrite", "true"])
     assert len(list(csv.DictReader((out / "probes.csv").open()))) == 2 * len(rows)  # EMA and raw
-    assert (out / "probes.csv").read_text().splitlines()[0] == before.splitlines()[0]
+    message = refusal([*args, "--pool", "grid2"], capsys)
+    assert "--pool mean --method ridge" in message and "--overwrite true" in message, "one table, one way of fitting"
+    message = refusal([*args, "--num_images", "50"], capsys)
+    assert "--num_images would make a new probe set" in message and "probe_set.pt" in message, "a flag that cannot take effect is refused"
 
 
 def test_linear_errors_are_clear(run, tmp_path, capsys):

@@ -93,7 +93,10 @@ def test_binomial_tail_matches_the_summed_pmf():
     pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
     correct = torch.tensor([0, 3, 6, 10, 15, 20])
     expected = torch.tensor([sum(pmf[int(c) :]) for c in correct])
-    assert torch.allclose(binomial_p_value(correct, n, torch.tensor(p)), expected.float(), rtol=1e-5)
+    assert torch.allclose(binomial_p_value(correct, n, torch.tensor(p)), expected.double(), rtol=1e-5)
+    # float64 through: a tail far below float32's smallest number stays tiny, not 0
+    tiny = binomial_p_value(torch.tensor([300]), 300, torch.tensor(0.1))
+    assert tiny.dtype == torch.float64 and 0 < float(tiny) < 1e-290
 
 
 def test_probe_set_is_deterministic_saved_and_controlled(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from diffprobe.io.atomic import save_torch
 from diffprobe.io.loading import LoadError, safe_load
 
 PROBE_SET_FILE = "probe_set.pt"  # its name inside a run directory
@@ -91,8 +92,7 @@ class ProbeSet:
             "masks": self.masks,
             "captions": [str(c) for c in self.captions],
         }
-        torch.save(stored, path)
-        return path
+        return save_torch(path, stored)  # atomic: a kill mid-write leaves the old file or none
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSet:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from diffprobe.choices import ProbeMetric
+from diffprobe.probes.results import PROBE_TABLE
 
 ROLES: tuple[str, ...] = ("subject", "relation", "object")
 OTHER = "other"  # the role of words outside the three phrases ("a", "the", ...)
@@ -222,10 +223,11 @@ def _probe_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no probe results at {path}; give probe.py linear's output folder, probes.csv or probes.json")
     if path.suffix == ".json":
-        rows = json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        rows = stored.get("rows", []) if isinstance(stored, dict) else stored  # a plain list: written before the summary
     elif path.suffix == ".csv":
-        with path.open() as handle:
-            rows = list(csv.DictReader(handle))
+        with path.open(newline="") as handle:
+            rows = [PROBE_TABLE.parse(row) for row in csv.DictReader(handle)]
     else:
         raise ValueError(f"probe results must be probes.csv or probes.json, got {path.name}")
     if not rows:

@@ -156,6 +156,42 @@ class GroundTruthReport:
     inputs: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class _OneRun:
+    """One caption's sampling run: per step (S,) mass and pointing of DF-RISE / DF-CAM inside the
+    object, relevance by concept (S, K), change by concept between steps (S - 1, K)."""
+
+    rise_mass: torch.Tensor
+    cam_mass: torch.Tensor
+    rise_pointing: torch.Tensor
+    cam_pointing: torch.Tensor
+    mask_area: float
+    relevance: torch.Tensor
+    change: torch.Tensor
+    timesteps: list[int]
+
+
+def _measure_run(model: ExplainModel, caption: str, seed: int, num_inference_steps: int, rise_masks: int, batch_size: int, mask_threshold: float, mask_seed: int) -> _OneRun:
+    prompt = model.prompt(caption)
+    steps = explain_steps(model, prompt=prompt, seed=seed, num_inference_steps=num_inference_steps)
+    mask = object_mask(model.decode(steps[0].final)[0], mask_threshold)
+    if mask.shape != steps[0].x_t.shape[-2:]:
+        mask = torch.nn.functional.interpolate(mask[None, None].float(), size=steps[0].x_t.shape[-2:], mode="nearest")[0, 0].bool()
+    per_step = {"rise_mass": [], "cam_mass": [], "rise_pointing": [], "cam_pointing": [], "relevance": []}
+    for step in steps:
+        rise = normalise_map(df_rise(model, step, num_masks=rise_masks, batch_size=batch_size, seed=mask_seed).saliency)
+        cam = normalise_map(df_cam(model, step).total)
+        per_step["rise_mass"].append(mass_in_mask(rise, mask))
+        per_step["cam_mass"].append(mass_in_mask(cam, mask))
+        per_step["rise_pointing"].append(pointing_hit(rise, mask))
+        per_step["cam_pointing"].append(pointing_hit(cam, mask))
+        result = token_relevance(model, step.x_t, step.t, prompt)
+        per_step["relevance"].append(concept_relevance(result.scores, result.words))
+    change = concept_changes([model.decode(s.x0_hat)[0] for s in steps], mask)
+    numbers = {k: torch.tensor([float(v) for v in per_step[k]]) for k in ("rise_mass", "cam_mass", "rise_pointing", "cam_pointing")}
+    return _OneRun(**numbers, mask_area=float(mask.float().mean()), relevance=torch.stack(per_step["relevance"]), change=change, timesteps=steps[0].timesteps)
+
+
 def measure(
     model: ExplainModel,
     captions: list[str],
@@ -171,53 +207,33 @@ def measure(
         raise ValueError("the ground-truth measurement needs a conditional ConceptShapes model (captions as prompts)")
     for caption in captions:
         check_caption(caption)
-    steps_total = num_inference_steps
-    rise_mass, cam_mass = torch.zeros(steps_total), torch.zeros(steps_total)
-    rise_point, cam_point, areas = torch.zeros(steps_total), torch.zeros(steps_total), []
-    relevance = torch.zeros(steps_total, len(CONCEPT_NAMES))
-    changes = torch.zeros(steps_total - 1, len(CONCEPT_NAMES))
-    agree, peak_counts, change_counts, inputs = 0, torch.zeros(len(CONCEPT_NAMES)), torch.zeros(len(CONCEPT_NAMES)), []
-    for offset, caption in enumerate(captions):
-        prompt = model.prompt(caption)
-        steps = explain_steps(model, prompt=prompt, seed=seed + offset, num_inference_steps=num_inference_steps)
-        final = model.decode(steps[0].final)[0]
-        mask = object_mask(final, mask_threshold)
-        if mask.shape != steps[0].x_t.shape[-2:]:
-            mask = torch.nn.functional.interpolate(mask[None, None].float(), size=steps[0].x_t.shape[-2:], mode="nearest")[0, 0].bool()
-        areas.append(float(mask.float().mean()))
-        per_input_relevance = []
-        for k, step in enumerate(steps):
-            rise = normalise_map(df_rise(model, step, num_masks=rise_masks, batch_size=batch_size, seed=offset).saliency)
-            cam = normalise_map(df_cam(model, step).total)
-            rise_mass[k] += mass_in_mask(rise, mask)
-            cam_mass[k] += mass_in_mask(cam, mask)
-            rise_point[k] += pointing_hit(rise, mask)
-            cam_point[k] += pointing_hit(cam, mask)
-            result = token_relevance(model, step.x_t, step.t, prompt)
-            per_input_relevance.append(concept_relevance(result.scores, result.words))
-        per_input_relevance = torch.stack(per_input_relevance)
-        relevance += per_input_relevance
-        change = concept_changes([model.decode(s.x0_hat)[0] for s in steps], mask)
-        changes += change
-        peaks, most = per_input_relevance[1:].argmax(1), change.argmax(1)
-        agree += int((peaks == most).sum())
-        peak_counts += torch.bincount(peaks, minlength=len(CONCEPT_NAMES))
-        change_counts += torch.bincount(most, minlength=len(CONCEPT_NAMES))
-        inputs.append({"caption": caption, "seed": seed + offset, "mask_area": areas[-1]})
-    n, pairs = len(captions), len(captions) * (steps_total - 1)
+    runs = [
+        _measure_run(model, caption, seed + offset, num_inference_steps, rise_masks, batch_size, mask_threshold, mask_seed=offset)
+        for offset, caption in enumerate(captions)
+    ]
+    # R2: at each step after the first, is the most relevant concept the one that changed most?
+    peaks = torch.cat([run.relevance[1:].argmax(1) for run in runs])
+    most = torch.cat([run.change.argmax(1) for run in runs])
+    pairs = len(peaks)
+    peak_share = torch.bincount(peaks, minlength=len(CONCEPT_NAMES)) / pairs
+    change_share = torch.bincount(most, minlength=len(CONCEPT_NAMES)) / pairs
     # Agreement expected if the peak and the most-changed concept were independent draws from their
     # own observed frequencies.
-    chance = float((peak_counts / pairs * change_counts / pairs).sum())
+    chance = float((peak_share * change_share).sum())
+
+    def mean(name: str) -> list:
+        return torch.stack([getattr(run, name) for run in runs]).mean(0).tolist()
+
     return GroundTruthReport(
-        timesteps=steps[0].timesteps,
-        rise_mass=(rise_mass / n).tolist(),
-        cam_mass=(cam_mass / n).tolist(),
-        rise_pointing=(rise_point / n).tolist(),
-        cam_pointing=(cam_point / n).tolist(),
-        mask_area=[float(np.mean(areas))] * steps_total,
-        relevance_by_concept=(relevance / n).tolist(),
-        change_by_concept=(changes / n).tolist(),
-        r2_agreement=agree / pairs,
+        timesteps=runs[0].timesteps,
+        rise_mass=mean("rise_mass"),
+        cam_mass=mean("cam_mass"),
+        rise_pointing=mean("rise_pointing"),
+        cam_pointing=mean("cam_pointing"),
+        mask_area=[float(np.mean([run.mask_area for run in runs]))] * num_inference_steps,
+        relevance_by_concept=mean("relevance"),
+        change_by_concept=mean("change"),
+        r2_agreement=int((peaks == most).sum()) / pairs,
         r2_chance=chance,
-        inputs=inputs,
+        inputs=[{"caption": caption, "seed": seed + offset, "mask_area": run.mask_area} for offset, (caption, run) in enumerate(zip(captions, runs))],
     )

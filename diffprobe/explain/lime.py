@@ -157,6 +157,44 @@ def weighted_ridge(features: torch.Tensor, targets: torch.Tensor, weights: torch
     return RidgeFit(coefficients=coefficients, intercept=float(intercept), score=float(score))
 
 
+def _check_settings(step: ExplainedStep, response: str, num_samples: int, kernel_width: float, alpha: float, batch_size: int, top_k: int) -> None:
+    """Every setting, checked before quickshift or a UNet call runs."""
+    if response not in RESPONSES:
+        raise ValueError(f"unknown LIME response {response!r}; choose one of {RESPONSES}")
+    if num_samples < 2:
+        raise ValueError(f"LIME needs num_samples >= 2 (the all-on sample plus perturbations), got {num_samples}; the paper uses 1000")
+    if not (math.isfinite(kernel_width) and kernel_width > 0):
+        raise ValueError(f"kernel_width must be a positive number, got {kernel_width}; the paper uses 0.25")
+    if alpha <= 0:
+        raise ValueError(f"the ridge penalty alpha must be positive (it keeps the fit solvable), got {alpha}; LIME uses 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if step.x_t.shape[0] != 1:
+        raise ValueError(f"LIME explains one sample: step.x_t must be (1, C, h, w), got {tuple(step.x_t.shape)}")
+
+
+def _responses(
+    model: ExplainModel, step: ExplainedStep, samples: torch.Tensor, segments: torch.Tensor, response: str, batch_size: int, progress: bool
+) -> torch.Tensor:
+    """(num_samples,) float64: the model's response to x_t with each sample's superpixels switched off."""
+    num_samples = samples.shape[0]
+    responses = torch.empty(num_samples, dtype=torch.float64)
+    for start in tqdm(range(0, num_samples, batch_size), desc="LIME", unit="batch", disable=not progress):
+        # (B, 1, h, w) masks built per batch, so memory is bounded by batch_size, not num_samples
+        batch = samples[start : start + batch_size, segments][:, None].to(device=model.device, dtype=step.x_t.dtype)
+        predicted = predict_prev(model, step, step.x_t * batch)
+        if response == "mean":
+            values = predicted.float().mean(dim=(1, 2, 3))
+        else:
+            values = similarity_map(predicted, step.x_prev, "cosine").mean(dim=(1, 2))
+        responses[start : start + batch.shape[0]] = values.double().cpu()
+    if not torch.isfinite(responses).all():
+        raise ValueError("the model gave non-finite outputs on perturbed inputs; LIME cannot fit them (check the model and step)")
+    return responses
+
+
 @torch.no_grad()
 def lime_saliency(
     model: ExplainModel,
@@ -185,20 +223,7 @@ def lime_saliency(
     ``quickshift_seed``: quickshift's settings (the superpixels do not depend on ``seed``).
     ``alpha``: ridge penalty (LIME's 1). ``batch_size`` perturbed copies per UNet call (doubled
     under CFG). ``seed`` draws the on/off samples."""
-    if response not in RESPONSES:
-        raise ValueError(f"unknown LIME response {response!r}; choose one of {RESPONSES}")
-    if num_samples < 2:
-        raise ValueError(f"LIME needs num_samples >= 2 (the all-on sample plus perturbations), got {num_samples}; the paper uses 1000")
-    if not (math.isfinite(kernel_width) and kernel_width > 0):
-        raise ValueError(f"kernel_width must be a positive number, got {kernel_width}; the paper uses 0.25")
-    if alpha <= 0:
-        raise ValueError(f"the ridge penalty alpha must be positive (it keeps the fit solvable), got {alpha}; LIME uses 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if step.x_t.shape[0] != 1:
-        raise ValueError(f"LIME explains one sample: step.x_t must be (1, C, h, w), got {tuple(step.x_t.shape)}")
+    _check_settings(step, response, num_samples, kernel_width, alpha, batch_size, top_k)
 
     height, width = step.x_t.shape[-2:]
     pixels = superpixels(
@@ -208,19 +233,7 @@ def lime_saliency(
     samples = torch.randint(0, 2, (num_samples, count), generator=torch.Generator().manual_seed(seed))
     samples[0] = 1  # LIME's first sample is the unperturbed input
 
-    responses = torch.empty(num_samples, dtype=torch.float64)
-    for start in tqdm(range(0, num_samples, batch_size), desc="LIME", unit="batch", disable=not progress):
-        # (B, 1, h, w) masks built per batch, so memory is bounded by batch_size, not num_samples
-        batch = samples[start : start + batch_size, pixels.segments][:, None].to(device=model.device, dtype=step.x_t.dtype)
-        predicted = predict_prev(model, step, step.x_t * batch)
-        if response == "mean":
-            values = predicted.float().mean(dim=(1, 2, 3))
-        else:
-            values = similarity_map(predicted, step.x_prev, "cosine").mean(dim=(1, 2))
-        responses[start : start + batch.shape[0]] = values.double().cpu()
-    if not torch.isfinite(responses).all():
-        raise ValueError("the model gave non-finite outputs on perturbed inputs; LIME cannot fit them (check the model and step)")
-
+    responses = _responses(model, step, samples, pixels.segments, response, batch_size, progress)
     fit = weighted_ridge(samples, responses, lime_weights(samples, kernel_width), alpha=alpha)
     coefficients = fit.coefficients.float()
     top = torch.argsort(coefficients, descending=True, stable=True)[: min(top_k, count)]

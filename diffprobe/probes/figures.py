@@ -20,9 +20,11 @@ from diffprobe.report.viz import new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from diffprobe.probes.pipeline import ProbeTable
+    from diffprobe.probes.baselines import Learned
+    from diffprobe.probes.table import ProbeTable
 
 NOT_SIGNIFICANT = "· = not significantly above chance (binomial test, Bonferroni over the table)"
+NOT_LEARNED = "· = not significantly above both baselines (exact McNemar test, Bonferroni over the table)"
 
 
 def above_chance(accuracy: torch.Tensor, chance: torch.Tensor | float) -> torch.Tensor:
@@ -39,13 +41,15 @@ def accuracy_heatmap(
     chance: torch.Tensor | float,
     significant: torch.Tensor | None = None,
     row_label: str = "layer",
+    scale: tuple[str, str, str] = ("chance", "perfect", "accuracy above chance"),
 ) -> Figure:
     """rows x timesteps cells coloured from chance (0) to perfect (1), each with its accuracy in
     two digits; the row labels give chance (one value, or one per row)."""
     accuracy = accuracy.detach().cpu().float()
     chance_row = torch.as_tensor(chance, dtype=torch.float32).expand(len(rows))
     if torch.as_tensor(chance).numel() == 1:  # one chance level for the table: said once, in the title
-        labels, title = list(rows), f"{title}; chance {float(chance_row[0]):.2f}"
+        labels = list(rows)
+        title = f"{title}; chance {float(chance_row[0]):.2f}" if scale[0] == "chance" else title
     else:
         labels = [f"{row} (chance {c:.2f})" for row, c in zip(rows, chance_row.tolist())]
     colour = above_chance(accuracy, chance_row[:, None]).clamp(0, 1)
@@ -63,13 +67,13 @@ def accuracy_heatmap(
         for j in range(accuracy.shape[1]):
             dim = significant is not None and not bool(significant[i, j])
             value = float(accuracy[i, j])
-            text = "·" if dim else ("1" if value >= 0.995 else f"{value:.2f}"[1:])
+            text = "·" if dim else ("1" if value >= 0.995 else f"{value:.2f}".replace("0.", ".", 1))  # -0.05 -> -.05
             axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if float(colour[i, j]) < 0.6 else "black")
     bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02, ticks=[0, 0.5, 1])
-    bar.ax.set_yticklabels(["chance", "", "perfect"], fontsize=8)
-    bar.set_label("accuracy above chance", fontsize=8)
+    bar.ax.set_yticklabels([scale[0], "", scale[1]], fontsize=8)
+    bar.set_label(scale[2], fontsize=8)
     if significant is not None:
-        figure.supxlabel(f"cells: test accuracy; {NOT_SIGNIFICANT}", fontsize=7)
+        figure.supxlabel(f"cells: {'test accuracy' if scale[0] == 'chance' else scale[2]}; {NOT_SIGNIFICANT if scale[0] == 'chance' else NOT_LEARNED}", fontsize=7)
     return figure
 
 
@@ -98,6 +102,16 @@ def probe_heatmaps(
             )
 
 
+def gain_heatmaps(learned: Learned, note: str) -> Iterator[tuple[str, Figure]]:
+    """Per concept, layers x timesteps: the gain of each probe over the better of its two baselines
+    (input, init), as ``(concept, figure)``; cells not significantly above both are marked."""
+    table = learned.table
+    for k, concept in enumerate(table.concepts):
+        title = f"{concept}: learned, gain over the better baseline ({note})"
+        scale = ("0", "+1", "accuracy minus the better baseline")
+        yield concept, accuracy_heatmap(learned.gain[:, :, k], table.layers, table.timesteps, title, 0.0, learned.learned[:, :, k], scale=scale)
+
+
 def _chance_axis(axis, timesteps: list[int], small: bool = False) -> None:
     """t on x (every other label when ``small`` and there are many), chance and perfect on y."""
     positions = list(range(len(timesteps)))
@@ -109,31 +123,46 @@ def _chance_axis(axis, timesteps: list[int], small: bool = False) -> None:
     axis.set_yticks([0, 0.5, 1], ["chance", "0.5", "perfect"], fontsize=8 if small else 7)
 
 
-def decodability_curves(best: torch.Tensor, significant: torch.Tensor, timesteps: list[int], concepts: list[str], title: str) -> Figure:
-    """Per concept, the best layer's accuracy above chance (T, K) over t; filled markers where some
-    layer's probe is significant, hollow where none is."""
+def _markers(axis, positions, values, decodable, learned, colour, size: float) -> None:
+    """Filled where learned (above both baselines), hollow where only decodable (above chance)."""
+    only_decodable = decodable & ~learned
+    axis.scatter(positions[learned], values[learned], s=size, color=colour, zorder=3)
+    axis.scatter(positions[only_decodable], values[only_decodable], s=size, facecolors="white", edgecolors=colour, zorder=3)
+
+
+def decodability_curves(
+    best: torch.Tensor, significant: torch.Tensor, timesteps: list[int], concepts: list[str], title: str,
+    baseline: torch.Tensor | None = None, learned: torch.Tensor | None = None,
+) -> Figure:  # fmt: skip
+    """Per concept, the best layer's accuracy above chance (T, K) over t, with the better baseline
+    (T, K) dashed in the same colour. Markers: filled where the gain over both baselines is
+    significant at some layer (learned), hollow where the probe is only above chance (decodable),
+    none where neither. Without baselines, filled = decodable."""
     figure, axes = new_figure(size=(7.0, 3.8), dpi=110)
     axis = axes[0, 0]
     positions = np.arange(len(timesteps))
+    learned = significant if learned is None else learned
     for k, concept in enumerate(concepts):
-        (line,) = axis.plot(positions, best[:, k].clamp(min=-0.1).numpy(), linewidth=1.3, label=concept)
-        mask = significant[:, k].numpy().astype(bool)
-        axis.scatter(positions[mask], best[mask, k].clamp(min=-0.1).numpy(), s=18, color=line.get_color(), zorder=3)
-        axis.scatter(
-            positions[~mask], best[~mask, k].clamp(min=-0.1).numpy(), s=18, facecolors="white", edgecolors=line.get_color(), zorder=3
-        )
+        values = best[:, k].clamp(min=-0.1).numpy()
+        (line,) = axis.plot(positions, values, linewidth=1.3, label=concept)
+        if baseline is not None:
+            axis.plot(positions, baseline[:, k].clamp(min=-0.1).numpy(), linewidth=1.0, linestyle="--", color=line.get_color(), alpha=0.8)
+        _markers(axis, positions, values, significant[:, k].numpy().astype(bool), learned[:, k].numpy().astype(bool), line.get_color(), 18)
     _chance_axis(axis, timesteps)
     axis.set_ylabel("best layer's accuracy above chance", fontsize=8)
     axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=7, frameon=False, title="filled: significant at some layer", title_fontsize=7, loc="upper right")
+    legend = "filled: learned (above both baselines); hollow: decodable only; dashed: better baseline" if baseline is not None else "filled: significant at some layer"
+    axis.legend(fontsize=7, frameon=False, title=legend, title_fontsize=6.5, loc="upper right")
     return figure
 
 
 def decodability_over_training(
-    best: Mapping[int, torch.Tensor], significant: Mapping[int, torch.Tensor], timesteps: list[int], concepts: list[str], title: str
-) -> Figure:
+    best: Mapping[int, torch.Tensor], significant: Mapping[int, torch.Tensor], timesteps: list[int], concepts: list[str], title: str,
+    baseline: Mapping[int, torch.Tensor] | None = None, learned: Mapping[int, torch.Tensor] | None = None,
+) -> Figure:  # fmt: skip
     """Small multiples, one panel per concept: the best layer's accuracy above chance over t, one
-    line per training step (light = early, dark = late; filled markers: significant)."""
+    line per training step (light = early, dark = late); markers as :func:`decodability_curves`
+    (filled: learned, hollow: decodable only); grey dashed: the newest step's better baseline."""
     from matplotlib import colormaps
 
     steps = sorted(best)
@@ -146,9 +175,12 @@ def decodability_over_training(
     for k, (axis, concept) in enumerate(zip(axes.flat, concepts)):
         for colour, step in zip(colours, steps):
             values = best[step][:, k].clamp(min=-0.1).numpy()
-            mask = significant[step][:, k].numpy().astype(bool)
+            decodable = significant[step][:, k].numpy().astype(bool)
+            hit = decodable if learned is None else learned[step][:, k].numpy().astype(bool)
             axis.plot(positions, values, color=colour, linewidth=1.4, label=f"step {step}")
-            axis.scatter(positions[mask], values[mask], s=12, color=colour, zorder=3)
+            _markers(axis, positions, values, decodable, hit, colour, 12)
+        if baseline is not None:
+            axis.plot(positions, baseline[steps[-1]][:, k].clamp(min=-0.1).numpy(), color="grey", linestyle="--", linewidth=1.0, label="baseline")
         _chance_axis(axis, timesteps, small=True)
         axis.set_ylabel("above chance", fontsize=9)
         axis.set_title(concept, fontsize=11)
@@ -159,11 +191,11 @@ def decodability_over_training(
     return figure
 
 
-def decodable_t_over_training(
-    max_t: Mapping[int, Sequence[int | None]], concepts: list[str], title: str, num_train_timesteps: int
+def largest_t_over_training(
+    max_t: Mapping[int, Sequence[int | None]], concepts: list[str], title: str, num_train_timesteps: int, ylabel: str = "largest decodable t"
 ) -> Figure:
-    """One labelled line per concept: the largest significantly decodable t at each training step
-    (a concept decodable at no t sits on the "none" line below 0)."""
+    """One labelled line per concept: the largest t with a significant result (decodable, or
+    learned) at each training step (a concept at no t sits on the "none" line below 0)."""
     steps = sorted(max_t)
     figure, axes = new_figure(size=(6.4, 3.4), dpi=100)
     axis = axes[0, 0]
@@ -179,7 +211,7 @@ def decodable_t_over_training(
         fontsize=7,
     )
     axis.set_xlabel("training step", fontsize=8)
-    axis.set_ylabel("largest decodable t", fontsize=8)
+    axis.set_ylabel(ylabel, fontsize=8)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, frameon=False, ncol=2)
     return figure

@@ -25,10 +25,19 @@ from diffprobe.choices import Method  # noqa: F401  (re-exported: the core's nam
 
 @dataclass
 class ProbeFit:
-    """correct (P, K) long: test examples classified right; n_test: how many test examples."""
+    """hits (P, N_test, K) bool: which test example each probe classified right (what a paired
+    test between two probes on the same test examples needs)."""
 
-    correct: torch.Tensor
-    n_test: int
+    hits: torch.Tensor
+
+    @property
+    def n_test(self) -> int:
+        return int(self.hits.shape[1])
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """(P, K) long: test examples classified right."""
+        return self.hits.sum(1)
 
     @property
     def accuracy(self) -> torch.Tensor:
@@ -143,8 +152,7 @@ def fit_probes(
     else:
         raise ValueError(f"method must be 'logistic' or 'ridge', got {method!r}")
     predicted = _predict(scores, class_mask(num_classes, xtr.device))
-    correct = (predicted == yte.unsqueeze(0)).sum(1)
-    return ProbeFit(correct=correct.cpu(), n_test=int(yte.shape[0]))
+    return ProbeFit(hits=(predicted == yte.unsqueeze(0)).cpu())
 
 
 @dataclass

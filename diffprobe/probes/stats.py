@@ -29,7 +29,7 @@ def binomial_p_value(correct: torch.Tensor, n: int, chance: torch.Tensor) -> tor
     # binom.sf(k) is P(X > k), so P(X >= correct) is sf(correct - 1); scipy keeps the tail exact
     # far below float64's 1 - p resolution (p-values of 1e-30 stay 1e-30, not 0).
     tail = binom.sf(correct.cpu().numpy() - 1, n, chance.cpu().numpy())
-    return torch.as_tensor(tail, dtype=torch.float32).reshape(correct.shape)
+    return torch.as_tensor(tail, dtype=torch.float64).reshape(correct.shape)  # float32 would round tails below ~1e-45 to 0
 
 
 def wilson_interval(correct: torch.Tensor, n: int, z: float = 1.96) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,8 +118,9 @@ def probe_tag(prefix: str, concept: str, layer: str, t: int | str) -> str:
     return f"{prefix}/{concept}/{layer}/{t_part}/acc"
 
 
-def probe_heatmap_tag(prefix: str, by: Literal["concept", "layer"], name: str) -> str:
-    """``probe_heatmap/concept/<concept>`` (layer x t) or ``probe_heatmap/layer/<layer>`` (concept x t)."""
+def probe_heatmap_tag(prefix: str, by: Literal["concept", "layer", "gain"], name: str) -> str:
+    """``probe_heatmap/concept/<concept>`` (layer x t), ``probe_heatmap/layer/<layer>`` (concept x t),
+    or ``probe_heatmap/gain/<concept>`` (layer x t: the gain over the better baseline)."""
     return f"{prefix}_heatmap/{by}/{name}"
 
 
@@ -129,30 +130,34 @@ OVERVIEW = "Overview"
 _SUMMARY_SOURCE = {"probe": "", "probe_raw": "_raw", "probe_ckpt": "_ckpt", "probe_ckpt_raw": "_ckpt_raw"}
 
 
-def probe_summary_tag(prefix: str, concept: str) -> str:
+SummaryName = Literal["decodable_t", "learned_t"]
+
+
+def probe_summary_tag(prefix: str, concept: str, name: SummaryName = "decodable_t") -> str:
     """``Overview/decodable_t/<concept>``: the largest significantly decodable t (-1: at none);
-    ``decodable_t_raw`` for ProbeMonitor's raw weights, ``decodable_t_ckpt`` for probe.py linear."""
-    return f"{OVERVIEW}/decodable_t{_SUMMARY_SOURCE[prefix]}/{concept}"
+    ``Overview/learned_t/<concept>``: the largest t where the gain over both baselines is
+    significant (-1: at none); ``..._raw`` for ProbeMonitor's raw weights, ``..._ckpt`` for probe.py linear."""
+    return f"{OVERVIEW}/{name}{_SUMMARY_SOURCE[prefix]}/{concept}"
 
 
-def probe_summary_figure_tag(prefix: str, name: Literal["decodable_t", "decodability"]) -> str:
-    """``Overview/decodable_t`` (that t against step, a line per concept) and ``Overview/decodability``
-    (accuracy above chance against t, a line per step), with the same suffixes."""
+def probe_summary_figure_tag(prefix: str, name: Literal["decodable_t", "learned_t", "decodability"]) -> str:
+    """``Overview/decodable_t`` / ``Overview/learned_t`` (that t against step, a line per concept)
+    and ``Overview/decodability`` (accuracy above chance against t with the baseline, a line per
+    step), with the same suffixes, each ``..._over_training``."""
     return f"{OVERVIEW}/{name}{_SUMMARY_SOURCE[prefix]}_over_training"
 
 
 def probe_layout(prefixes: list[str]) -> dict:
-    """Custom-scalars layout: the largest significantly decodable t of every concept against
-    training step, one chart per set of probes the run will have (``probe``, ``probe_raw``; a chart
-    for ``probe.py linear`` too, filled when it runs; hover a line for its concept)."""
+    """Custom-scalars layout: per set of probes the run will have (``probe``, ``probe_raw``; a chart
+    for ``probe.py linear`` too, filled when it runs), the largest learned t and the largest
+    decodable t of every concept against training step (hover a line for its concept)."""
     names = {"probe": "ProbeMonitor (EMA)", "probe_raw": "ProbeMonitor (raw)", "probe_ckpt": "probe.py linear"}
     charts = {names[prefix]: _SUMMARY_SOURCE[prefix] for prefix in [*prefixes, "probe_ckpt"]}
-    return {
-        OVERVIEW: {
-            f"largest significantly decodable t (-1: none), a line per concept: {name}": ["Multiline", [rf"{OVERVIEW}/decodable_t{suffix}/.*"]]
-            for name, suffix in charts.items()
-        }
-    }
+    layout = {}
+    for name, suffix in charts.items():
+        layout[f"learned: largest t above both baselines (-1: none), a line per concept: {name}"] = ["Multiline", [rf"{OVERVIEW}/learned_t{suffix}/.*"]]
+        layout[f"decodable: largest t above chance (-1: none), a line per concept: {name}"] = ["Multiline", [rf"{OVERVIEW}/decodable_t{suffix}/.*"]]
+    return {OVERVIEW: layout}
 
 
 # probe.py intervene

@@ -29,6 +29,7 @@ from diffprobe.training.ema import AveragedWeights
 from diffprobe.training.finite import NonFiniteGuard
 from diffprobe.training.observation import Observation
 from diffprobe.training.online_heads import OnlineProbeHeads, match_checkpoint
+from diffprobe.training.initial_checkpoint import InitialCheckpoint
 from diffprobe.training.run_safety import RunSafety
 
 
@@ -56,6 +57,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         check_finite_every_n_steps: how often to stop on a NaN/inf loss (each check syncs the GPU).
         run_safety: add the RunSafety callback to every fit (atomic checkpoints, SIGTERM / SIGINT
             checkpoint-and-stop, TensorBoard purge on resume); off for a launcher that owns the signals.
+        keep_initial_weights: write ``checkpoints/step=000000.ckpt`` before the first step (the init
+            baseline every probe result is compared with); needs a ModelCheckpoint.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         compile_backend: str = "inductor",
         check_finite_every_n_steps: int = 1,
         run_safety: bool = True,
+        keep_initial_weights: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -252,7 +256,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     def configure_callbacks(self):
         # Atomic checkpoints, a clean stop on SIGTERM / SIGINT and a clean TensorBoard history on
         # resume, for every fit (train.py and the Python API alike).
-        return [RunSafety()] if self.hparams.run_safety else []
+        callbacks: list[pl.Callback] = [RunSafety()] if self.hparams.run_safety else []
+        return callbacks + ([InitialCheckpoint()] if self.hparams.keep_initial_weights else [])
 
     # ---- checkpoint state ---------------------------------------------------------------------
     @override

@@ -1,19 +1,22 @@
-"""ProbeMonitor: every N steps, linear probes for every (layer, t, concept) on the fixed probe set.
+"""ProbeMonitor: every N steps, linear probes for every (layer, t, concept) on the fixed probe set,
+each beside its baselines: the input (the same probe on x_t itself) and the init (this run's
+step-0 weights, probed at the first evaluation).
 
 Writes ``probe/<concept>/<layer>/t<tttt>/acc`` scalars (EMA weights; ``probe_raw/...`` for the raw
-ones), one heatmap per concept (layer x t) and per layer (concept x t) under ``probe_heatmap/``,
-and the summary a reader starts from, in TensorBoard's first group: ``Overview/decodable_t/<concept>``
-(the largest t at which the concept is significantly decodable, -1 at none) with a custom-scalars
-chart of it, and two figures over the evaluations so far, ``Overview/decodable_t_over_training``
-(that t against training step, one line per concept) and ``Overview/decodability_over_training``
-(per concept, accuracy above chance against t, one line per step). The probe set is saved as ``probe_set.pt`` in the run, and reused
-when the run is resumed.
+ones), heatmaps per concept (layer x t, accuracy and gain over the better baseline) and per layer
+under ``probe_heatmap/``, and the summary a reader starts from, in TensorBoard's first group:
+``Overview/learned_t/<concept>`` (the largest t at which some layer is significantly above both
+baselines, -1 at none) beside ``Overview/decodable_t/<concept>`` (above chance), custom-scalars
+charts of both, and figures over the evaluations so far (``Overview/learned_t_over_training``,
+``Overview/decodable_t_over_training``, ``Overview/decodability_over_training``). The probe set is
+saved as ``probe_set.pt`` in the run and reused when the run is resumed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from diffprobe.choices import HeatmapView, Method, Pool, WeightsOrBoth
 from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
 from diffprobe.diffusion.timesteps import check_timesteps, default_timesteps
 from diffprobe.probes import figures
-from diffprobe.probes.pipeline import ProbeTable, probe_unet
+from diffprobe.probes.baselines import Learned, compare
+from diffprobe.probes.pipeline import probe_input, probe_unet
+from diffprobe.probes.table import ProbeTable
 from diffprobe.report import tb
 from diffprobe.training.callbacks.periodic import PeriodicObserver
 from diffprobe.training.tensorboard import tensorboard_writer
@@ -79,6 +84,8 @@ class ProbeMonitor(PeriodicObserver):
         self.probe_set_path = str(probe_set) if probe_set is not None else None  # plain data in the checkpoint
         self.probe_set: ProbeSet | None = None
         self.history: list[dict[str, Any]] = []
+        self.input_table: ProbeTable | None = None  # the input baseline, made at the first evaluation
+        self.init_tables: dict[str, ProbeTable] = {}  # the step-0 tables per weights: the init baseline
         self._layout_written = False
 
     @override
@@ -125,6 +132,16 @@ class ProbeMonitor(PeriodicObserver):
                 pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition, precision
             )
 
+    def baselines(self, pl_module, kind: str, table: ProbeTable, step: int) -> Learned:
+        """``table`` against the input baseline (made once) and the init baseline: this run's step-0
+        table of the same weights (the EMA and raw weights are the initial ones at step 0; a resumed
+        run whose history has no step 0 compares with the input baseline only)."""
+        if self.input_table is None:
+            self.input_table = probe_input(pl_module.scheduler, self.probe_set, self.pool, self.method)
+        if step == 0:
+            self.init_tables[kind] = table
+        return compare(table, self.input_table, self.init_tables.get(kind))
+
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
         writer = tensorboard_writer(trainer)
@@ -137,22 +154,9 @@ class ProbeMonitor(PeriodicObserver):
         # purged it too): this evaluation replaces it.
         self.history = [entry for entry in self.history if entry["step"] < step]
         for kind, table in tables.items():
-            self.history.append(
-                {
-                    "step": step,
-                    "weights": kind,
-                    "accuracy": table.accuracy,
-                    "control_accuracy": table.control_accuracy,
-                    "p_value": table.p_value,
-                    "best_above_chance": table.best_above_chance(),
-                    "decodable": table.decodable(),
-                    "max_decodable_t": table.max_decodable_t(),
-                    "layers": table.layers,
-                    "timesteps": table.timesteps,
-                    "concepts": table.concepts,
-                }
-            )
-            self._log(writer, table, step, tb.PROBE_PREFIX[kind])
+            learned = self.baselines(pl_module, kind, table, step)
+            self.history.append(_history_entry(step, kind, learned))
+            self._log(writer, learned, step, tb.PROBE_PREFIX[kind])
             self._log_summary(writer, kind, step, pl_module.num_train_timesteps)
         if not self._layout_written and not _continues_its_own_run(trainer):
             # The layout is one event at step 0 of the run folder; a run continued in place has it.
@@ -160,24 +164,27 @@ class ProbeMonitor(PeriodicObserver):
         self._layout_written = True
 
     def _log_summary(self, writer, kind: str, step: int, num_train_timesteps: int) -> None:
-        """When each concept is decodable, now and over the evaluations so far (this run's history)."""
+        """When each concept is decodable and learned, now and over the evaluations so far."""
         prefix, concepts = tb.PROBE_PREFIX[kind], self.probe_set.concept_names
-        mine = [entry for entry in self.history if entry["weights"] == kind and "max_decodable_t" in entry]
+        mine = [entry for entry in self.history if entry["weights"] == kind and "max_learned_t" in entry]
         latest = mine[-1]
-        tb.log_scalars(
-            writer, {tb.probe_summary_tag(prefix, c): -1 if t is None else t for c, t in zip(concepts, latest["max_decodable_t"])}, step
-        )
+        for name in ("decodable_t", "learned_t"):
+            values = {tb.probe_summary_tag(prefix, c, name): -1 if t is None else t for c, t in zip(concepts, latest[f"max_{name}"])}
+            tb.log_scalars(writer, values, step)
         note = f"{kind} weights, {len(mine)} evaluation(s) to step {step}"
-        max_t = {entry["step"]: entry["max_decodable_t"] for entry in mine}
-        figure = figures.decodable_t_over_training(max_t, concepts, f"largest significantly decodable t ({note})", num_train_timesteps)
-        writer.add_figure(tb.probe_summary_figure_tag(prefix, "decodable_t"), figure, step)
-        best = {entry["step"]: entry["best_above_chance"] for entry in mine}
-        decodable = {entry["step"]: entry["decodable"] for entry in mine}
-        title = f"decodability by timestep over training (best layer; {note})"
-        figure = figures.decodability_over_training(best, decodable, latest["timesteps"], concepts, title)
+        for name, claim in (("decodable_t", "decodable: largest t above chance"), ("learned_t", "learned: largest t above both baselines")):
+            max_t = {entry["step"]: entry[f"max_{name}"] for entry in mine}
+            figure = figures.largest_t_over_training(max_t, concepts, f"{claim} ({note})", num_train_timesteps, ylabel=f"largest {name[:-2]} t")
+            writer.add_figure(tb.probe_summary_figure_tag(prefix, name), figure, step)
+        by_step = {key: {entry["step"]: entry[key] for entry in mine} for key in ("best_above_chance", "decodable", "baseline_above_chance", "learned")}
+        title = f"learned (filled) and decodable by timestep over training (best layer; {note})"
+        figure = figures.decodability_over_training(
+            by_step["best_above_chance"], by_step["decodable"], latest["timesteps"], concepts, title, by_step["baseline_above_chance"], by_step["learned"]
+        )
         writer.add_figure(tb.probe_summary_figure_tag(prefix, "decodability"), figure, step)
 
-    def _log(self, writer, table: ProbeTable, step: int, prefix: str) -> None:
+    def _log(self, writer, learned: Learned, step: int, prefix: str) -> None:
+        table = learned.table
         scalars = {
             tb.probe_tag(prefix, concept, layer, t): float(table.accuracy[i, j, k])
             for i, layer in enumerate(table.layers)
@@ -189,6 +196,9 @@ class ProbeMonitor(PeriodicObserver):
             kinds = ("concept", "layer") if self.heatmaps is True else (self.heatmaps,)
             for by, name, figure in figures.probe_heatmaps(table, f"step {step}", by=kinds):
                 writer.add_figure(tb.probe_heatmap_tag(prefix, by, name), figure, step)
+            if "concept" in kinds:
+                for name, figure in figures.gain_heatmaps(learned, f"step {step}"):
+                    writer.add_figure(tb.probe_heatmap_tag(prefix, "gain", name), figure, step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -199,15 +209,40 @@ class ProbeMonitor(PeriodicObserver):
     # ---- state --------------------------------------------------------------------------------
     @override
     def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history, "probe_set_path": self.probe_set_path, "layers": self.layers}
+        init = {kind: asdict(table) for kind, table in self.init_tables.items()}  # plain data: tensors, lists, strings
+        return {"history": self.history, "probe_set_path": self.probe_set_path, "layers": self.layers, "init_tables": init}
 
     @override
     def load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.probe_set_path = state_dict.get("probe_set_path") or self.probe_set_path
         self.layers = state_dict.get("layers") or self.layers
+        self.init_tables = {kind: ProbeTable(**stored) for kind, stored in state_dict.get("init_tables", {}).items()}
         if self.probe_set is None and self.probe_set_path and Path(self.probe_set_path).is_file():
             self.probe_set = ProbeSet.load(self.probe_set_path)
+
+
+def _history_entry(step: int, kind: str, learned: Learned) -> dict[str, Any]:
+    """What the summaries over training need of one evaluation (plain data, kept in the checkpoint)."""
+    table = learned.table
+    baseline = (learned.gain.neg() + table.accuracy).max(0).values  # the better baseline, best over layers
+    return {
+        "step": step,
+        "weights": kind,
+        "accuracy": table.accuracy,
+        "control_accuracy": table.control_accuracy,
+        "p_value": table.p_value,
+        "best_above_chance": table.best_above_chance(),
+        "decodable": table.decodable(),
+        "max_decodable_t": table.max_decodable_t(),
+        "baseline_above_chance": (baseline - table.chance) / (1 - table.chance).clamp_min(1e-6),
+        "gain_p_value": learned.gain_p_value,
+        "learned": learned.learned.any(0),
+        "max_learned_t": learned.learned_t(),
+        "layers": table.layers,
+        "timesteps": table.timesteps,
+        "concepts": table.concepts,
+    }
 
 
 def _continues_its_own_run(trainer: pl.Trainer) -> bool:
