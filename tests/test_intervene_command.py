@@ -13,6 +13,7 @@ import torch
 from diffprobe.commands.probe import probe_main
 from diffprobe.data.shapes import CONCEPTS, ConceptShapes
 from diffprobe.intervene.reader import TrainedReader, train_reader
+from diffprobe.io.runs import checkpoint_step
 from helpers import read_events, refusal, train_tiny_run
 
 FAST = ["--num_captions", "4", "--steps", "4", "--reader_steps", "10", "--reader_images", "64", "--batch_size", "8"]
@@ -42,9 +43,12 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
     folder = probe_main(args)
     assert folder == conditional_run / "intervene"
     rows = _rows(folder)
-    # The run's two checkpoints (steps 1 and 2, in step order) x 2 concepts x 3 t_s.
-    assert sorted({(r["checkpoint"], r["step"]) for r in rows}) == [("step=000001.ckpt", "1"), ("step=000002.ckpt", "2")]
-    assert len(rows) == 2 * 2 * 3
+    # Every trained step=N.ckpt of the run (steps 1 and 2; the step-0 weights decide nothing and are
+    # passed over, last.ckpt is a copy of step 2) x 2 concepts x 3 t_s.
+    steps = sorted(checkpoint_step(p) for p in (conditional_run / "checkpoints").glob("step=*.ckpt") if checkpoint_step(p) > 0)
+    assert steps == [1, 2] and (conditional_run / "checkpoints" / "step=000000.ckpt").is_file()
+    assert sorted({(r["checkpoint"], int(r["step"])) for r in rows}) == [(f"step={s:06d}.ckpt", s) for s in steps]
+    assert len(rows) == len(steps) * 2 * 3
     for r in rows:
         assert int(r["n"]) == 4 and 0 <= float(r["ci_low"]) <= float(r["rate"]) <= float(r["ci_high"]) <= 1
         assert float(r["rate"]) == int(r["successes"]) / 4
@@ -55,7 +59,7 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
     for name in ("cis_ema.png", "t_lock_over_training_ema.png", "concept_reader.pt", "examples/step000002_ema_switch_shape.png"):
         assert (folder / name).is_file(), name
     events = read_events(conditional_run)
-    assert [e.step for e in events.Scalars("intervene/shape/t_lock")] == [1, 2]
+    assert [e.step for e in events.Scalars("intervene/shape/t_lock")] == steps
     assert "intervene/size/cis" in events.Tags()["images"]
     out = capsys.readouterr().out
     assert "t_lock" in out and "reader acc" in out  # the terminal table
@@ -64,8 +68,12 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
     reader_time = (folder / "concept_reader.pt").stat().st_mtime_ns
     probe_main(args)
     assert _rows(folder) == rows
-    assert [e.step for e in read_events(conditional_run).Scalars("intervene/shape/t_lock")] == [1, 2]
+    assert [e.step for e in read_events(conditional_run).Scalars("intervene/shape/t_lock")] == steps
     assert (folder / "concept_reader.pt").stat().st_mtime_ns == reader_time
+    # last.ckpt is a copy of the newest step=N.ckpt: measured already, under that name.
+    probe_main(["intervene", "--ckpt", str(conditional_run / "checkpoints" / "last.ckpt"), *args[3:]])
+    assert _rows(folder) == rows
+    assert "already measured as step=000002.ckpt" in capsys.readouterr().err
     # Other settings into the same folder are refused, not mixed in.
     message = refusal([*args[:-len(FAST)], *FAST[:-2], "--batch_size", "8", "--switch_times", "[0, 99]"], capsys)
     assert "other settings" in message and "switch_times" in message
@@ -73,19 +81,24 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
 
 def test_steer_uses_the_runs_probe_results_and_a_random_control(probed_run, tmp_path):
     out = tmp_path / "steer"
-    probe_main(["intervene", "--mode", "steer", "--ckpt", str(probed_run / "checkpoints" / "last.ckpt"), "--out", str(out), "--concepts", "background_colour",
-                "--alphas", "[0, 2]", "--windows", "[[0, 50], [50, 100]]", "--probes", str(probed_run / "probes"), *FAST])  # fmt: skip
+    args = ["intervene", "--mode", "steer", "--ckpt", str(probed_run / "checkpoints" / "last.ckpt"), "--out", str(out), "--concepts", "background_colour",
+            "--alphas", "[0, 2]", "--windows", "[[0, 50], [50, 100]]", "--probes", str(probed_run / "probes"), *FAST]  # fmt: skip
+    probe_main(args)
     rows = _rows(out)
     assert sorted({(r["variant"], r["alpha"], r["window_start"]) for r in rows}) == [
         (v, a, w) for v in ("probe", "random") for a in ("0.0", "2.0") for w in ("0", "50")
     ]
     steer = json.loads((out / "intervene.json").read_text())["summary"]["steer"]["ema"]["last.ckpt"]["concepts"]["background_colour"]
     assert (steer["source"], steer["target"]) == ("black", "navy")
+    assert (steer["pool"], steer["method"]) == ("mean", "ridge"), "refitted as probe.py linear fitted it (--method ridge)"
     assert steer["t"] in (10, 50, 90) and steer["spread"] > 0
     # alpha = 0 is the unsteered image in both variants and every window.
     assert len({(r["successes"], r["others_kept"]) for r in rows if r["alpha"] == "0.0"}) == 1
     assert all(float(r["others_kept"]) == 1.0 for r in rows if r["alpha"] == "0.0")
     assert (out / "steer" / "step000001_ema_background_colour.png").is_file()
+    probe_main(args)  # a rerun measures nothing and keeps the probe cell it steered with
+    assert _rows(out) == rows
+    assert json.loads((out / "intervene.json").read_text())["summary"]["settings"]["steer"]["probes"]["background_colour"]["t"] == steer["t"]
 
 
 def test_switch_on_stable_diffusion_writes_the_switched_images(tmp_path):

@@ -146,3 +146,14 @@ def test_probe_direction_refuses_unknown_values():
         probe_direction(torch.zeros(4, 8), torch.tensor([0, 1, 0, 1]), ["a", "b"], layer="mid_block", t=0, concept="colour", target="c")
     with pytest.raises(ValueError, match="both"):
         probe_direction(torch.zeros(4, 8), torch.tensor([0, 1, 0, 1]), ["a", "b"], layer="mid_block", t=0, concept="colour", target="a", source="a")
+
+
+@pytest.mark.parametrize("pool", ["mean", "grid2", "grid4"])
+def test_a_shift_in_pooled_feature_space_moves_the_pooled_features_by_exactly_that(pool):
+    from diffprobe.capture import pool_features
+    from diffprobe.intervene.steer import spatial_shift
+
+    hidden = torch.randn(3, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    shift = torch.randn(pool_features(hidden, pool).shape[1], generator=torch.Generator().manual_seed(1))
+    moved = pool_features(hidden + spatial_shift(shift, pool, hidden), pool)
+    assert torch.allclose(moved - pool_features(hidden, pool), shift.expand(3, -1), atol=1e-5)

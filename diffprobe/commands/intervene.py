@@ -15,6 +15,13 @@ concept reader it trained (``concept_reader.pt``, reused by later calls), and Te
 run: ``intervene/<concept>/cis`` and ``.../steer`` figures and ``intervene/<concept>/t_lock``
 scalars at each checkpoint's global step, plus ``Overview/decodable_vs_decided``. Like
 ``probe.py linear``, a rerun measures only what is not in the table yet.
+
+The command layer is four modules: this one reads the flags and checks what they alone can say;
+``intervene_inputs`` loads the first model, the data, the probe results and the concept reader;
+``intervene_plans`` turns the checked flags into each concept's frozen plan
+(``diffprobe.intervene.plans``) and carries the plans out over the checkpoints with the core's
+pure measuring functions (``diffprobe.intervene.measure``); ``intervene_output`` writes. Every bad
+input is refused before ``--out`` is made, a reader trained or anything sampled.
 """
 
 from __future__ import annotations
@@ -25,9 +32,7 @@ from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat,
 
 from diffprobe.choices import InterventionMode, SamplingSchedule
 from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
-from diffprobe.commands.source import resolve, resolve_device
-
-EXAMPLE_ROWS = 4  # captions shown in each example grid
+from diffprobe.commands.source import Source, resolve, resolve_device
 
 
 @command
@@ -74,47 +79,68 @@ def intervene(
         batch_size: images per UNet call (doubled under classifier-free guidance)
         seed: image i uses seed + i
     """
+    from diffprobe.commands import intervene_inputs as inputs
+    from diffprobe.commands import intervene_plans as planning
+    from diffprobe.commands.concept_data import load_data
 
-    from diffprobe.commands.intervention_run import InterventionRun
-    from diffprobe.commands.intervention_steer import plan_steer
+    # 1. Every input is checked, in the order the flags are read, before --out is made, a reader
+    #    trained or anything sampled.
+    _check_flags(
+        mode, reader=reader, probes=probes, steering=(target, source, layer, t, windows), switching=(pairs, switch_times), alphas=alphas
+    )
+    found = resolve(ckpt)
+    call = inputs.Call(
+        found, _output_folder(found, out), found.logdir(logdir), mode, weights, resolve_device(device), dtype, guidance, seed, batch_size,
+        overwrite,
+    )  # fmt: skip
+    model = call.first_model()
+    with flag("--data"):
+        options = {"image_column": image_column, "concept_columns": list(concept_columns), "heldout_fraction": heldout_fraction}
+        concept_data = load_data(found, model, data, options, num_captions, reader_images)
+    chosen = inputs.choose_concepts(as_list(concepts), concept_data)
+    timesteps = planning.sampler_timesteps(model, schedule, steps, lam)
+    probes_folder = Path(probes) if probes else (found.run_dir / "probes" if found.run_dir else None)
+    # 2. What each concept gets, and the settings that rows already in --out must share.
+    if mode == "switch":
+        planned = planning.switch_plans(call, model, concept_data, chosen, bool(concepts), switch_times, pairs, timesteps, num_captions)
+    else:
+        steering = planning.SteeringFlags(target, source, layer, t, alphas, windows)
+        found_probes = inputs.load_probe_results(probes_folder, call)
+        planned = planning.steer_plans(call, model, concept_data, chosen, found_probes, steering, timesteps, num_captions)
+    settings = {
+        "schedule": schedule, "steps": int(steps), "lam": float(lam) if schedule != "uniform" else None, **planned.settings, "data": data or "shapes",
+        "reader": str(Path(reader).resolve()) if reader else "concept_reader.pt in --out", "seed": seed, "guidance": guidance,
+        "source": str((found.run_dir or found.path).resolve()),
+    }  # fmt: skip
+    # 3. The reader, then each checkpoint in step order.
+    given_reader = Path(reader) if reader else None
+    return planning.measure_and_write(
+        call, model, concept_data, planned, planning.checked_settings(call, settings), given_reader, reader_steps, probes_folder
+    )
 
-    device = resolve_device(device)
-    concepts = as_list(concepts) or None
+
+def _check_flags(mode: str, *, reader: str | None, probes: str | None, steering: tuple, switching: tuple, alphas: tuple) -> None:
+    """What the flags alone say is wrong: files that are not there, settings of the other mode."""
     if reader and not Path(reader).is_file():
         raise CommandError(f"--reader {reader} is not a file; give a concept_reader.pt an earlier probe.py intervene wrote")
     if probes and not Path(probes).is_dir():
         raise CommandError(f"--probes {probes} is not a folder; give the folder probe.py linear wrote (with probes.csv)")
-    if logdir and Path(logdir).exists() and not Path(logdir).is_dir():
-        raise CommandError(f"--logdir {logdir} is a file; give a TensorBoard directory")
-    if mode == "switch" and any(v is not None for v in (target, source, layer, t, windows)):
+    if mode == "switch" and any(v is not None for v in steering):
         raise CommandError("--target, --source, --layer, --t and --windows are steering settings; add --mode steer")
-    if mode == "steer" and (pairs or switch_times):
+    if mode == "steer" and any(switching):
         raise CommandError("--pairs and --switch_times are prompt-switch settings; use --mode switch")
     if mode == "steer" and not alphas:
         raise CommandError("--alphas is empty; give the shift lengths to try, e.g. '[0, 2, 4, 8]'")
-    found = resolve(ckpt)
-    folder = Path(out) if out else (found.run_dir / "intervene" if found.run_dir else found.path.parent / f"intervene-{found.path.stem}")
+
+
+def _output_folder(found: Source, out: str | None) -> Path:
+    """``--out``, or ``<run>/intervene``: new, or one an earlier call wrote (later calls extend it)."""
+    folder = Path(out) if out else found.default_folder("intervene")
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py intervene wrote)")
-    if folder.is_dir() and any(folder.iterdir()) and not ((folder / "intervene.json").is_file() or (folder / "concept_reader.pt").is_file()):
-        raise CommandError(f"--out {folder} holds files probe.py intervene did not write; give a new folder (diffprobe does not write among other files)")
-    run = InterventionRun(
-        source=found, folder=folder, mode=mode, weights=weights, device=device, dtype=dtype, guidance=guidance, seed=seed,
-        batch_size=batch_size, overwrite=overwrite, logdir=Path(logdir) if logdir else found.run_dir,
-        probes=Path(probes) if probes else (found.run_dir / "probes" if found.run_dir else None),
-    )  # fmt: skip
-    run.load_first()
-    with flag("--data"):
-        run.load_data(data, {"image_column": image_column, "concept_columns": list(concept_columns), "heldout_fraction": heldout_fraction}, num_captions, reader_images)
-    run.choose_concepts(concepts)
-    with flag("--schedule"):
-        run.choose_timesteps(schedule, steps, lam)
-    if mode == "switch":
-        run.plan_switch(switch_times, pairs, num_captions)
-    else:
-        plan_steer(run, target, source, layer, t, list(alphas), windows, num_captions)
-    run.settings.update(data=data or "shapes", reader=str(Path(reader).resolve()) if reader else "concept_reader.pt in --out")
-    run.check_settings()
-    run.prepare_reader(Path(reader) if reader else None, reader_steps)
-    return run.measure()
-
+    ours = (folder / "intervene.json").is_file() or (folder / "concept_reader.pt").is_file()
+    if folder.is_dir() and any(folder.iterdir()) and not ours:
+        raise CommandError(
+            f"--out {folder} holds files probe.py intervene did not write; give a new folder (diffprobe does not write among other files)"
+        )
+    return folder

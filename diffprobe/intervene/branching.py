@@ -29,7 +29,7 @@ from diffprobe import interrupt
 StepOutput = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Branch:
     """From step ``start`` on (0 = the first, noisiest step), the run takes ``output`` instead of
     the trunk's. ``start`` = number of steps means the branch is the trunk itself."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import colormaps
 
 from diffprobe.report.viz import new_figure
 
@@ -62,7 +63,9 @@ def _lock_text(lock: LockIn) -> str:
     return "never inserted" if not lock.inserted else "locks in below the grid"
 
 
-def lock_in_over_training(t_lock: Mapping[int, Mapping[str, float | None]], concepts: Sequence[str], title: str, num_train_timesteps: int) -> Figure:
+def lock_in_over_training(
+    t_lock: Mapping[int, Mapping[str, float | None]], concepts: Sequence[str], title: str, num_train_timesteps: int
+) -> Figure:
     """One line per concept: its lock-in time at each checkpoint (gaps where it has none)."""
     steps = sorted(t_lock)
     figure, axes = new_figure(size=(6.4, 3.4), dpi=100)
@@ -81,22 +84,30 @@ def lock_in_over_training(t_lock: Mapping[int, Mapping[str, float | None]], conc
 def steering_curves(rows: Sequence[dict], title: str) -> Figure:
     """Success (reader says target) against alpha, one colour per window, probe direction solid
     with its 95% band, random control of the same length dashed."""
-    from matplotlib import colormaps
-
     figure, axes = new_figure(size=(6.0, 3.6), dpi=100)
     axis = axes[0, 0]
     windows = sorted({(int(r["window_start"]), int(r["window_end"])) for r in rows}, reverse=True)
     colours = colormaps["viridis"](np.linspace(0.0, 0.9, len(windows)))
     for colour, window in zip(colours, windows):
         for variant, style in (("probe", "-"), ("random", "--")):
-            chosen = sorted((r for r in rows if (int(r["window_start"]), int(r["window_end"])) == window and r["variant"] == variant), key=lambda r: float(r["alpha"]))
+            chosen = sorted(
+                (r for r in rows if (int(r["window_start"]), int(r["window_end"])) == window and r["variant"] == variant),
+                key=lambda r: float(r["alpha"]),
+            )
             if not chosen:
                 continue
             alphas = [float(r["alpha"]) for r in chosen]
             axis.plot(alphas, [float(r["rate"]) for r in chosen], linestyle=style, color=colour, marker="o", markersize=3, linewidth=1.3,
                       label=f"t in [{window[0]}, {window[1]})" if variant == "probe" else None)  # fmt: skip
             if variant == "probe":
-                axis.fill_between(alphas, [float(r["ci_low"]) for r in chosen], [float(r["ci_high"]) for r in chosen], color=colour, alpha=0.15, linewidth=0)
+                axis.fill_between(
+                    alphas,
+                    [float(r["ci_low"]) for r in chosen],
+                    [float(r["ci_high"]) for r in chosen],
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                )
     axis.plot([], [], color="black", linestyle="--", label="random direction (same length)")
     axis.set_ylim(-0.03, 1.03)
     axis.set_xlabel("alpha (spreads of the probe set's features along the direction)", fontsize=8)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from diffprobe.io.atomic import save_torch
 from diffprobe.io.loading import LoadError, safe_load
 
 READER_FORMAT = "diffprobe.ConceptReader/1"
@@ -80,8 +81,6 @@ class TrainedReader:
     n_heldout: int
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         stored = {
             "format": READER_FORMAT,
             "concepts": {k: list(v) for k, v in self.reader.concepts.items()},
@@ -92,8 +91,7 @@ class TrainedReader:
             "accuracy": dict(self.accuracy),
             "n_heldout": self.n_heldout,
         }
-        torch.save(stored, path)
-        return path
+        return save_torch(path, stored)  # atomic: a killed call leaves no half reader for the next to load
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedReader:

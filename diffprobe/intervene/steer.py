@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from diffprobe.capture.layers import find_layers
+from diffprobe.choices import Method, Pool
 from diffprobe.diffusion.sampling import guided_output
 from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
+from diffprobe.intervene.switch import encode_captions
 from diffprobe.probes.fit import probe_weights
 
 
-@dataclass
+@dataclass(frozen=True)
 class SteeringDirection:
     """A unit direction (D,) in a layer's channel space and the features' spread along it."""
 
@@ -37,6 +39,8 @@ class SteeringDirection:
     unit: torch.Tensor
     spread: float
     probe_accuracy: float  # the refitted probe on the probe set's test split
+    pool: Pool = "mean"  # how the features were pooled: the unit lives in that space
+    method: Method = "logistic"  # how the probe was fitted
 
     def random_control(self, seed: int = 0) -> torch.Tensor:
         """A random unit direction of the same space (seeded): the control."""
@@ -57,7 +61,8 @@ def probe_direction(
     source: str | None = None,
     train: torch.Tensor | None = None,
     test: torch.Tensor | None = None,
-    method: str = "logistic",
+    method: Method = "logistic",
+    pool: Pool = "mean",
 ) -> SteeringDirection:
     """The class-difference direction of a probe fitted on pooled ``features`` (N, D) with
     ``labels`` (N,) of one concept (fitted on ``train`` indices, scored on ``test``). Without
@@ -83,24 +88,35 @@ def probe_direction(
     accuracy = float("nan")
     if test is not None and len(test):
         accuracy = float((fit.predict(features[test]) == labels[test]).float().mean())
-    return SteeringDirection(layer, int(t), concept, source, target, unit, spread, accuracy)
+    return SteeringDirection(layer, int(t), concept, source, target, unit, spread, accuracy, pool, method)
+
+
+def spatial_shift(shift: torch.Tensor, pool: Pool, like: torch.Tensor) -> torch.Tensor:
+    """A shift (D,) in pooled-feature space as a (1, C, H, W) map over ``like``'s positions: the
+    same (C,) everywhere for ``mean``; for ``grid2`` / ``grid4`` each cell's (C,) over that cell,
+    so pooling the shifted map moves the pooled features by exactly ``shift``."""
+    channels, height, width = like.shape[1:]
+    cells = {"mean": 1, "grid2": 2, "grid4": 4}[pool]
+    grid = shift.to(like).view(channels, cells, cells)[None]
+    return torch.nn.functional.interpolate(grid, size=(height, width), mode="nearest") if cells > 1 else grid
 
 
 @contextmanager
-def shifted_output(unet: nn.Module, layer: str, shift: torch.Tensor) -> Iterator[None]:
-    """Add ``shift`` (D,) to every position of ``layer``'s output while inside. A down block returns
-    (h, skips) with h also its last skip: both get the shift, so the skip path sees it too."""
+def shifted_output(unet: nn.Module, layer: str, shift: torch.Tensor, pool: Pool = "mean") -> Iterator[None]:
+    """Add ``shift`` (D,), a direction in ``pool``'s feature space (:func:`spatial_shift`), to
+    ``layer``'s output while inside. A down block returns (h, skips) with h also its last skip: both
+    get the shift, so the skip path sees it too."""
     module = find_layers(unet, [layer])[layer]
 
     def hook(module, args, output):
         if isinstance(output, tuple):
             hidden, skips = output[0], output[1] if len(output) > 1 else None
-            moved = hidden + shift.to(hidden)[None, :, None, None]
+            moved = hidden + spatial_shift(shift, pool, hidden)
             if isinstance(skips, tuple):
                 skips = tuple(moved if s is hidden else s for s in skips)
                 return (moved, skips, *output[2:])
             return (moved, *output[1:])
-        return output + shift.to(output)[None, :, None, None]
+        return output + spatial_shift(shift, pool, output)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -152,7 +168,7 @@ def steered_finals(
         def output(x, t, index):
             if not setting.window_start <= t < setting.window_end:
                 return plain(x, t, index)
-            with shifted_output(unet, steering.layer, shift):
+            with shifted_output(unet, steering.layer, shift, steering.pool):
                 return plain(x, t, index)
 
         return output
@@ -173,8 +189,6 @@ def steered_images(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Decoded finals in [-1, 1]: unsteered (N, C, H, W) and steered (S, N, C, H, W), one per
     setting; image i uses seed ``seed + i`` (and ``captions[i]`` for a conditional model)."""
-    from diffprobe.intervene.switch import encode_captions
-
     condition = uncondition = None
     if model.conditional:
         if captions is None or len(captions) != num_images:

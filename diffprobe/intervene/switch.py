@@ -19,9 +19,10 @@ import torch
 
 from diffprobe.diffusion.sampling import guided_output
 from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
+from diffprobe.probes.stats import wilson_interval
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaptionPairs:
     """For one concept: captions A and B (B = A with ``concept`` changed), and their value indices
     (N, K) in the data's concept order (None when the captions carry no known labels)."""
@@ -80,7 +81,7 @@ def switch_finals(
     return finals
 
 
-@dataclass
+@dataclass(frozen=True)
 class InsertionCurve:
     """CIS per switch time (ascending t_s) for one concept, with 95% Wilson intervals."""
 
@@ -96,8 +97,6 @@ class InsertionCurve:
 
     @property
     def interval(self) -> tuple[list[float], list[float]]:
-        from diffprobe.probes.stats import wilson_interval
-
         low, high = wilson_interval(torch.tensor(self.successes), self.n)
         return low.tolist(), high.tolist()
 
@@ -112,7 +111,7 @@ class InsertionCurve:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LockIn:
     """t_lock and its range from the CIS interval; None where CIS never reaches 0.5 (``inserted``
     False: the caption cannot insert the concept even from the start) or never rises through it
@@ -158,7 +157,9 @@ def encode_captions(model, captions: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def switched_images(model, pairs: CaptionPairs, switch_times: Sequence[int], timesteps: Sequence[int], *, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+def switched_images(
+    model, pairs: CaptionPairs, switch_times: Sequence[int], timesteps: Sequence[int], *, seed: int = 0, batch_size: int = 64
+) -> torch.Tensor:
     """Decoded final images (G, N, C, H, W) in [-1, 1] of ``pairs`` switched at each of the G
     ``switch_times``; sample i uses seed ``seed + i`` whatever the batch."""
     first, second = encode_captions(model, pairs.first), encode_captions(model, pairs.second)
