@@ -160,6 +160,23 @@ def probe_layout(prefixes: list[str]) -> dict:
     return {OVERVIEW: layout}
 
 
+# ConceptFidelity (live) and probe.py fidelity (checkpoints)
+FIDELITY_PREFIX = {"live": "fidelity", "ckpt": "fidelity_ckpt"}
+RENDERED_SUMMARY = {"live": "rendered_at_step", "ckpt": "rendered_at_step_ckpt"}
+
+
+def fidelity_tag(concept: str, source: Literal["live", "ckpt"] = "live") -> str:
+    """``fidelity/<concept>``: the share of samples showing the caption's value (conditional) or the
+    total variation to held-out data (unconditional); ``fidelity_ckpt/...`` from probe.py fidelity."""
+    return f"{FIDELITY_PREFIX[source]}/{concept}"
+
+
+def rendered_tag(concept: str, source: Literal["live", "ckpt"] = "live") -> str:
+    """``Overview/rendered_at_step/<concept>``: the first step from which the concept is rendered
+    (-1: not yet)."""
+    return f"{OVERVIEW}/{RENDERED_SUMMARY[source]}/{concept}"
+
+
 # probe.py intervene
 DECODABLE_VS_DECIDED = f"{OVERVIEW}/decodable_vs_decided"
 INTERVENE_T_LOCK_OVER_TRAINING = "intervene/t_lock_over_training"

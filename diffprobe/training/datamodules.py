@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
+from diffprobe.fidelity.readers import ReaderData
 
 
 class WholeBatches(Dataset):
@@ -67,6 +68,11 @@ class ImageDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def heldout_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def reader_data(self, max_train_images: int) -> ReaderData:
+        """What a concept reader of this data trains and is scored on, described plainly for its
+        cache (``fidelity.readers``): the same data gives the same reader in every command."""
         raise NotImplementedError
 
     @override
@@ -126,6 +132,14 @@ class ConceptShapesDataModule(ImageDataModule):
     def heldout_dataset(self) -> ConceptShapes:
         return self._split("test", self.heldout_size)
 
+    @override
+    def reader_data(self, max_train_images: int) -> ReaderData:
+        # Rendered anew at the reader's own size: sample i depends on (seed, split, i) only, so every
+        # run of this data and image size shares one reader whatever its train_size.
+        train = ConceptShapes(size=max_train_images, image_size=self.image_size, split="train", seed=self.seed)
+        description = {"data": "ConceptShapes", "image_size": self.image_size, "seed": self.seed, "train_images": max_train_images}
+        return ReaderData(description, train, self.heldout_dataset(), self.concepts)
+
 
 class HFDataModule(ImageDataModule):
     """Images and label columns from a Hugging Face data set (hub name or local path).
@@ -165,7 +179,7 @@ class HFDataModule(ImageDataModule):
         super().__init__(image_size=image_size, channels=channels, batch_size=batch_size, num_workers=num_workers)
         if not 0 < heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-        self.source, self.image_column = source, image_column
+        self.source, self.image_column, self.config_name, self.seed = source, image_column, config_name, seed
         self.concept_columns = list(concept_columns or [])
         # Loaded now, not in setup(): a wrong name or column must fail before any training starts,
         # and the model needs the caption vocabulary to be built.
@@ -196,3 +210,11 @@ class HFDataModule(ImageDataModule):
 
     def heldout_dataset(self) -> hf.HFImageDataset:
         return hf.HFImageDataset(self._heldout, self.image_column, self.columns, self.image_size, self.channels)
+
+    @override
+    def reader_data(self, max_train_images: int) -> ReaderData:
+        description = {
+            "data": self.source, "config_name": self.config_name, "image_column": self.image_column, "concept_columns": self.concept_columns,
+            "image_size": self.image_size, "channels": self.channels, "seed": self.seed, "train_images": min(max_train_images, len(self._train)),
+        }  # fmt: skip
+        return ReaderData(description, self.train_dataset(), self.heldout_dataset(), self.concepts)

@@ -28,4 +28,4 @@ class InitialCheckpoint(Checkpoint):
             return
         path = Path(folders[0]) / INITIAL_CHECKPOINT
         if not path.exists():  # written once per run folder (a fit restarted at step 0 keeps the first)
-            trainer.save_checkpoint(path)  # collective: every rank calls it, rank zero writes
+            trainer.save_checkpoint(path, weights_only=False)  # collective: every rank calls it, rank zero writes

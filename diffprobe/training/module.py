@@ -27,9 +27,9 @@ from diffprobe.report import tb
 from diffprobe.training import optimization
 from diffprobe.training.ema import AveragedWeights
 from diffprobe.training.finite import NonFiniteGuard
+from diffprobe.training.initial_checkpoint import InitialCheckpoint
 from diffprobe.training.observation import Observation
 from diffprobe.training.online_heads import OnlineProbeHeads, match_checkpoint
-from diffprobe.training.initial_checkpoint import InitialCheckpoint
 from diffprobe.training.run_safety import RunSafety
 
 

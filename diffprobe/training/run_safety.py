@@ -196,7 +196,7 @@ def _last_path(callback: ModelCheckpoint) -> str:
 def _save_last(trainer: pl.Trainer, callback: ModelCheckpoint) -> str:
     if callback.save_last == "link":  # a link would point at an older top-k file: write the real state
         path = callback.last_model_path = _last_path(callback)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
     else:
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
     return callback.last_model_path
@@ -213,10 +213,10 @@ def save_last_checkpoint(trainer: pl.Trainer) -> str:
             written = _save_last(trainer, callback)
         else:
             written = _last_path(callback)
-            trainer.save_checkpoint(written)
+            trainer.save_checkpoint(written, weights_only=False)
     if written is None:
         written = os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", "last.ckpt")
-        trainer.save_checkpoint(written)
+        trainer.save_checkpoint(written, weights_only=False)
     return written
 
 
