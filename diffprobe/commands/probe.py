@@ -14,15 +14,17 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 
 from diffprobe.commands.common import CommandError
+from diffprobe.configs import ProbeConfigFile
 
 # name -> module of the command; the order is probe.py --help's.
 COMMANDS = {
     "export": "checkpoints",
     "sample": "checkpoints",
     "linear": "linear",
+    "fidelity": "fidelity",
     "rise": "saliency",
     "cam": "saliency",
     "lime": "saliency",
@@ -51,17 +53,22 @@ def command_function(name: str) -> Callable:
     return getattr(import_module(f"diffprobe.commands.{COMMANDS[name]}"), name)
 
 
+def _program() -> str:
+    return "diffprobe-probe" if sys.argv and sys.argv[0].endswith("diffprobe-probe") else "probe.py"
+
+
 def probe_parser() -> ArgumentParser:
-    parser = ProbeParser(
-        prog="probe.py", description="diffprobe's tools on checkpoints: probes, explanations, export.", allow_abbrev=False
-    )
+    program = _program()
+    parser = ProbeParser(prog=program, description="diffprobe's tools on checkpoints: probes, explanations, export.", allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="command", required=True)
     for name in COMMANDS:
         function = command_function(name)
         summary = (inspect.getdoc(function) or "").split("\n\n")[0].replace("\n", " ")
-        sub = ProbeParser(prog=f"probe.py {name}", description=summary, allow_abbrev=False)
+        sub = ProbeParser(prog=f"{program} {name}", description=summary, allow_abbrev=False)
         sub.add_argument(
-            "--config", action=ActionConfigFile, help="a YAML file of this command's settings (configs/probe/*.yaml: the paper's)"
+            "--config",
+            action=ProbeConfigFile,
+            help="a YAML file of this command's settings, or the name of one diffprobe ships (auc, correlation: the paper's settings)",
         )
         sub.add_function_arguments(function, as_positional=False)
         subcommands.add_subcommand(name, sub, help=summary)
@@ -80,3 +87,11 @@ def probe_main(args: list[str] | None = None):
         return command_function(name)(**settings)
     except CommandError as error:
         raise SystemExit(f"probe.py {name}: error: {error}") from error
+
+
+def main() -> None:
+    """The ``diffprobe-probe`` console script (``probe.py`` in a clone does the same)."""
+    from diffprobe import cpu
+
+    cpu.configure()  # before torch starts: OpenMP reads its CPU settings once (diffprobe/cpu.py says why)
+    probe_main()
