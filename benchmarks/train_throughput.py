@@ -184,7 +184,7 @@ def online_probes_step_cost(args, device: torch.device, variant: str) -> float:
         if probes:  # OnlineProbes' per-step bookkeeping (its every-50-steps logging is left out)
             from diffprobe.diffusion.metrics import CellAccuracy
 
-            accuracy = CellAccuracy((len(module._taps.layers), 10, len(data.concepts))).to(device)
+            accuracy = CellAccuracy((len(module.feature_taps.layers), 10, len(data.concepts))).to(device)
         steps[probes] = _manual_step(module, optimizer, device, accuracy)
     times = {False: [], True: []}
     for index in range(args.warmup + args.steps):

@@ -69,6 +69,22 @@ def test_spatial_pooling_shapes_and_bad_pool():
             pass
 
 
+def test_eager_runs_a_module_compiled_in_place_with_its_hooks_and_restores_it():
+    # Fails loudly when torch stops keeping an in-place compile where capture.eager looks for it.
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    module.compile(backend="eager")
+    compiled = getattr(module, "_compiled_call_impl", None)
+    assert compiled is not None, "nn.Module.compile no longer stores _compiled_call_impl: update diffprobe.capture.eager"
+    seen = []
+    handle = module[0].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    x = torch.randn(2, 4)
+    with eager(module):
+        assert torch.equal(module(x), module.forward(x))
+    handle.remove()
+    assert seen, "the hook fired in the eager forward"
+    assert module._compiled_call_impl is compiled
+
+
 def test_eager_restores_the_compiled_wrapper():
     unet = make_module().unet
     marker = object()

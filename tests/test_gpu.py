@@ -80,7 +80,7 @@ def test_online_probes_on_the_compiled_path_with_and_without_cuda_graphs(tmp_pat
         def on_train_end(self, trainer, pl_module):
             x, t = torch.randn(32, 3, 16, 16, device="cuda"), torch.randint(0, 100, (32,), device="cuda")
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                prediction, features = pl_module._taps(x, t)
+                prediction, features = pl_module.feature_taps(x, t)
                 self.compiled = (prediction.float().clone(), {k: v.clone() for k, v in features.items()})
                 with capture_features(pl_module.unet, layers) as eager:
                     self.eager = (pl_module.unet(x, t).sample.float(), dict(eager))

@@ -35,7 +35,7 @@ class CompareWithEager(Callback):
     def on_train_end(self, trainer, pl_module):
         x, t = torch.randn(4, 3, 16, 16), torch.tensor([3, 30, 60, 99])
         with torch.no_grad():
-            self.compiled = pl_module._taps(x, t)
+            self.compiled = pl_module.feature_taps(x, t)
             with capture_features(pl_module.unet, LAYERS) as features:
                 self.eager = (pl_module.unet(x, t).sample, dict(features))
             # The heads are compiled too (one fused chain, not many small eager kernels per step).
@@ -43,7 +43,7 @@ class CompareWithEager(Callback):
             self.heads_compiled = pl_module.probe_heads(self.eager[1], t, labels)
             with eager(pl_module.probe_heads):
                 self.heads_eager = pl_module.probe_heads(self.eager[1], t, labels)
-        self.was_compiled = pl_module._compiled
+        self.was_compiled = not pl_module.needs_compile
         self.heads_were_compiled = pl_module.probe_heads._compiled_call_impl is not None
 
 
@@ -58,7 +58,7 @@ def test_compiled_training_hands_out_the_eager_features_and_logs_online_probes(t
         torch.testing.assert_close(check.compiled[1][layer], check.eager[1][layer], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(check.heads_compiled[0], check.heads_eager[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(check.heads_compiled[1], check.heads_eager[1]) and torch.equal(check.heads_compiled[2], check.heads_eager[2])
-    assert module._taps is None and module.probe_heads is None  # taken off at the end of fit
+    assert module.feature_taps is None and module.probe_heads is None  # taken off at the end of fit
 
 
 def test_probes_on_or_off_leave_the_unets_training_identical(tmp_path):

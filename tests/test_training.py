@@ -22,7 +22,8 @@ def test_fit_logs_loss_per_timestep_bucket_lr_and_sample_grids(tmp_path, tiny_da
     images = events.Tags()["images"]
     assert "samples/ema" in images and "samples/raw" in images
     assert [e.step for e in events.Images("samples/ema")] == [0, 2, 4]
-    assert [int(p.stem.split("=")[1]) for p in find_checkpoints(trainer.log_dir) if "=" in p.stem] == [2, 4]
+    # the step-0 weights (the init baseline of every probe), then every 2 steps
+    assert [int(p.stem.split("=")[1]) for p in find_checkpoints(trainer.log_dir) if "=" in p.stem] == [0, 2, 4]
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -131,8 +132,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, tin
     with pytest.raises(FloatingPointError, match="global step 3"):
         trainer.fit(make_module(), datamodule=tiny_data)
     ckpts = find_checkpoints(trainer.log_dir)
-    assert [p.name for p in ckpts if "=" in p.name] == ["step=000002.ckpt"]
-    assert _all_finite(ckpts[0]) and _all_finite(ckpts[0].parent / "last.ckpt")
+    assert [p.name for p in ckpts if "=" in p.name] == ["step=000000.ckpt", "step=000002.ckpt"]
+    assert _all_finite(ckpts[-1]) and _all_finite(ckpts[-1].parent / "last.ckpt")
 
 
 def test_a_rarer_nan_check_still_never_checkpoints_bad_weights(tmp_path, tiny_data):
@@ -141,7 +142,7 @@ def test_a_rarer_nan_check_still_never_checkpoints_bad_weights(tmp_path, tiny_da
     with pytest.raises(FloatingPointError, match="before the checkpoint at global step 4"):
         trainer.fit(make_module(check_finite_every_n_steps=5), datamodule=tiny_data)
     names = sorted(p.name for p in (tmp_path / "runs/test/version_0/checkpoints").iterdir())
-    assert names == ["last.ckpt", "step=000002.ckpt"]
+    assert names == ["last.ckpt", "step=000000.ckpt", "step=000002.ckpt"]
     assert _all_finite(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
 
 

@@ -14,15 +14,23 @@ from contextlib import contextmanager
 
 from torch import nn
 
+# torch has no public way to call one module compiled in place (``nn.Module.compile``) eagerly:
+# ``torch.compiler.set_stance("force_eager")`` is process-wide and would also run the observers'
+# own compiled UNet (training.compiled.ObservationUNet) eagerly. ``nn.Module.compile`` keeps the
+# compiled call in the private ``_compiled_call_impl`` (torch 2.2 to 2.13.0, the version this was
+# written against); tests/test_capture.py compiles a module for real and fails loudly if that changes.
+COMPILED_CALL = "_compiled_call_impl"
+
 
 @contextmanager
 def eager(module: nn.Module) -> Iterator[nn.Module]:
-    compiled = getattr(module, "_compiled_call_impl", None)
-    module._compiled_call_impl = None
+    """``module`` runs its eager forward (hooks included) inside, its compiled one again after."""
+    compiled = getattr(module, COMPILED_CALL, None)
+    setattr(module, COMPILED_CALL, None)
     try:
         yield module
     finally:
-        module._compiled_call_impl = compiled
+        setattr(module, COMPILED_CALL, compiled)
 
 
 @contextmanager

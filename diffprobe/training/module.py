@@ -108,8 +108,9 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         # 1. The UNet and its noise schedule.
         self.loss_by_t = TimestepBinnedMean(loss_buckets)
         self.probe_heads: ProbeHeads | None = None  # OnlineProbes' heads, trained by the same backward
-        self._taps: FeatureTaps | None = None  # the training forward that also returns their features
-        self._probe_learning_rate: float | None = None
+        self.feature_taps: FeatureTaps | None = None  # the training forward that also returns their features
+        self.needs_compile = bool(compile)  # configure_model (re)compiles the training forward when set
+        self.probe_learning_rate: float | None = None
         self._listed_parameters: list[torch.nn.Parameter] | None = None  # trained_parameters() during training
         self.nonfinite = NonFiniteGuard()
         self.use_scheduler(ddpm.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
@@ -149,6 +150,10 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.bucket_bounds = ddpm.bucket_bounds(self.num_train_timesteps, self.loss_by_t.num_buckets)
 
+    def is_fitting(self) -> bool:
+        """A Trainer is attached and its fit is running (not before, after, or in a notebook)."""
+        return self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.state.status == "running"
+
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         if self._listed_parameters is not None:
             return self._listed_parameters
@@ -168,23 +173,25 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
 
     @override
     def on_train_end(self) -> None:
-        self._listed_parameters = self._observation_unet = None
+        self._listed_parameters = None
+        self.release_observation_unet()
 
     @override
     def teardown(self, stage: str) -> None:
-        self._listed_parameters = self._observation_unet = None  # also when fit stopped on an error
+        self._listed_parameters = None  # also when fit stopped on an error
+        self.release_observation_unet()
 
     @override
     def configure_model(self) -> None:
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.needs_compile:
             options = {"mode": self.hparams.compile_mode, "backend": self.hparams.compile_backend}
             # In place: state_dict keys unchanged. With online probes the tapped forward is compiled
             # (the pooled features are outputs of the same graph as the prediction), and so are the
             # heads: a few fused kernels per step instead of a chain of small eager ones.
-            (self._taps if self._taps is not None else self.unet).compile(**options)
+            (self.feature_taps if self.feature_taps is not None else self.unet).compile(**options)
             if self.probe_heads is not None:
                 self.probe_heads.compile(**options)
-            self._compiled = True
+            self.needs_compile = False
 
     # ---- conditioning -------------------------------------------------------------------------
     def encode_captions(self, captions: list[str], drop_probability: float = 0.0) -> torch.Tensor | None:
@@ -203,8 +210,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         x_t = self.scheduler.add_noise(x0, noise, t)
         # 2. Predict and score against the prediction-type target, per sample.
         context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
-        if self._taps is not None:
-            prediction, features = self._taps(x_t, t, context)
+        if self.feature_taps is not None:
+            prediction, features = self.feature_taps(x_t, t, context)
         else:
             prediction = sampling.guided_output(self.unet, x_t, t, context)
         losses = ddpm.per_sample_loss(prediction, ddpm.training_target(self.scheduler, x0, noise, t))
@@ -250,7 +257,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
 
     @override
     def configure_optimizers(self):
-        return optimization.adamw_and_schedule(self)
+        return optimization.adamw_and_schedule(self.trained_parameters(), self.probe_heads, self.probe_learning_rate, self.hparams, self._trainer)
 
     @override
     def configure_callbacks(self):
@@ -278,7 +285,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
             self.ema.upgrade_checkpoint(checkpoint, prefix="ema.")
             self.ema.load_schedule_state(checkpoint["ema"])
         # A run resumed (or a checkpoint loaded) with online probes added, removed or changed.
-        notes = match_checkpoint(checkpoint, self.probe_heads, self._probe_learning_rate)
+        notes = match_checkpoint(checkpoint, self.probe_heads, self.probe_learning_rate)
         if self._trainer is not None:  # a resume (loading for probe.py drops the heads silently)
             for note in notes:
                 rank_zero_warn(f"resuming: {note}")

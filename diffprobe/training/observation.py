@@ -57,9 +57,12 @@ class Observation:
         ``compile``, its forward compiled apart from training's (:class:`ObservationUNet`); else
         ``self.unet`` (after a compiled fit without OnlineProbes still compiled in place by training:
         callers run it under ``capture.eager``, as :meth:`sample` does)."""
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and self.trainer.state.status == "running"
-        if not (self.hparams.compile and fitting):
+        if not (self.hparams.compile and self.is_fitting()):
             return self.unet
         if self._observation_unet is None or self._observation_unet.unet is not self.unet:
             self._observation_unet = ObservationUNet(self.unet, self.hparams.compile_mode, self.hparams.compile_backend)
         return self._observation_unet
+
+    def release_observation_unet(self) -> None:
+        """Let the observers' compiled forward (and its graphs) go: after a fit, or when it failed."""
+        self._observation_unet = None

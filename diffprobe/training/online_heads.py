@@ -29,18 +29,18 @@ class OnlineProbeHeads:
             torch.manual_seed(0)
             heads = ProbeHeads(widths, num_classes, num_buckets, self.num_train_timesteps)
         self.probe_heads = heads.to(next(self.unet.parameters()).device)
-        self._probe_learning_rate = learning_rate
-        if self._taps is not None:
-            self._taps.remove()
-        self._taps = FeatureTaps(self.unet, layers, pool)
-        self._compiled = False  # (re)compile the tapped forward in configure_model
+        self.probe_learning_rate = learning_rate
+        if self.feature_taps is not None:
+            self.feature_taps.remove()
+        self.feature_taps = FeatureTaps(self.unet, layers, pool)
+        self.needs_compile = bool(self.hparams.compile)  # (re)compile the tapped forward in configure_model
 
     def detach_probe_heads(self) -> None:
         """Undo :meth:`attach_probe_heads` (OnlineProbes' teardown): a later fit without it trains
         the UNet alone. The checkpoints written meanwhile keep the heads."""
-        if self._taps is not None:
-            self._taps.remove()
-        self._taps = self.probe_heads = None
+        if self.feature_taps is not None:
+            self.feature_taps.remove()
+        self.feature_taps = self.probe_heads = None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if self.probe_heads is None:

@@ -8,21 +8,23 @@ import torch
 from diffusers.optimization import get_scheduler
 
 
-def adamw_and_schedule(module) -> dict:
-    """``configure_optimizers``' answer for a DiffusionModule: diffusers' cosine or constant
-    schedule with warm-up on the trained weights; the heads keep a constant rate."""
-    hp = module.hparams
-    groups = [{"params": module.trained_parameters()}]
-    if module.probe_heads is not None:
-        groups.append({"params": list(module.probe_heads.parameters()), "lr": module._probe_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
-    fused = fused_on_gpu(groups, module._trainer)
-    optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas), weight_decay=hp.weight_decay, fused=fused)
-    name = "cosine" if hp.lr_schedule == "cosine" else "constant_with_warmup"
-    total = int(module.trainer.estimated_stepping_batches) if module._trainer is not None else 1
-    schedule = get_scheduler(name, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=max(total, 1))
-    if module.probe_heads is not None:  # the heads keep their own constant rate: no warm-up or decay
+def adamw_and_schedule(trained: list[torch.nn.Parameter], heads: torch.nn.Module | None, heads_learning_rate: float | None, hparams, trainer) -> dict:
+    """``configure_optimizers``' answer for a DiffusionModule: AdamW over the ``trained`` weights
+    with diffusers' cosine or constant schedule with warm-up (``hparams``: learning_rate,
+    adam_betas, weight_decay, lr_schedule, warmup_steps); OnlineProbes' ``heads``, when attached,
+    in a second group at their own constant rate. ``trainer``: the attached Trainer, or None."""
+    groups = [{"params": trained}]
+    if heads is not None:
+        groups.append({"params": list(heads.parameters()), "lr": heads_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
+    optimizer = torch.optim.AdamW(
+        groups, lr=hparams.learning_rate, betas=tuple(hparams.adam_betas), weight_decay=hparams.weight_decay, fused=fused_on_gpu(groups, trainer)
+    )
+    name = "cosine" if hparams.lr_schedule == "cosine" else "constant_with_warmup"
+    total = int(trainer.estimated_stepping_batches) if trainer is not None else 1
+    schedule = get_scheduler(name, optimizer, num_warmup_steps=hparams.warmup_steps, num_training_steps=max(total, 1))
+    if heads is not None:  # the heads keep their own constant rate: no warm-up or decay
         schedule.lr_lambdas[1] = _constant
-        optimizer.param_groups[1]["lr"] = module._probe_learning_rate
+        optimizer.param_groups[1]["lr"] = heads_learning_rate
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
