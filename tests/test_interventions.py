@@ -11,8 +11,9 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from diffprobe.diffusion.ddpm import sampling_scheduler
 from diffprobe.explain.model import ExplainModel, Prompt
-from diffprobe.intervene.branching import Branch, branched_finals, sampling_scheduler
+from diffprobe.intervene.branching import Branch, branched_finals
 from diffprobe.intervene.steer import SteerSetting, probe_direction, steered_images
 from diffprobe.intervene.switch import CaptionPairs, insertion_curve, lock_in_time, switched_images
 
@@ -96,7 +97,7 @@ def test_prompt_switch_steps_where_the_model_stops_reading_the_caption():
 def test_branches_draw_the_trunks_noise():
     """A branch that changes nothing ends exactly where the trunk ends: it drew the same noise."""
     unet = SolidColourUNet()
-    scheduler = sampling_scheduler(SCHEDULE, TIMESTEPS)
+    scheduler = sampling_scheduler(SCHEDULE, "ddpm", TIMESTEPS)
 
     def output(x, t, index):
         return unet(x, t, torch.zeros(x.shape[0], 1, 1)).sample

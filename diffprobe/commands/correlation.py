@@ -12,6 +12,7 @@ from diffprobe.commands.common import CommandError, Device, DType, Weights, comm
 from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.schedules import TimestepSchedules
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
+from diffprobe.report import tb
 
 ROLES = ("subject", "relation", "object")
 
@@ -108,10 +109,10 @@ def correlation(
         totals = numbers["role_totals"]
         bars = {name: [totals[name][role] for role in ROLES] for name in timesteps}
         figure = viz.grouped_bars(bars, list(ROLES), f"relevance by role, {len(triple)} prompts", "summed relevance", "role in the prompt")
-        outputs.figure("role_totals", figure, "explain/correlation/role_totals")
+        outputs.figure("role_totals", figure, tb.explain_tag("correlation", "role_totals"))
         for name in timesteps:
             for role in ROLES:
-                outputs.scalar(f"explain/correlation/{name}/{role}_total", totals[name][role])
+                outputs.scalar(tb.explain_tag("correlation", name, f"{role}_total"), totals[name][role])
     outputs.save("correlation", stats.jsonable(numbers))
     print(f"correlations -> {outputs.out}/correlation.json")
     return outputs.close()

@@ -13,6 +13,7 @@ from diffprobe.choices import Saliency, Score
 from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
+from diffprobe.report import tb
 
 
 def _shapes_captions(count: int) -> list[str]:
@@ -109,7 +110,7 @@ def auc(
         for method in methods
     }
     for (method, mode), item in summary.items():
-        outputs.scalar(f"explain/auc/{mode}_{score}/{method}", item.auc)
+        outputs.scalar(tb.explain_tag("auc", f"{mode}_{score}", method), item.auc)
     panels = {
         f"{mode} ({score}; {better_auc(mode, score)} AUC is better)": {
             f"{method} {summary[method, mode].auc:.3f}": (
@@ -121,7 +122,7 @@ def auc(
         for mode in modes
     }
     title = f"insertion / deletion at step {step} of {steps}, {len(pairs)} inputs"
-    outputs.figure("auc_curves", viz.line_panels(panels, title, "fraction of positions moved", "score (min-max)"), "explain/auc/curves")
+    outputs.figure("auc_curves", viz.line_panels(panels, title, "fraction of positions moved", "score (min-max)"), tb.explain_tag("auc", "curves"))
     numbers = {"inputs": [{"seed": s, "prompt": p} for s, p in pairs], "step": step, "steps": steps, "score": score, "methods": results}
     outputs.save("auc", numbers, {f"{method}/{mode}": torch.stack(curves[method, mode]) for method, mode in curves})
     for method in methods:
@@ -189,7 +190,7 @@ def groundtruth(
     outputs.figure(
         "r1_saliency_in_object",
         viz.line_panels(r1, f"R1 on ConceptShapes, {len(captions)} captions", "timestep t of the step", "share", invert_x=True),
-        "explain/groundtruth/r1",
+        tb.explain_tag("groundtruth", "r1"),
     )
     relevance, change = torch.tensor(report.relevance_by_concept), torch.tensor(report.change_by_concept)
     r2 = {
@@ -198,9 +199,9 @@ def groundtruth(
     }
     title = f"R2: relevance peak = most-changed concept at {report.r2_agreement:.0%} of steps (chance {report.r2_chance:.0%})"
     outputs.figure(
-        "r2_relevance_vs_change", viz.line_panels(r2, title, "timestep t of the step", "", invert_x=True), "explain/groundtruth/r2"
+        "r2_relevance_vs_change", viz.line_panels(r2, title, "timestep t of the step", "", invert_x=True), tb.explain_tag("groundtruth", "r2")
     )
-    outputs.scalar("explain/groundtruth/r2_agreement", report.r2_agreement)
+    outputs.scalar(tb.explain_tag("groundtruth", "r2_agreement"), report.r2_agreement)
     outputs.save("groundtruth", {"seconds": round(seconds, 1), **asdict(report)})
     print(
         f"R1: DF-RISE mass in mask {sum(report.rise_mass) / len(t):.2f}, DF-CAM {sum(report.cam_mass) / len(t):.2f}, mask area {report.mask_area[0]:.2f}"

@@ -81,7 +81,7 @@ def measure_and_write(call: FidelityCall, first: DiffusionModel, plan: measure.S
     if mine:
         figure = fidelity_over_training(mine, call.weights, f"rendered: concept fidelity over training ({call.weights} weights, {len({r['step'] for r in mine})} checkpoints)")
         atomic.save_figure(figure, call.folder / f"fidelity_{call.weights}.png")
-        tensorboard.figure(f"{tb.OVERVIEW}/fidelity_ckpt_over_training", figure, max(r["step"] for r in mine))
+        tensorboard.figure(tb.fidelity_figure_tag("ckpt"), figure, max(r["step"] for r in mine))
         _print_summary(mine, summary["rendered_at_step"][call.weights])
     tensorboard.close()
     print(f"probe.py fidelity: {len(rows)} rows (fidelity.csv, fidelity.json, fidelity_{call.weights}.png) -> {call.folder}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from diffprobe.commands.common import CommandError, new_folder
 from diffprobe.io import atomic
+from diffprobe.report import tb
 from diffprobe.report.writer import LazyWriter
 
 
@@ -37,7 +38,7 @@ class Outputs:
 
         image = viz.to_unit(image.detach().float().cpu())
         path = viz.save_png(image, self.out / f"{name}.png", scale=self.scale)
-        self.tensorboard.image(tag or f"explain/{name}", image, self.global_step)
+        self.tensorboard.image(tag or tb.explain_tag(name), image, self.global_step)
         return path
 
     def overlays(self, name: str, heat, model, step, tag: str, tool: str) -> None:
@@ -57,7 +58,7 @@ class Outputs:
 
     def figure(self, name: str, figure, tag: str | None = None) -> None:
         atomic.save_figure(figure, self.out / f"{name}.png")
-        self.tensorboard.figure(tag or f"explain/{name}", figure, self.global_step)
+        self.tensorboard.figure(tag or tb.explain_tag(name), figure, self.global_step)
 
     def scalar(self, tag: str, value: float) -> None:
         self.tensorboard.scalars({tag: value}, self.global_step)
@@ -74,7 +75,7 @@ class Outputs:
 
 def step_tag(tool: str, step) -> str:
     """TensorBoard tag prefix of one explained step: ``explain/<tool>/step15_t0249``."""
-    return f"explain/{tool}/step{step.index:02d}_t{step.t:04d}"
+    return tb.explain_step_tag(tool, step.index, step.t)
 
 
 def step_numbers(step, seconds: float) -> dict:

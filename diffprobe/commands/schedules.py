@@ -1,5 +1,6 @@
-"""``probe.py schedules | relevance``: sampling under the paper's timestep schedules (uniform,
-exponential early / latter, or a window), and token relevance at every step of those runs."""
+"""``probe.py schedules``: sampling under the paper's timestep schedules (uniform, exponential early
+/ latter, or a window); :class:`TimestepSchedules` is also the ``--schedule`` of ``relevance`` and
+``correlation``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from diffprobe.choices import Schedule
 from diffprobe.commands.common import CommandError, Device, DType, Weights, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs
-from diffprobe.commands.source import load_explain_model, require_conditional, resolve
+from diffprobe.commands.source import load_explain_model, resolve
+from diffprobe.report import tb
 
 
 @dataclass(frozen=True)
@@ -92,64 +94,11 @@ def schedules(
     # Rows: schedules, labelled with where their steps lie (early / latter stop well before t = 0).
     rows = {f"{name}\n{len(steps)} steps\nt {steps[0]}..{steps[-1]}": images[name] for name, steps in timesteps.items()}
     title = f"the same seeds under each timestep schedule ({outputs.model})" + (f"\n{prompt!r}" if prompt else "")
-    outputs.figure("schedules", viz.image_rows(rows, [f"seed {s}" for s in seeds], title), "explain/schedules/figure")
+    outputs.figure("schedules", viz.image_rows(rows, [f"seed {s}" for s in seeds], title), tb.explain_tag("schedules", "figure"))
     grid = torch.cat([images[name] for name in timesteps])
-    outputs.image("schedules_grid", viz.image_grid(grid, columns=len(seeds)) * 2 - 1, "explain/schedules/images")
+    outputs.image("schedules_grid", viz.image_grid(grid, columns=len(seeds)) * 2 - 1, tb.explain_tag("schedules", "images"))
     for name, batch in images.items():
         torch.save(batch, outputs.out / f"{name}.pt")
     outputs.save("schedules", {"seeds": list(seeds), "prompt": prompt, "timesteps": timesteps, "seconds": round(seconds, 3)})
     print(f"wrote {outputs.out}/schedules.png (rows: {', '.join(timesteps)}; columns: seeds {list(seeds)})")
-    return outputs.close()
-
-
-@command
-def relevance(
-    ckpt: str, out: str, prompt: str | None = None, schedule: TimestepSchedules = TimestepSchedules(), seed: int = 0, guidance: float | None = None,
-    weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
-) -> Path:  # fmt: skip
-    """Cross-attention token relevance at every step of a run under each timestep schedule
-    (conditional models)."""
-    import torch
-
-    from diffprobe.explain.relevance import relevance_over_run
-    from diffprobe.report import viz
-
-    check_outputs(out, logdir)
-    source = resolve(ckpt)
-    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
-    require_conditional(model, "token relevance")
-    with flag("--prompt"):
-        encoded = model.prompt(prompt)
-    timesteps = schedule.timesteps(model.scheduler_config)
-    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
-    started = time.perf_counter()
-    runs = {name: relevance_over_run(model, encoded, seed=seed, timesteps=steps) for name, steps in timesteps.items()}
-    seconds = time.perf_counter() - started
-    words = encoded.word_tokens
-    labels = [f"{i}:{w}" for i, w in enumerate(words)]
-    panels = {name: {label: (run.timesteps, run.scores[:, i].tolist()) for i, label in enumerate(labels)} for name, run in runs.items()}
-    outputs.figure(
-        "relevance_curves",
-        viz.line_panels(panels, f"token relevance per step: {encoded.text!r}", "timestep t", "relevance (min-max per step)", invert_x=True),
-        "explain/relevance/curves",
-    )
-    totals = {name: run.totals().tolist() for name, run in runs.items()}
-    outputs.figure(
-        "relevance_totals",
-        viz.grouped_bars(totals, labels, "token relevance summed over the run's steps", "sum of relevance", "word (position: token)"),
-        "explain/relevance/totals",
-    )
-    finals = torch.cat([model.decode(run.final) for run in runs.values()])
-    outputs.image("relevance_images", viz.image_grid(finals, columns=len(finals)) * 2 - 1, "explain/relevance/images")
-    for name, values in totals.items():
-        for label, value in zip(labels, values):
-            outputs.scalar(f"explain/relevance/{name}/{label}", value)
-    per_schedule = {name: {"timesteps": run.timesteps, "scores": run.scores.tolist(), "totals": totals[name]} for name, run in runs.items()}
-    numbers = {"prompt": encoded.text, "words": words, "seed": seed, "seconds": round(seconds, 3), "schedules": per_schedule}
-    outputs.save(
-        "relevance",
-        numbers,
-        {name: {"timesteps": run.timesteps, "scores": run.scores, "final": run.final.cpu()} for name, run in runs.items()},
-    )
-    print(f"token relevance under {', '.join(runs)} ({seconds:.1f} s) -> {outputs.out}")
     return outputs.close()

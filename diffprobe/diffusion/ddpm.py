@@ -7,6 +7,9 @@ counts it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -41,14 +44,22 @@ def build_scheduler(
     )
 
 
-def sampling_scheduler(train_scheduler: DDPMScheduler, kind: Sampler) -> DDPMScheduler | DDIMScheduler:
-    """A fresh scheduler for sampling, sharing the training noise schedule (never the same object,
-    so ``set_timesteps`` during sampling cannot disturb training)."""
+def sampling_scheduler(
+    train: DDPMScheduler | Mapping[str, Any], kind: Sampler = "ddpm", timesteps: Sequence[int] | None = None
+) -> DDPMScheduler | DDIMScheduler:
+    """A fresh scheduler for sampling on the training noise schedule (``train``: the training
+    scheduler or its config), never the same object, so ``set_timesteps`` during sampling cannot
+    disturb training; set to ``timesteps`` (descending) when given."""
+    config = train.config if isinstance(train, (DDPMScheduler, DDIMScheduler)) else dict(train)
     if kind == "ddpm":
-        return DDPMScheduler.from_config(train_scheduler.config)
-    if kind == "ddim":
-        return DDIMScheduler.from_config(train_scheduler.config)
-    raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {kind!r}")
+        scheduler = DDPMScheduler.from_config(config)
+    elif kind == "ddim":
+        scheduler = DDIMScheduler.from_config(config)
+    else:
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {kind!r}")
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=[int(t) for t in timesteps])
+    return scheduler
 
 
 def _alpha_sigma(scheduler: DDPMScheduler, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,13 +38,6 @@ class Branch:
     output: StepOutput
 
 
-def sampling_scheduler(scheduler_config: dict, timesteps: Sequence[int]) -> DDPMScheduler:
-    """A DDPM scheduler on this noise schedule, set to ``timesteps`` (descending)."""
-    scheduler = DDPMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(timesteps=[int(t) for t in timesteps])
-    return scheduler
-
-
 def sample_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
@@ -71,7 +64,7 @@ def branched_finals(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(trunk's final x_0, each branch's final x_0), each (B, *shape) in model space.
 
-    ``seeds``: one per sample (B of them). ``scheduler``: from :func:`sampling_scheduler`."""
+    ``seeds``: one per sample (B of them). ``scheduler``: from :func:`diffprobe.diffusion.ddpm.sampling_scheduler`."""
     timesteps = [int(t) for t in scheduler.timesteps]
     generators = sample_generators(seeds, device)
     x = randn_tensor((len(seeds), *shape), generator=generators, device=device, dtype=dtype)

@@ -21,8 +21,9 @@ from torch import nn
 
 from diffprobe.capture.layers import find_layers
 from diffprobe.choices import Method, Pool
+from diffprobe.diffusion.ddpm import sampling_scheduler
 from diffprobe.diffusion.sampling import guided_output
-from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
+from diffprobe.intervene.branching import Branch, branched_finals, first_step_below
 from diffprobe.intervene.switch import encode_captions
 from diffprobe.probes.fit import probe_weights
 
@@ -152,7 +153,7 @@ def steered_finals(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(unsteered finals, finals per setting), each (B, *shape) in model space."""
     device = next(unet.parameters()).device
-    scheduler = sampling_scheduler(scheduler_config, timesteps)
+    scheduler = sampling_scheduler(scheduler_config, "ddpm", timesteps)
     steps = [int(t) for t in scheduler.timesteps]
     directions = {"probe": steering.unit, "random": steering.random_control(control_seed)}
     batch = len(seeds)

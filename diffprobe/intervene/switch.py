@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffprobe.diffusion.ddpm import sampling_scheduler
 from diffprobe.diffusion.sampling import guided_output
-from diffprobe.intervene.branching import Branch, branched_finals, first_step_below, sampling_scheduler
+from diffprobe.intervene.branching import Branch, branched_finals, first_step_below
 from diffprobe.probes.stats import wilson_interval
 
 
@@ -67,7 +68,7 @@ def switch_finals(
     """Final samples (B, *shape) in model space, one per switch time: condition ``first`` (B, L, D)
     at every step with t >= t_s, ``second`` below it. The trunk (never switched) is t_s = 0."""
     device = first.device
-    scheduler = sampling_scheduler(scheduler_config, timesteps)
+    scheduler = sampling_scheduler(scheduler_config, "ddpm", timesteps)
     steps = [int(t) for t in scheduler.timesteps]
     uncond = uncondition.expand(first.shape[0], -1, -1)
 

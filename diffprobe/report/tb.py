@@ -15,9 +15,10 @@ would re-write a value at every ``log_every_n_steps`` until it changes, is not a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch.utils.tensorboard import SummaryWriter
+if TYPE_CHECKING:  # tags only need strings: commands build them without loading torch
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def t_tag(t: int) -> str:
@@ -171,10 +172,26 @@ def fidelity_tag(concept: str, source: Literal["live", "ckpt"] = "live") -> str:
     return f"{FIDELITY_PREFIX[source]}/{concept}"
 
 
+def fidelity_figure_tag(source: Literal["live", "ckpt"] = "live") -> str:
+    """``Overview/fidelity_over_training`` (``..._ckpt_...`` from probe.py fidelity): every concept's fidelity against step."""
+    return f"{OVERVIEW}/{FIDELITY_PREFIX[source]}_over_training"
+
+
 def rendered_tag(concept: str, source: Literal["live", "ckpt"] = "live") -> str:
     """``Overview/rendered_at_step/<concept>``: the first step from which the concept is rendered
     (-1: not yet)."""
     return f"{OVERVIEW}/{RENDERED_SUMMARY[source]}/{concept}"
+
+
+# the explanation commands (probe.py rise | cam | lime | schedules | relevance | auc | groundtruth | correlation)
+def explain_tag(tool: str, *parts: str) -> str:
+    """``explain/<tool>/<part>/...``: an explanation command's images, figures and scalars."""
+    return "/".join(("explain", tool, *parts))
+
+
+def explain_step_tag(tool: str, index: int, t: int) -> str:
+    """``explain/<tool>/step15_t0249``: the prefix of one explained step's images."""
+    return explain_tag(tool, f"step{int(index):02d}_{t_tag(t)}")
 
 
 # probe.py intervene
