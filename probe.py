@@ -1,10 +1,9 @@
-"""Tools on checkpoints: python probe.py --help (probes, explanations, export, samples)."""
+"""Tools on checkpoints: python probe.py --help (probes, explanations, export, samples).
 
-from diffprobe import cpu
+The same as the installed ``diffprobe-probe`` console script (``diffprobe.commands.probe.main``).
+"""
 
-cpu.configure()  # before torch starts: OpenMP reads its CPU settings once (diffprobe/cpu.py says why)
-
-from diffprobe.commands.probe import probe_main  # noqa: E402
+from diffprobe.commands.probe import main
 
 if __name__ == "__main__":
-    probe_main()
+    main()  # sets diffprobe's CPU defaults before torch starts (diffprobe/cpu.py says why)

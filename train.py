@@ -1,10 +1,9 @@
-"""Train or fine-tune a DDPM UNet: python train.py fit --config configs/quickstart.yaml"""
+"""Train or fine-tune a DDPM UNet: python train.py fit --config configs/quickstart.yaml
 
-from diffprobe import cpu
+The same as the installed ``diffprobe-train`` console script (``diffprobe.commands.train.main``).
+"""
 
-cpu.configure()  # before torch starts: OpenMP reads its CPU settings once (diffprobe/cpu.py says why)
-
-from diffprobe.commands.train import train_main  # noqa: E402
+from diffprobe.commands.train import main
 
 if __name__ == "__main__":
-    train_main()
+    main()  # sets diffprobe's CPU defaults before torch starts (diffprobe/cpu.py says why)

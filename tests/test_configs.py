@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffprobe.commands.train import DiffprobeCLI, train_main
+from diffprobe.commands.train import train_main
+from diffprobe.training.cli import DiffprobeCLI
 from helpers import in_memory_dataset, write_ddpm_cifar10_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -95,7 +95,7 @@ def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
     for step in range(150):
         labels = torch.stack([torch.randint(0, 3, (32,), generator=g), torch.randint(0, 2, (32,), generator=g)], 1)
         features = {"mid_block": directions[labels[:, 0]] + torch.randn(32, 8, generator=g)}
-        loss, correct, bucket = heads(features, torch.randint(0, 100, (32,), generator=g), labels)
+        loss, correct, bucket, _ = heads(features, torch.randint(0, 100, (32,), generator=g), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -106,6 +106,43 @@ def test_online_heads_learn_a_planted_concept_in_one_matmul_per_layer():
     assert (result[0, :, 0] > 0.9).all(), "the planted concept is decoded in both buckets"
     assert (result[0, :, 1] < 0.7).all(), "the noise concept stays near chance (0.5)"
     assert isinstance(heads.heads["mid_block"], torch.nn.Linear) and heads.heads["mid_block"].out_features == 2 * 2 * 3
+
+
+def test_heads_learn_only_from_the_rows_they_are_given():
+    from diffprobe.probes.heads import ProbeHeads
+
+    torch.manual_seed(0)
+    heads = ProbeHeads({"mid_block": 4}, num_classes=[3], num_buckets=1, num_train_timesteps=100)
+    features, labels, t = {"mid_block": torch.randn(6, 4, requires_grad=True)}, torch.randint(0, 3, (6, 1)), torch.zeros(6, dtype=torch.long)
+    used = torch.tensor([True, False, True, False, False, False])
+    loss, _, _, weight = heads(features, t, labels, used)
+    only = heads({"mid_block": features["mid_block"][used]}, t[used], labels[used])[0]
+    assert torch.allclose(loss, only) and torch.equal(weight, used.float())
+    none = heads(features, t, labels, torch.zeros(6, dtype=torch.bool))[0]
+    assert float(none) == 0.0, "no row used: no loss, not NaN"
+
+
+def test_online_probes_of_an_untrained_conditional_model_are_at_chance_at_t999(tmp_path):
+    """With the caption the features carry it, and heads on them read the caption (0.4-0.7 at pure
+    noise); trained and scored on the caption-dropped samples only, they read the image: chance."""
+    data = shapes_data(train_size=256, batch_size=64)
+    module = make_module(conditional=True, data=data, condition_dropout=0.5, learning_rate=1e-12, num_train_timesteps=1000)
+    probes = OnlineProbes(layers=["mid_block", "up_blocks.1"], num_buckets=10, learning_rate=0.05, log_every_n_steps=40)
+    trainer = make_trainer(tmp_path, max_steps=40, callbacks=[probes])
+    trainer.fit(module, datamodule=data)
+    events = read_events(trainer.log_dir)
+    chance = {"background_colour": 1 / 4, "object_colour": 1 / 6, "shape": 1 / 4, "size": 1 / 3, "position": 1 / 9, "texture": 1 / 4}
+    for concept, level in chance.items():
+        for layer in ("mid_block", "up_blocks.1"):
+            (last,) = events.Scalars(f"probe_online/{concept}/{layer}/t0900-0999/acc")[-1:]
+            assert last.value < level + 0.25, f"{concept} at {layer}: {last.value:.2f} at pure noise, chance {level:.2f}"
+
+
+def test_online_probes_refuse_a_conditional_model_without_caption_dropout(tmp_path):
+    data = shapes_data(train_size=64, batch_size=16)
+    trainer = make_trainer(tmp_path, max_steps=1, callbacks=[OnlineProbes(layers=["mid_block"])])
+    with pytest.raises(ValueError, match="condition_dropout 0 leaves none"):
+        trainer.fit(make_module(conditional=True, data=data, condition_dropout=0.0), datamodule=data)
 
 
 def test_probe_monitor_refuses_timesteps_beyond_the_models_T(tmp_path):

@@ -121,7 +121,7 @@ def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tm
     assert checkpoint["global_step"] == 4
     assert [h["step"] for h in _state(checkpoint, "ProbeMonitor")["history"]] == [0], "the interrupted evaluation is discarded"
     run = tmp_path / "runs/tiny/version_0"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=000003.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=000000.ckpt", "step=000003.ckpt"]
     assert not (run / "export").exists(), "an interrupted run is not exported"
     # The stop step's own loss (batch 4, logged at step 3) reached TensorBoard before the exit.
     assert [e.step for e in read_events(run).Scalars("train/loss")] == [0, 1, 2, 3]

@@ -91,14 +91,15 @@ def _refused(error: BaseException, path: Path) -> None:
 
 def test_a_real_runs_checkpoints_and_probe_set_are_plain_data(run):
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
-    assert {p.name for p in ckpts} == {"last.ckpt", "step=000002.ckpt"}
+    assert {p.name for p in ckpts} == {"last.ckpt", "step=000000.ckpt", "step=000002.ckpt"}
     for path in ckpts:
         saved = torch.load(path, weights_only=True)  # raises if anything is not plain data
         states = " ".join(saved["callbacks"])
         for name in ("ProbeMonitor", "AttentionRecorder", "PredictionEvolution", "ModelCheckpoint"):
             assert name in states, states
         assert any(k.startswith("probe_heads.") for k in saved["state_dict"]), "OnlineProbes' heads are the module's"
-        assert saved["lr_schedulers"] and saved["optimizer_states"] and saved["ema"]["optimization_step"] == 2 and any(k.startswith("ema.copy.") for k in saved["state_dict"])
+        step = 0 if path.name == "step=000000.ckpt" else 2  # the init weights, before the first step
+        assert saved["lr_schedulers"] and saved["optimizer_states"] and saved["ema"]["optimization_step"] == step and any(k.startswith("ema.copy.") for k in saved["state_dict"])
     history = next(state for key, state in saved["callbacks"].items() if key.startswith("ProbeMonitor"))["history"]
     assert history and any(isinstance(v, torch.Tensor) for v in history[0].values()), "the probe history holds tensors"
     module = checkpoints.load_module(run / "checkpoints/last.ckpt")
@@ -151,6 +152,7 @@ CHECKPOINT_COMMANDS = {
     "export": lambda ckpt, out: ["export", "--ckpt", ckpt, "--out", out],
     "sample": lambda ckpt, out: ["sample", "--ckpt", ckpt, "--out", f"{out}.png", "--num", "1", "--steps", "1"],
     "linear": lambda ckpt, out: ["linear", "--ckpt", ckpt, "--out", out, "--device", "cpu"],
+    "fidelity": lambda ckpt, out: ["fidelity", "--ckpt", ckpt, "--out", out, "--num_captions", "1", "--steps", "2", "--reader_steps", "1"],
     "rise": lambda ckpt, out: ["rise", "--ckpt", ckpt, "--out", out, "--masks", "2", "--steps", "2", "--step", "1"],
     "cam": lambda ckpt, out: ["cam", "--ckpt", ckpt, "--out", out, "--steps", "2", "--step", "1"],
     "lime": lambda ckpt, out: ["lime", "--ckpt", ckpt, "--out", out, "--samples", "2", "--steps", "2", "--step", "1"],

@@ -54,44 +54,15 @@ def _saliency(method: str, model, step, *, masks: int, samples: int, batch_size:
     return random_saliency(tuple(step.x_t.shape[-2:]), seed)
 
 
-@command
-def auc(
-    ckpt: str, out: str, inputs: PositiveInt = 8, methods: tuple[Saliency, ...] = ("rise", "cam", "lime", "random"), score: Score = "mse",
-    stride: PositiveInt | None = None, masks: PositiveInt = 500, samples: PositiveInt = 1000, batch_size: PositiveInt = 64,
-    prompt: list[str] | str | None = None, shapes_captions: bool = False, seed: int = 0, steps: PositiveInt = 20, step: int = 15,
-    guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
-) -> Path:  # fmt: skip
-    """Insertion / deletion AUC of saliency methods against a random map, averaged over inputs.
+MODES = ("insertion", "deletion")
 
-    Args:
-        inputs: number of inputs (seeds from --seed) the curves are averaged over
-        methods: saliency methods to compare
-        score: score of each state against the true x_{t-1}
-        stride: positions moved per state (default: 1/32 of them)
-        masks: DF-RISE masks
-        samples: LIME samples
-        prompt: prompts of a conditional model, cycled over the inputs
-        shapes_captions: prompts from ConceptShapes' test captions (conditional ConceptShapes models)
-    """
-    import torch
 
-    from diffprobe.explain.auc import better_auc, causal_curve, normalised_auc
-    from diffprobe.explain.run import check_step, explain_step
-    from diffprobe.report import viz
+def _causal_curves(model, pairs, encoded_prompts: dict, methods, *, steps: int, step: int, score: str, stride, masks: int, samples: int, batch_size: int):
+    """Per (method, mode) the insertion / deletion curve of every input, and each method's seconds."""
+    from diffprobe.explain.auc import causal_curve
+    from diffprobe.explain.run import explain_step
 
-    check_outputs(out, logdir)
-    if not methods:
-        raise CommandError("--methods is empty; give at least one of rise, cam, lime, random")
-    with flag("--step"):
-        check_step(step, steps)
-    source = resolve(ckpt)
-    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
-    pairs = _inputs(model, seed, inputs, as_list(prompt), shapes_captions)
-    with flag("--prompt"):
-        encoded_prompts = {text: model.prompt(text) for text in dict.fromkeys(text for _, text in pairs)}  # all, before any sampling
-    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
-    modes = ("insertion", "deletion")
-    curves = {(method, mode): [] for method in methods for mode in modes}
+    curves = {(method, mode): [] for method in methods for mode in MODES}
     seconds = {method: 0.0 for method in methods}
     for input_seed, text in pairs:
         explained = explain_step(model, prompt=encoded_prompts[text], seed=input_seed, num_inference_steps=steps, step=step)
@@ -99,10 +70,19 @@ def auc(
             started = time.perf_counter()
             saliency = _saliency(method, model, explained, masks=masks, samples=samples, batch_size=batch_size, seed=input_seed)
             seconds[method] += time.perf_counter() - started
-            for mode in modes:
-                curves[method, mode].append(
-                    causal_curve(model, explained, saliency, mode=mode, score=score, stride=stride, batch_size=batch_size)
-                )
+            for mode in MODES:
+                curves[method, mode].append(causal_curve(model, explained, saliency, mode=mode, score=score, stride=stride, batch_size=batch_size))
+    return curves, seconds
+
+
+def _write_auc(outputs: Outputs, curves: dict, seconds: dict, pairs, methods, *, score: str, step: int, steps: int) -> None:
+    """The AUCs (JSON, TensorBoard, terminal), the averaged curves (figure, .pt)."""
+    import torch
+
+    from diffprobe.explain.auc import better_auc, normalised_auc
+    from diffprobe.report import viz
+
+    modes = MODES
     summary = {key: normalised_auc(torch.stack(value)) for key, value in curves.items()}
     results = {
         method: {mode: {"auc": summary[method, mode].auc, "better": better_auc(mode, score)} for mode in modes}
@@ -132,48 +112,54 @@ def auc(
     print(
         f"({score}: insertion {better_auc('insertion', score)} is better, deletion {better_auc('deletion', score)} is better) -> {outputs.out}"
     )
-    return outputs.close()
 
 
 @command
-def groundtruth(
-    ckpt: str, out: str, prompt: list[str] | str | None = None, inputs: PositiveInt = 8, masks: PositiveInt = 200, batch_size: PositiveInt = 64,
-    mask_threshold: PositiveFloat = 0.15, seed: int = 0, steps: PositiveInt = 20, guidance: float | None = None, weights: Weights = "ema",
-    logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
+def auc(
+    ckpt: str, out: str, inputs: PositiveInt = 8, methods: tuple[Saliency, ...] = ("rise", "cam", "lime", "random"), score: Score = "mse",
+    stride: PositiveInt | None = None, masks: PositiveInt = 500, samples: PositiveInt = 1000, batch_size: PositiveInt = 64,
+    prompt: list[str] | str | None = None, shapes_captions: bool = False, seed: int = 0, steps: PositiveInt = 20, step: int = 15,
+    guidance: float | None = None, weights: Weights = "ema", logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
 ) -> Path:  # fmt: skip
-    """R1 / R2 of the paper against ConceptShapes' ground truth (conditional ConceptShapes models):
-    is the saliency inside the object, and is the most relevant word the concept that changes most.
+    """Insertion / deletion AUC of saliency methods against a random map, averaged over inputs.
 
     Args:
-        prompt: ConceptShapes captions to sample (default: --inputs test captions)
-        inputs: number of ConceptShapes test captions (one run each) when no --prompt is given
-        masks: DF-RISE masks per step
-        mask_threshold: colour distance from the background that counts as object
+        inputs: number of inputs (seeds from --seed) the curves are averaged over
+        methods: saliency methods to compare
+        score: score of each state against the true x_{t-1}
+        stride: positions moved per state (default: 1/32 of them)
+        masks: DF-RISE masks
+        samples: LIME samples
+        prompt: prompts of a conditional model, cycled over the inputs
+        shapes_captions: prompts from ConceptShapes' test captions (conditional ConceptShapes models)
     """
+
+    from diffprobe.explain.run import check_step
+
+    check_outputs(out, logdir)
+    if not methods:
+        raise CommandError("--methods is empty; give at least one of rise, cam, lime, random")
+    with flag("--step"):
+        check_step(step, steps)
+    source = resolve(ckpt)
+    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
+    pairs = _inputs(model, seed, inputs, as_list(prompt), shapes_captions)
+    with flag("--prompt"):
+        encoded_prompts = {text: model.prompt(text) for text in dict.fromkeys(text for _, text in pairs)}  # all, before any sampling
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
+    curves, seconds = _causal_curves(model, pairs, encoded_prompts, methods, steps=steps, step=step, score=score, stride=stride, masks=masks,
+                                     samples=samples, batch_size=batch_size)  # fmt: skip
+    _write_auc(outputs, curves, seconds, pairs, methods, score=score, step=step, steps=steps)
+    return outputs.close()
+
+
+def _write_groundtruth(outputs: Outputs, report, captions: int, seconds: float) -> None:
+    """R1 and R2 figures, the R2 agreement scalar, the JSON and the terminal summary."""
     import torch
 
     from diffprobe.data.shapes import CONCEPT_NAMES
-    from diffprobe.explain.groundtruth import check_caption, measure
     from diffprobe.report import viz
 
-    check_outputs(out, logdir)
-    if steps < 2:
-        raise CommandError(f"--steps {steps}: R2 compares consecutive steps; give at least 2")
-    captions = as_list(prompt)
-    with flag("--prompt"):
-        for caption in captions:  # before loading anything
-            check_caption(caption)
-    source = resolve(ckpt)
-    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
-    require_conditional(model, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
-    captions = captions or _shapes_captions(inputs)
-    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
-    started = time.perf_counter()
-    with flag("--ckpt"):
-        report = measure(
-            model, captions, seed=seed, num_inference_steps=steps, rise_masks=masks, batch_size=batch_size, mask_threshold=mask_threshold
-        )
-    seconds = time.perf_counter() - started
     t = report.timesteps
     r1 = {
         "saliency mass inside the object mask": {
@@ -189,7 +175,7 @@ def groundtruth(
     }
     outputs.figure(
         "r1_saliency_in_object",
-        viz.line_panels(r1, f"R1 on ConceptShapes, {len(captions)} captions", "timestep t of the step", "share", invert_x=True),
+        viz.line_panels(r1, f"R1 on ConceptShapes, {captions} captions", "timestep t of the step", "share", invert_x=True),
         tb.explain_tag("groundtruth", "r1"),
     )
     relevance, change = torch.tensor(report.relevance_by_concept), torch.tensor(report.change_by_concept)
@@ -213,4 +199,43 @@ def groundtruth(
             f"warning: the object mask of {len(degenerate)} of {len(report.inputs)} generated images covers almost none or almost all of it "
             "(the model does not draw one object on a plain background yet: train longer); R1 is not meaningful for them"
         )
+
+
+@command
+def groundtruth(
+    ckpt: str, out: str, prompt: list[str] | str | None = None, inputs: PositiveInt = 8, masks: PositiveInt = 200, batch_size: PositiveInt = 64,
+    mask_threshold: PositiveFloat = 0.15, seed: int = 0, steps: PositiveInt = 20, guidance: float | None = None, weights: Weights = "ema",
+    logdir: str | None = None, device: Device = "auto", dtype: DType = "float32", scale: PositiveInt = 8,
+) -> Path:  # fmt: skip
+    """R1 / R2 of the paper against ConceptShapes' ground truth (conditional ConceptShapes models):
+    is the saliency inside the object, and is the most relevant word the concept that changes most.
+
+    Args:
+        prompt: ConceptShapes captions to sample (default: --inputs test captions)
+        inputs: number of ConceptShapes test captions (one run each) when no --prompt is given
+        masks: DF-RISE masks per step
+        mask_threshold: colour distance from the background that counts as object
+    """
+
+    from diffprobe.explain.groundtruth import check_caption, measure
+
+    check_outputs(out, logdir)
+    if steps < 2:
+        raise CommandError(f"--steps {steps}: R2 compares consecutive steps; give at least 2")
+    captions = as_list(prompt)
+    with flag("--prompt"):
+        for caption in captions:  # before loading anything
+            check_caption(caption)
+    source = resolve(ckpt)
+    model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)
+    require_conditional(model, "the ground-truth measurement (ConceptShapes captions, e.g. configs/shapes_conditional.yaml)")
+    captions = captions or _shapes_captions(inputs)
+    outputs = Outputs(out, source.logdir(logdir), global_step, scale)
+    started = time.perf_counter()
+    with flag("--ckpt"):
+        report = measure(
+            model, captions, seed=seed, num_inference_steps=steps, rise_masks=masks, batch_size=batch_size, mask_threshold=mask_threshold
+        )
+    seconds = time.perf_counter() - started
+    _write_groundtruth(outputs, report, len(captions), seconds)
     return outputs.close()

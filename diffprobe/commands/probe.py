@@ -29,7 +29,7 @@ COMMANDS = {
     "cam": "saliency",
     "lime": "saliency",
     "schedules": "schedules",
-    "relevance": "schedules",
+    "relevance": "relevance",
     "auc": "evaluate",
     "groundtruth": "evaluate",
     "correlation": "correlation",

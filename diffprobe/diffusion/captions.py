@@ -86,13 +86,16 @@ class CaptionEncoder(ModelMixin, ConfigMixin):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.norm(self.token_embedding(ids) + self.position_embedding[: ids.shape[1]])
 
-    def encode(self, captions: Sequence[str], drop_probability: float = 0.0) -> torch.Tensor:
+    def encode(self, captions: Sequence[str], drop_probability: float = 0.0, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Captions -> (B, L, dim) on this encoder's device; each caption replaced by the empty one
-        with ``drop_probability`` (classifier-free guidance training)."""
+        with ``drop_probability`` (classifier-free guidance training), or where ``keep`` (B,) bool
+        is False when the caller drew that choice itself."""
         device = self.position_embedding.device
         ids = self.tokenizer.encode(captions).to(device)
-        if drop_probability > 0:
-            keep = torch.rand(ids.shape[0], 1, device=device) >= drop_probability
+        if keep is None and drop_probability > 0:
+            keep = torch.rand(ids.shape[0], device=device) >= drop_probability
+        if keep is not None:
+            keep = keep.view(-1, 1).to(device)
             ids = ids * keep
         return self(ids)
 

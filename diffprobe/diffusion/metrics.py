@@ -35,8 +35,8 @@ class TimestepBinnedMean(Metric):
 class CellAccuracy(Metric):
     """Accuracy per (layer, timestep bucket, concept) cell, accumulated over steps.
 
-    ``update(correct (L, B, K) bool, buckets (B,) long)``; ``compute()`` -> (L, buckets, K), NaN
-    where a bucket saw no sample.
+    ``update(correct (L, B, K) bool, buckets (B,) long, used (B,) or None)``: only the samples
+    ``used`` (weight 1) count; ``compute()`` -> (L, buckets, K), NaN where a bucket saw no sample.
     """
 
     full_state_update = False
@@ -46,10 +46,12 @@ class CellAccuracy(Metric):
         self.add_state("correct", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, correct: torch.Tensor, buckets: torch.Tensor) -> None:
+    def update(self, correct: torch.Tensor, buckets: torch.Tensor, used: torch.Tensor | None = None) -> None:
+        weight = torch.ones_like(buckets, dtype=torch.float64) if used is None else used.detach().to(torch.float64)
+        weight = weight.view(1, -1, 1)
         correct = correct.detach().to(torch.float64)
-        self.correct.index_add_(1, buckets, correct)
-        self.count.index_add_(1, buckets, torch.ones_like(correct))
+        self.correct.index_add_(1, buckets, correct * weight)
+        self.count.index_add_(1, buckets, weight.expand_as(correct))
 
     def compute(self) -> torch.Tensor:
         return torch.where(self.count > 0, self.correct / self.count.clamp(min=1), torch.full_like(self.correct, float("nan")))

@@ -42,7 +42,10 @@ class ProbeHeads(nn.Module):
         self.heads = nn.ModuleDict({head_key(n): nn.Linear(d, outputs) for n, d in widths.items()})
         self.register_buffer("class_mask", class_mask(num_classes), persistent=False)  # (K, C_max)
 
-    def forward(self, features: Mapping[str, torch.Tensor], t: torch.Tensor, labels: torch.Tensor):
+    def forward(self, features: Mapping[str, torch.Tensor], t: torch.Tensor, labels: torch.Tensor, rows_used: torch.Tensor | None = None):
+        """``rows_used`` (N,) bool: the samples the heads learn from (None: all). A conditional
+        model's heads use only the samples trained on the empty caption: elsewhere the features
+        carry the caption, and the heads would read it instead of the image."""
         bucket = timestep_buckets(t, self.num_train_timesteps, self.num_buckets)
         rows = torch.arange(labels.shape[0], device=labels.device)
         # 1. One matmul per layer gives every head's logits; keep each sample's own bucket. Outside
@@ -52,10 +55,13 @@ class ProbeHeads(nn.Module):
         heads = heads.float()  # (L, N, B * K * C)
         heads = rearrange(heads, "l n (b k c) -> l n b k c", b=self.num_buckets, k=self.num_concepts)
         logits = heads[:, rows, bucket].masked_fill(~self.class_mask, float("-inf"))  # (L, N, K, C_max)
-        # 2. One loss for all heads.
+        # 2. One loss for all heads, over the rows used (a weighted mean: shapes stay static for compile).
         targets = repeat(labels, "n k -> (l n k)", l=len(self.layers))
-        loss = F.cross_entropy(rearrange(logits, "l n k c -> (l n k) c"), targets)
-        return loss, logits.detach().argmax(-1) == labels.unsqueeze(0), bucket
+        losses = F.cross_entropy(rearrange(logits, "l n k c -> (l n k) c"), targets, reduction="none")
+        weight = torch.ones_like(labels[:, 0], dtype=losses.dtype) if rows_used is None else rows_used.to(losses.dtype)
+        weights = repeat(weight, "n -> (l n k)", l=len(self.layers), k=self.num_concepts)
+        loss = (losses * weights).sum() / weights.sum().clamp_min(1.0)
+        return loss, logits.detach().argmax(-1) == labels.unsqueeze(0), bucket, weight
 
 
 @torch.no_grad()

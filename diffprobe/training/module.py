@@ -33,6 +33,17 @@ from diffprobe.training.online_heads import OnlineProbeHeads, match_checkpoint
 from diffprobe.training.run_safety import RunSafety
 
 
+def _check_settings(condition_dropout: float, ema_decay: float, check_finite_every_n_steps: int, lr_schedule: str) -> None:
+    if not 0.0 <= condition_dropout < 1.0:
+        raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+    if not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+    if check_finite_every_n_steps < 1:
+        raise ValueError(f"check_finite_every_n_steps must be >= 1, got {check_finite_every_n_steps}")
+    if lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+
+
 class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     """Train or fine-tune a DDPM UNet.
 
@@ -96,14 +107,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
-        if not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
-        if check_finite_every_n_steps < 1:
-            raise ValueError(f"check_finite_every_n_steps must be >= 1, got {check_finite_every_n_steps}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        _check_settings(condition_dropout, ema_decay, check_finite_every_n_steps, lr_schedule)
 
         # 1. The UNet and its noise schedule.
         self.loss_by_t = TimestepBinnedMean(loss_buckets)
@@ -115,34 +119,32 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         self.nonfinite = NonFiniteGuard()
         self.use_scheduler(ddpm.build_scheduler(num_train_timesteps, beta_schedule, prediction_type))
         shape = {"conditional": conditional, "image_size": image_size, "in_channels": in_channels}
-        if pretrained is not None:
-            if unet:
-                raise ValueError(
-                    "--model.unet cannot be combined with --model.pretrained: the architecture comes from the "
-                    "pretrained folder. Drop one of them."
-                )
-            noise_process = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
-            loaded = fine_tuning_unet(pretrained, **shape, noise_process=noise_process, warn=rank_zero_warn)
-            self.unet = loaded.unet
-            if loaded.noise_process_known:  # keep the noise process the weights were trained with
-                self.use_scheduler(loaded.scheduler)
-        elif preset is None and not unet:
-            raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
-        else:
-            self.unet = build_unet(preset, **shape, overrides=unet)
+        self.unet = self._make_unet(preset, unet, pretrained, shape, {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type})
 
         # 2. Captions -> cross-attention context (conditional models only).
-        self.caption_encoder: CaptionEncoder | None = None
-        if conditional:
-            if not vocabulary:
-                raise ValueError("a conditional model needs a caption vocabulary; the data module gives it (data.vocabulary)")
-            self.caption_encoder = CaptionEncoder(list(vocabulary), max_caption_tokens, self.unet.config.cross_attention_dim)
-
+        if conditional and not vocabulary:
+            raise ValueError("a conditional model needs a caption vocabulary; the data module gives it (data.vocabulary)")
+        width = self.unet.config.get("cross_attention_dim")
+        self.caption_encoder = CaptionEncoder(list(vocabulary or []), max_caption_tokens, width) if conditional else None
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         # 3. EMA of every trained weight (diffusers' EMAModel); training always continues from the raw weights.
         schedule = {"decay": ema_decay, "use_ema_warmup": ema_warmup, "inv_gamma": ema_inv_gamma, "power": ema_power}
         self.ema = AveragedWeights({"unet": self.unet, "caption_encoder": self.caption_encoder}, **schedule)
+
+    def _make_unet(self, preset: str | None, overrides: dict[str, Any] | None, pretrained: str | None, shape: dict, noise_process: dict):
+        """A preset plus inline overrides, or pretrained weights (whose stored noise process, when
+        they have one, replaces the configured one)."""
+        if pretrained is None:
+            if preset is None and not overrides:
+                raise ValueError("give a UNet: a preset name, an inline unet config, or pretrained weights")
+            return build_unet(preset, **shape, overrides=overrides)
+        if overrides:
+            raise ValueError("--model.unet cannot be combined with --model.pretrained: the architecture comes from the pretrained folder. Drop one of them.")
+        loaded = fine_tuning_unet(pretrained, **shape, noise_process=noise_process, warn=rank_zero_warn)
+        if loaded.noise_process_known:  # keep the noise process the weights were trained with
+            self.use_scheduler(loaded.scheduler)
+        return loaded.unet
 
     def use_scheduler(self, scheduler) -> None:
         """Set the training noise process (and the timestep buckets that depend on its length)."""
@@ -209,7 +211,10 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         # 2. Predict and score against the prediction-type target, per sample.
-        context = self.encode_captions(batch["caption"], self.hparams.condition_dropout) if self.caption_encoder is not None else None
+        context, keep = None, None
+        if self.caption_encoder is not None:
+            keep = torch.rand(x0.shape[0], device=x0.device) >= self.hparams.condition_dropout  # False: the empty caption (CFG)
+            context = self.caption_encoder.encode(batch["caption"], keep=keep)
         if self.feature_taps is not None:
             prediction, features = self.feature_taps(x_t, t, context)
         else:
@@ -223,10 +228,12 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         self.loss_by_t.update(losses, ddpm.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
         if self.probe_heads is not None:  # the heads learn from this very forward's detached features
-            probe_loss, correct, bucket = self.probe_heads(features, t, batch["labels"])
+            # A conditional model's heads learn only from the caption-dropped samples: with a caption
+            # the features carry it, and the heads would read the caption instead of the image.
+            probe_loss, correct, bucket, used = self.probe_heads(features, t, batch["labels"], None if keep is None else ~keep)
             # Copies: under CUDA graphs the heads' outputs live in memory that an observer's compiled
             # call (SampleGrid, before OnlineProbes reads them in on_train_batch_end) may free.
-            return {"loss": loss + probe_loss, "probe_correct": correct.clone(), "probe_bucket": bucket.clone()}
+            return {"loss": loss + probe_loss, "probe_correct": correct.clone(), "probe_bucket": bucket.clone(), "probe_used": used.clone()}
         return loss
 
     @override

@@ -67,55 +67,69 @@ def match_checkpoint(checkpoint: dict, heads: ProbeHeads | None, learning_rate: 
     - the optimizer's heads parameter group (the second) and its learning-rate scheduler entries
       are dropped or added (fresh moments) to match.
     """
-    notes: list[str] = []
+    fresh, notes = _match_state(checkpoint, heads)
+    for optimizer in checkpoint.get("optimizer_states", [])[:1]:
+        notes += _match_optimizer(optimizer, checkpoint.get("lr_schedulers", []), heads, learning_rate, fresh)
+    return notes
+
+
+def _shapes(tensors: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def _match_state(checkpoint: dict, heads: ProbeHeads | None) -> tuple[bool, list[str]]:
+    """The heads' tensors in the state dict: (whether they start afresh, notes)."""
     state = checkpoint.setdefault("state_dict", {})
     saved = {k: v for k, v in state.items() if k.startswith(HEADS_PREFIX)}
     current = {HEADS_PREFIX + k: v for k, v in heads.state_dict().items()} if heads is not None else {}
-    fresh = False
     if heads is None:
         for key in saved:
             del state[key]
-        if saved:
-            notes.append("the checkpoint's online probe heads are left out (no OnlineProbes now)")
-    elif {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in current.items()}:
-        legacy = next((v.get("heads") for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("OnlineProbes") and isinstance(v, dict)), None)
-        legacy = {HEADS_PREFIX + "heads." + k: v for k, v in (legacy or {}).items()}
-        use = legacy if {k: tuple(v.shape) for k, v in legacy.items()} == {k: tuple(v.shape) for k, v in current.items()} else current
-        for key in saved:
-            del state[key]
-        state.update({k: v.clone() for k, v in use.items()})
-        fresh = True
-        notes.append("online probe heads " + ("taken from the checkpoint's OnlineProbes state" if use is legacy else "start fresh"))
-    for optimizer in checkpoint.get("optimizer_states", [])[:1]:
-        groups = optimizer["param_groups"]
-        if heads is None and len(groups) == 2:
-            for index in groups.pop(1)["params"]:
-                optimizer["state"].pop(index, None)
-            for scheduler in checkpoint.get("lr_schedulers", []):
-                for key in ("base_lrs", "_last_lr"):
-                    if isinstance(scheduler.get(key), list):
-                        scheduler[key] = scheduler[key][:1]
-        elif heads is not None and len(groups) == 1:
-            start = max(groups[0]["params"], default=-1) + 1
-            group = dict(groups[0], params=list(range(start, start + len(list(heads.parameters())))))
-            group.update(lr=learning_rate, initial_lr=learning_rate, weight_decay=0.0, betas=(0.9, 0.999))
-            groups.append(group)
-            for scheduler in checkpoint.get("lr_schedulers", []):
-                for key in ("base_lrs", "_last_lr"):
-                    if isinstance(scheduler.get(key), list):
-                        scheduler[key] = [*scheduler[key], learning_rate]
-            notes.append("the heads get a fresh optimizer group")
-        elif heads is not None and len(groups) == 2:
-            if fresh:  # other heads (layers, buckets or concepts changed): a fresh group of the right size
-                for index in groups[1]["params"]:
-                    optimizer["state"].pop(index, None)
-                start = max(groups[0]["params"], default=-1) + 1
-                groups[1]["params"] = list(range(start, start + len(list(heads.parameters()))))
-            if learning_rate is not None and groups[1].get("lr") != learning_rate:  # OnlineProbes' rate changed
-                groups[1].update(lr=learning_rate, initial_lr=learning_rate)
-                for scheduler in checkpoint.get("lr_schedulers", []):
-                    for key in ("base_lrs", "_last_lr"):
-                        if isinstance(scheduler.get(key), list) and len(scheduler[key]) == 2:
-                            scheduler[key][1] = learning_rate
-                notes.append(f"the online probe heads continue at learning rate {learning_rate}")
-    return notes
+        return False, ["the checkpoint's online probe heads are left out (no OnlineProbes now)"] if saved else []
+    if _shapes(saved) == _shapes(current):
+        return False, []
+    legacy = next((v.get("heads") for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("OnlineProbes") and isinstance(v, dict)), None)
+    legacy = {HEADS_PREFIX + "heads." + k: v for k, v in (legacy or {}).items()}
+    use = legacy if _shapes(legacy) == _shapes(current) else current
+    for key in saved:
+        del state[key]
+    state.update({k: v.clone() for k, v in use.items()})
+    return True, ["online probe heads " + ("taken from the checkpoint's OnlineProbes state" if use is legacy else "start fresh")]
+
+
+def _scheduler_rates(schedulers: list[dict], change) -> None:
+    """Apply ``change`` to every learning-rate scheduler's per-group rate lists."""
+    for scheduler in schedulers:
+        for key in ("base_lrs", "_last_lr"):
+            if isinstance(scheduler.get(key), list):
+                scheduler[key] = change(scheduler[key])
+
+
+def _match_optimizer(optimizer: dict, schedulers: list[dict], heads: ProbeHeads | None, learning_rate: float | None, fresh: bool) -> list[str]:
+    """The heads' parameter group (the second) and the schedulers' rates, dropped, added or resized."""
+    groups = optimizer["param_groups"]
+    count = len(list(heads.parameters())) if heads is not None else 0
+    if heads is None and len(groups) == 2:
+        for index in groups.pop(1)["params"]:
+            optimizer["state"].pop(index, None)
+        _scheduler_rates(schedulers, lambda rates: rates[:1])
+        return []
+    if heads is not None and len(groups) == 1:
+        start = max(groups[0]["params"], default=-1) + 1
+        group = dict(groups[0], params=list(range(start, start + count)))
+        group.update(lr=learning_rate, initial_lr=learning_rate, weight_decay=0.0, betas=(0.9, 0.999))
+        groups.append(group)
+        _scheduler_rates(schedulers, lambda rates: [*rates, learning_rate])
+        return ["the heads get a fresh optimizer group"]
+    if heads is None or len(groups) != 2:
+        return []
+    if fresh:  # other heads (layers, buckets or concepts changed): a fresh group of the right size
+        for index in groups[1]["params"]:
+            optimizer["state"].pop(index, None)
+        start = max(groups[0]["params"], default=-1) + 1
+        groups[1]["params"] = list(range(start, start + count))
+    if learning_rate is None or groups[1].get("lr") == learning_rate:
+        return []
+    groups[1].update(lr=learning_rate, initial_lr=learning_rate)  # OnlineProbes' rate changed
+    _scheduler_rates(schedulers, lambda rates: [rates[0], learning_rate] if len(rates) == 2 else rates)
+    return [f"the online probe heads continue at learning rate {learning_rate}"]

@@ -9,6 +9,11 @@ precision and accumulation handling. This callback keeps the score: accuracy per
 in a torchmetrics metric (summed across ranks) and is logged every ``log_every_n_steps`` as
 ``probe_online/<concept>/<layer>/t0000-0099/acc``. The heads and their optimizer state are saved
 with the module, so a resumed run continues them.
+
+On a conditional model the heads learn from, and are scored on, only the samples trained on the
+empty caption (``condition_dropout`` of each batch, 10% by default): with a caption the features
+carry it through cross-attention, and a head would read the caption, not the image (an untrained
+model's heads reached 0.4-0.7 at t = 999 that way). They see fewer samples; nothing else costs more.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ class OnlineProbes(pl.Callback):
         if stage != "fit":
             return
         self.layers = check_layers(pl_module.unet, self.layers or default_layers(pl_module.unet), who="OnlineProbes")
+        if pl_module.caption_encoder is not None and pl_module.hparams.condition_dropout <= 0:
+            raise ValueError(
+                "OnlineProbes on a conditional model learn from the samples trained on the empty caption, and "
+                "--model.condition_dropout 0 leaves none; set it above 0 (0.1 is usual) or remove OnlineProbes"
+            )
         self.concepts = dict(trainer.datamodule.concepts)
         if not self.concepts:
             raise ValueError("OnlineProbes needs concept labels; this data has none (set --data.concept_columns)")
@@ -71,10 +81,10 @@ class OnlineProbes(pl.Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        correct, bucket = outputs["probe_correct"], outputs["probe_bucket"]
+        correct, bucket, used = outputs["probe_correct"], outputs["probe_bucket"], outputs["probe_used"]
         if self.accuracy.device != correct.device:  # moved once: a copy every step would stall the GPU queue
             self.accuracy.to(correct.device)
-        self.accuracy.update(correct, bucket)
+        self.accuracy.update(correct, bucket, used)
         # Once per optimizer step: with gradient accumulation this hook runs several times per step.
         if trainer.global_step % self.log_every_n_steps == 0 and trainer.global_step != self._logged_step:
             self._logged_step = trainer.global_step
