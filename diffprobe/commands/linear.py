@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt, restricted_number_type
 
@@ -23,7 +24,9 @@ from diffprobe.choices import Device, Method, Pool, Weights
 from diffprobe.commands.common import CommandError, as_list, command, flag
 from diffprobe.commands.source import Source, WeightsFile, load_model, resolve, resolve_device
 
-ProbeSetSize = restricted_number_type("ProbeSetSize", int, [(">=", 10)])  # probes are fitted and tested on a split of it
+# Probes are fitted and tested on a split of it. (jsonargparse annotates restricted_number_type as returning a
+# TypeAlias, which mypy cannot use as a type: to mypy the alias is Any.)
+ProbeSetSize: TypeAlias = restricted_number_type("ProbeSetSize", int, [(">=", 10)])  # type: ignore[valid-type]
 DEFAULT_PROBE_SET_SIZE = 300
 
 
@@ -93,18 +96,18 @@ def _existing_probe_set(source: Source, folder: Path, request: ProbeSetRequest):
 def _new_probe_set(model, request: ProbeSetRequest):
     """A probe set made for this model from ConceptShapes or a Hugging Face data set."""
     from diffprobe.data.probe_set import ProbeSet
-    from diffprobe.diffusion.timesteps import default_timesteps
-    from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule
+    from diffprobe.diffusion.timesteps import check_timesteps, default_timesteps
+    from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule, ImageDataModule
 
     T = model.num_train_timesteps
     grid = list(request.timesteps) if request.timesteps else default_timesteps(T)
-    outside = sorted({t for t in grid if t >= T})
-    if outside:
-        raise CommandError(f"--timesteps {outside} out of range: the model has {T} training timesteps, so t must be in [0, {T}) (0 = the clean end)")
+    with flag("--timesteps"):
+        check_timesteps(grid, T, "the")
     size = request.size or DEFAULT_PROBE_SET_SIZE
     image_size = model.unet.config.sample_size
+    data: ImageDataModule
     with flag("--data"):
-        if request.data in (None, "shapes"):
+        if request.data is None or request.data == "shapes":
             data = ConceptShapesDataModule(image_size=image_size, heldout_size=size, batch_size=1)
         else:
             data = HFDataModule(request.data, image_size=image_size, batch_size=1, num_workers=0, **request.data_options)
@@ -113,10 +116,10 @@ def _new_probe_set(model, request: ProbeSetRequest):
 
 def _check_probe_set(probe_set, model, where: str) -> None:
     """A probe set that fits the model: t in [0, T), image size, channels."""
-    T = model.num_train_timesteps
-    outside = [t for t in probe_set.timesteps.tolist() if not 0 <= t < T]
-    if outside:
-        raise CommandError(f"{where}: timesteps {outside} are outside [0, {T}); this model has {T} training timesteps (t = 0 is the clean end)")
+    from diffprobe.diffusion.timesteps import check_timesteps
+
+    with flag(where):
+        check_timesteps(probe_set.timesteps.tolist(), model.num_train_timesteps, "its")
     size = model.unet.config.sample_size
     expected = (model.unet.config.in_channels, *(size if isinstance(size, (tuple, list)) else (size, size)))
     if tuple(probe_set.images.shape[1:]) != expected:

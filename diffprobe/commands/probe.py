@@ -34,6 +34,7 @@ COMMANDS = {
     "groundtruth": "evaluate",
     "correlation": "correlation",
     "intervene": "intervene",
+    "story": "story",
 }
 
 

@@ -31,10 +31,14 @@ def default_timesteps(num_train_timesteps: int) -> list[int]:
 
 
 def check_timesteps(timesteps: Sequence[int], num_train_timesteps: int, who: str) -> None:
-    """ValueError naming ``who`` when a timestep lies outside [0, T)."""
-    outside = [int(t) for t in timesteps if not 0 <= t < num_train_timesteps]
+    """ValueError naming ``who`` when a timestep lies outside [0, T): the one range check of every
+    t grid (probe sets, recorders, commands)."""
+    outside = sorted({int(t) for t in timesteps if not 0 <= t < num_train_timesteps})
     if outside:
-        raise ValueError(f"{who} timesteps {outside} are outside [0, {num_train_timesteps}), the model's T")
+        raise ValueError(
+            f"{who} timesteps {outside} are outside [0, {num_train_timesteps}): the model has {num_train_timesteps} training "
+            "timesteps (t = 0 is the clean end)"
+        )
 
 
 

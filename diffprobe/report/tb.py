@@ -194,6 +194,10 @@ def explain_step_tag(tool: str, index: int, t: int) -> str:
     return explain_tag(tool, f"step{int(index):02d}_{t_tag(t)}")
 
 
+# probe.py story
+LEARNING_STORY = f"{OVERVIEW}/learning_story"  # per concept over training: rendered, learned, decodable, decided
+
+
 # probe.py intervene
 DECODABLE_VS_DECIDED = f"{OVERVIEW}/decodable_vs_decided"
 INTERVENE_T_LOCK_OVER_TRAINING = "intervene/t_lock_over_training"
