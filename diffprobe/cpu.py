@@ -73,6 +73,8 @@ def busy_cores(window: float = 0.25) -> float:
             return 0.0
     time.sleep(window)
     second = _cpu_times()
+    if second is None:  # /proc/stat became unreadable while it measured: assume idle, as above
+        return 0.0
     busy, total = second[0] - first[0], second[1] - first[1]
     return first[2] * busy / total if total > 0 else 0.0
 

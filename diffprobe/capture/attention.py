@@ -22,8 +22,9 @@ differs from SDPA's only by floating-point rounding).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
@@ -48,7 +49,9 @@ def attention_modules(
         found = {n: m for n, m in found.items() if not m.is_cross_attention}
     elif kind == "cross":
         found = {n: m for n, m in found.items() if m.is_cross_attention}
-    return found if names is None else find_layers(unet, names, among=found, what=_WHAT[kind], who=who)
+    if names is None:
+        return found
+    return {name: found[name] for name in find_layers(unet, names, among=found, what=_WHAT[kind], who=who)}
 
 
 def query_indices(points: torch.Tensor, num_queries: int) -> torch.Tensor:
@@ -93,7 +96,7 @@ class _RecordingProcessor:
             self.store.append(TracedAttention(probs, hidden_states.shape[0], attn.heads))
             return probs
 
-        attn.get_attention_scores = keeping_scores
+        vars(attn)["get_attention_scores"] = keeping_scores  # shadows the class method (mypy: no assigning to a method)
         try:
             return self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         finally:
@@ -116,13 +119,37 @@ class _RecordingProcessor:
 
         # The side pass must not move the random stream (dropout) or build a graph.
         devices = [hidden_states.device] if hidden_states.device.type == "cuda" else []
-        attn.get_attention_scores = recording_scores
+        vars(attn)["get_attention_scores"] = recording_scores  # shadows the class method, as above
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 self.classic(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         finally:
             del attn.get_attention_scores  # back to the class method
         return output
+
+
+@overload
+def record_attention(
+    unet: nn.Module,
+    layers: Sequence[str] | None = None,
+    *,
+    kind: Kind = "all",
+    keep_heads: bool = False,
+    query_points: torch.Tensor | None = None,
+    differentiable: Literal[False] = False,
+) -> AbstractContextManager[dict[str, list[torch.Tensor]]]: ...
+
+
+@overload
+def record_attention(
+    unet: nn.Module,
+    layers: Sequence[str] | None = None,
+    *,
+    kind: Kind = "all",
+    keep_heads: bool = False,
+    query_points: torch.Tensor | None = None,
+    differentiable: Literal[True],
+) -> AbstractContextManager[dict[str, list[TracedAttention]]]: ...
 
 
 @contextmanager
@@ -134,7 +161,7 @@ def record_attention(
     keep_heads: bool = False,
     query_points: torch.Tensor | None = None,
     differentiable: bool = False,
-) -> Iterator[dict[str, list[torch.Tensor]]]:
+) -> Iterator[dict[str, list[Any]]]:  # tensors, or TracedAttention when differentiable (the overloads say which)
     """Record attention probabilities of ``layers`` (default: every Attention of ``kind``).
 
     Yields name -> list (one entry per call) of float32 tensors (B, [heads,] Q or P, K): softmax
@@ -155,7 +182,9 @@ def record_attention(
     originals = {name: module.processor for name, module in targets.items()}
     try:
         for name, module in targets.items():
-            module.set_processor(_RecordingProcessor(originals[name], records[name], keep_heads, query_points, differentiable))
+            # diffusers annotates set_processor's argument as its AttnProcessor class, but takes any processor
+            # (its own default, AttnProcessor2_0, is none either).
+            module.set_processor(_RecordingProcessor(originals[name], records[name], keep_heads, query_points, differentiable))  # type: ignore[arg-type]
         yield records
     finally:
         for name, module in targets.items():

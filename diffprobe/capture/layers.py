@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffprobe.diffusion.unet import UNet
 
 # ResNets, attention / transformer blocks and samplers of diffusers' UNet blocks (DF-CAM's layers).
 _BLOCK_LAYER = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions|downsamplers|upsamplers)\.\d+$")
 _STAGE_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 
 
-def default_layers(unet: nn.Module) -> list[str]:
+def default_layers(unet: UNet) -> list[str]:
     """Each down block, the mid block, each up block: the UNet's resolution stages."""
     names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
     if getattr(unet, "mid_block", None) is not None:

@@ -15,6 +15,7 @@ called directly (sampling, ProbeMonitor) is unaffected.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,12 +24,17 @@ from diffprobe.capture.activations import DEFAULT_POOL, pool_features
 from diffprobe.capture.layers import find_layers
 from diffprobe.choices import Pool
 
+if TYPE_CHECKING:
+    from diffprobe.diffusion.unet import UNet
+
 
 class FeatureTaps(nn.Module):
     """``forward(x, t, encoder_hidden_states=None) -> (prediction, {layer: pooled (B, D)})``.
 
     Holds the UNet as a submodule without owning it in state dicts: it is not registered (the
     module that trains the UNet saves it under its own name)."""
+
+    unet: UNet  # in __dict__, set by __init__
 
     def __init__(self, unet: nn.Module, layers: Sequence[str], pool: Pool = DEFAULT_POOL):
         super().__init__()

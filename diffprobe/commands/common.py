@@ -71,7 +71,7 @@ def command(function: Command) -> Command:
         lines = [f"    {name}: {SHARED_HELP[name]}" for name in missing]
         documented = documented + ("\n" if "Args:" in documented else "\n\nArgs:\n") + "\n".join(lines)
     function.__doc__ = documented
-    function.is_probe_command = True
+    vars(function)["is_probe_command"] = True  # a function attribute, which a Callable type cannot declare
     return function
 
 

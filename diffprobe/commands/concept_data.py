@@ -8,16 +8,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
 from diffprobe.commands.common import CommandError, flag
 from diffprobe.commands.source import Source
+from diffprobe.data import dataset_size
 from diffprobe.fidelity.readers import cached_reader
 from diffprobe.intervene.reader import TrainedReader
-from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule
+from diffprobe.training.datamodules import ConceptShapesDataModule, HFDataModule, ImageDataModule
 
 READER_ACCURACY_WARNING = 0.95  # below it, a concept's rates carry the reader's own errors visibly
 
@@ -31,15 +31,21 @@ class ConceptData:
 
     name: str  # "shapes" or --data
     concept_shapes: bool  # ConceptShapes: its own caption template, and given pairs are scored
-    module: Any | None  # a ConceptShapes / HF DataModule; None: Stable Diffusion without --data
+    module: ImageDataModule | None  # a ConceptShapes / HF DataModule; None: Stable Diffusion without --data
     concepts: dict[str, tuple[str, ...]]  # empty without a data set
     reader_images: int
 
+    def data_module(self) -> ImageDataModule:
+        """The data module, for the callers that need one (they refuse a model without data first)."""
+        if self.module is None:
+            raise CommandError("this needs a data set with concept labels: give --data")
+        return self.module
+
     def heldout_labels(self, count: int) -> torch.Tensor:
         """(count, K) value indices of the first held-out examples: the captions' labels."""
-        heldout = self.module.heldout_dataset()
-        if len(heldout) < count:
-            raise CommandError(f"--num_captions {count}: the held-out data has only {len(heldout)} examples")
+        heldout = self.data_module().heldout_dataset()
+        if dataset_size(heldout) < count:
+            raise CommandError(f"--num_captions {count}: the held-out data has only {dataset_size(heldout)} examples")
         if hasattr(heldout, "labels"):  # ConceptShapes keeps them in memory
             return heldout.labels[:count].clone()
         return torch.stack([heldout[i]["labels"] for i in range(count)])
@@ -61,6 +67,7 @@ def load_data(source: Source, model, data: str | None, options: dict, count: int
             "for the captions and the concept reader"
         )
     size = 64 if stable_diffusion else model.unet.config.sample_size
+    module: ImageDataModule
     if shapes:
         if size not in (16, 32, 64):
             raise ValueError(
@@ -68,6 +75,8 @@ def load_data(source: Source, model, data: str | None, options: dict, count: int
             )
         module = ConceptShapesDataModule(image_size=size, train_size=reader_images, heldout_size=max(1000, count), batch_size=1)
     else:
+        if data is None:  # (Stable Diffusion without --data returned above; other models without it are ConceptShapes)
+            raise CommandError("--data: give the data set of this model")
         channels = 3 if stable_diffusion else model.unet.config.in_channels
         module = HFDataModule(data, image_size=size, channels=channels, batch_size=1, num_workers=0, **options)
     return ConceptData(name, shapes, module, dict(module.concepts), reader_images)
@@ -97,7 +106,7 @@ def load_reader(given: Path | None, data: ConceptData, *, steps: int, seed: int,
             raise CommandError(f"--reader {given} reads {list(trained.reader.concepts)}, not this data's concepts {list(data.concepts)}; it was trained on other data")
     else:
         log = lambda message: print(f"probe.py {command}: {message}", file=sys.stderr)  # noqa: E731
-        trained = cached_reader(data.module.reader_data(data.reader_images), steps=steps, seed=seed, device=device, log=log)
+        trained = cached_reader(data.data_module().reader_data(data.reader_images), steps=steps, seed=seed, device=device, log=log)
     trained.reader.to(device)
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in trained.accuracy.items())
     print(f"probe.py {command}: reader accuracy on {trained.n_heldout} clean held-out images: {accuracy}", file=sys.stderr)

@@ -37,7 +37,7 @@ def _role_relevance(model, triples, schedules: dict[str, list[int]], seed: int) 
     from diffprobe.explain.relevance import relevance_over_run
 
     totals = {name: dict.fromkeys(ROLES, 0.0) for name in schedules}
-    pooled = {name: {role: ([], []) for role in ROLES} for name in schedules}
+    pooled: dict[str, dict[str, tuple[list[int], list[float]]]] = {name: {role: ([], []) for role in ROLES} for name in schedules}  # (t, relevance) pairs
     prompts, per_prompt = [], []
     for text, encoded, roles in triples:
         prompts.append({"prompt": text, "roles": roles})
@@ -97,6 +97,7 @@ def correlation(
             )
     model, global_step, tensorboard = None, 0, Path(logdir) if logdir else None
     if triple:
+        assert ckpt is not None  # refused above
         source = resolve(ckpt)
         tensorboard = source.logdir(logdir)
         model, global_step = load_explain_model(source.newest, weights=weights, device=device, guidance=guidance, dtype=dtype)

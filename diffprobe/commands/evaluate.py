@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
-from diffprobe.choices import Saliency, Score
+from diffprobe.choices import CausalMode, Saliency, Score
 from diffprobe.commands.common import CommandError, Device, DType, Weights, as_list, command, flag
 from diffprobe.commands.outputs import Outputs, check_outputs
 from diffprobe.commands.source import load_explain_model, require_conditional, resolve
@@ -54,15 +54,15 @@ def _saliency(method: str, model, step, *, masks: int, samples: int, batch_size:
     return random_saliency(tuple(step.x_t.shape[-2:]), seed)
 
 
-MODES = ("insertion", "deletion")
+MODES: tuple[CausalMode, ...] = ("insertion", "deletion")
 
 
-def _causal_curves(model, pairs, encoded_prompts: dict, methods, *, steps: int, step: int, score: str, stride, masks: int, samples: int, batch_size: int):
+def _causal_curves(model, pairs, encoded_prompts: dict, methods, *, steps: int, step: int, score: Score, stride, masks: int, samples: int, batch_size: int):
     """Per (method, mode) the insertion / deletion curve of every input, and each method's seconds."""
     from diffprobe.explain.auc import causal_curve
     from diffprobe.explain.run import explain_step
 
-    curves = {(method, mode): [] for method in methods for mode in MODES}
+    curves: dict[tuple[str, CausalMode], list] = {(method, mode): [] for method in methods for mode in MODES}  # lists of (steps,) tensors
     seconds = {method: 0.0 for method in methods}
     for input_seed, text in pairs:
         explained = explain_step(model, prompt=encoded_prompts[text], seed=input_seed, num_inference_steps=steps, step=step)
@@ -75,7 +75,7 @@ def _causal_curves(model, pairs, encoded_prompts: dict, methods, *, steps: int, 
     return curves, seconds
 
 
-def _write_auc(outputs: Outputs, curves: dict, seconds: dict, pairs, methods, *, score: str, step: int, steps: int) -> None:
+def _write_auc(outputs: Outputs, curves: dict, seconds: dict, pairs, methods, *, score: Score, step: int, steps: int) -> None:
     """The AUCs (JSON, TensorBoard, terminal), the averaged curves (figure, .pt)."""
     import torch
 

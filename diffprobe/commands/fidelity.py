@@ -33,7 +33,7 @@ class FidelitySettings:
 
     num_captions: int
     steps: int
-    sampler: str
+    sampler: Sampler
     guidance: float | None
     seed: int
     data: str
@@ -61,16 +61,24 @@ def _plan(model, data, settings: FidelitySettings):
     count = settings.num_captions
     if len(heldout) < count:
         raise CommandError(f"--num_captions {count}: the held-out data has only {len(heldout)} examples")
-    common = {"num_images": count, "seed": settings.seed, "num_inference_steps": settings.steps, "sampler": settings.sampler, "guidance_scale": settings.guidance}
-    if not model.conditional:
-        return SamplePlan(**common)
-    import torch
+    captions = labels = None
+    if model.conditional:
+        import torch
 
-    items = [heldout[i] for i in range(count)]
-    captions = tuple(item["caption"] for item in items)
-    with flag(f"captions of --data {settings.data}"):
-        model.caption_encoder.tokenizer.check_words(captions)
-    return SamplePlan(**common, captions=captions, labels=torch.stack([item["labels"] for item in items]))
+        items = [heldout[i] for i in range(count)]
+        captions = tuple(item["caption"] for item in items)
+        with flag(f"captions of --data {settings.data}"):
+            model.caption_encoder.tokenizer.check_words(captions)
+        labels = torch.stack([item["labels"] for item in items])
+    return SamplePlan(
+        num_images=count,
+        seed=settings.seed,
+        num_inference_steps=settings.steps,
+        sampler=settings.sampler,
+        guidance_scale=settings.guidance,
+        captions=captions,
+        labels=labels,
+    )
 
 
 def _check_earlier(call: FidelityCall) -> None:
@@ -118,6 +126,7 @@ def fidelity(
     """
     from diffprobe.commands.concept_data import load_data, load_reader
     from diffprobe.commands.fidelity_output import measure_and_write
+    from diffprobe.commands.writing import guarded_output
 
     if reader and not Path(reader).is_file():
         raise CommandError(f"--reader {reader} is not a file; give a concept_reader.pt")
@@ -139,4 +148,5 @@ def fidelity(
     plan = _plan(first, concept_data, settings)
     _check_earlier(call)
     judge = load_reader(Path(reader) if reader else None, concept_data, steps=reader_steps, seed=seed, device=device, command="fidelity")
-    return measure_and_write(call, first, plan, judge, concept_data)
+    with guarded_output(folder, "fidelity"):
+        return measure_and_write(call, first, plan, judge, concept_data)

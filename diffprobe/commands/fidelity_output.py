@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from diffprobe import interrupt
 from diffprobe.commands.concept_data import ConceptData
 from diffprobe.commands.fidelity import FidelityCall, log
 from diffprobe.commands.source import WeightsFile, load_model
+from diffprobe.data import dataset_size
 from diffprobe.diffusion.model import DiffusionModel
 from diffprobe.fidelity import measure, results
 from diffprobe.fidelity.figures import fidelity_over_training
@@ -28,7 +30,7 @@ def _todo(call: FidelityCall, measured: Measured, entry: WeightsFile, concepts: 
         return True
     names = {measured.found_as(entry.name, entry.step, (call.weights, c)) for c in concepts}
     if None not in names:
-        other = sorted(names - {entry.name})
+        other = sorted(name for name in names - {entry.name} if name is not None)
         if other:
             log(f"{entry.name} skipped: step {entry.step} is already measured as {other[0]}")
         return False
@@ -36,8 +38,8 @@ def _todo(call: FidelityCall, measured: Measured, entry: WeightsFile, concepts: 
 
 
 def _training_images(data: ConceptData, count: int) -> torch.Tensor:
-    train = data.module.train_dataset()
-    return torch.stack([train[i]["image"] for i in range(min(count, len(train)))])
+    train = data.data_module().train_dataset()
+    return torch.stack([train[i]["image"] for i in range(min(count, dataset_size(train)))])
 
 
 def _measure(call: FidelityCall, model: DiffusionModel, plan: measure.SamplePlan, reader: TrainedReader, reference, train) -> tuple[list, float | None]:
@@ -63,6 +65,7 @@ def measure_and_write(call: FidelityCall, first: DiffusionModel, plan: measure.S
     train = _training_images(data, call.settings.memorisation_images) if call.settings.memorisation_images else None
     tensorboard = LazyWriter(call.logdir)
     for index, entry in enumerate(call.source.files):
+        interrupt.check()  # a stop between checkpoints ends here: the table holds whole checkpoints
         if not _todo(call, measured, entry, concepts):
             continue
         log(f"{entry.name} ({index + 1} of {len(call.source.files)})")
@@ -89,8 +92,8 @@ def measure_and_write(call: FidelityCall, first: DiffusionModel, plan: measure.S
 
 
 def _heldout_images(data: ConceptData) -> torch.Tensor:
-    heldout = data.module.heldout_dataset()
-    return torch.stack([heldout[i]["image"] for i in range(len(heldout))])
+    heldout = data.data_module().heldout_dataset()
+    return torch.stack([heldout[i]["image"] for i in range(dataset_size(heldout))])
 
 
 def _print_summary(rows: list[dict], rendered: dict[str, int | None]) -> None:

@@ -82,6 +82,7 @@ def intervene(
     from diffprobe.commands import intervene_inputs as inputs
     from diffprobe.commands import intervene_plans as planning
     from diffprobe.commands.concept_data import load_data
+    from diffprobe.commands.writing import guarded_output
 
     # 1. Every input is checked, in the order the flags are read, before --out is made, a reader
     #    trained or anything sampled.
@@ -114,9 +115,10 @@ def intervene(
     }  # fmt: skip
     # 3. The reader, then each checkpoint in step order.
     given_reader = Path(reader) if reader else None
-    return planning.measure_and_write(
-        call, model, concept_data, planned, planning.checked_settings(call, settings), given_reader, reader_steps, probes_folder
-    )
+    with guarded_output(call.folder, "intervene"):
+        return planning.measure_and_write(
+            call, model, concept_data, planned, planning.checked_settings(call, settings), given_reader, reader_steps, probes_folder
+        )
 
 
 def _check_flags(mode: str, *, reader: str | None, probes: str | None, steering: tuple, switching: tuple, alphas: tuple) -> None:

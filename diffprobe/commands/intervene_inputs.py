@@ -84,7 +84,7 @@ def load_probe_results(folder: Path | None, call: Call) -> ProbeResults:
     source = call.source
     rows = [r for r in (results.read_rows(folder) if folder is not None else []) if r["weights"] == call.weights]
     hint = f"run: python probe.py linear --ckpt {source.path}" + ("" if source.run_dir else " (then give its folder as --probes)")
-    if not rows:
+    if folder is None or not rows:  # (no folder: no rows)
         raise CommandError(
             f"--mode steer steers along a fitted probe's direction and found no '{call.weights}' probe results in {folder}; {hint}"
         )

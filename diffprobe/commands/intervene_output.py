@@ -122,8 +122,11 @@ class InterventionOutput:
         images, pairs = result.images, plan.pairs
         count = min(SCORED_EXAMPLES if result.curve is not None else UNSCORED_EXAMPLES, images.shape[1])
         if plan.scored:
+            first, second = pairs.first_labels, pairs.second_labels
+            if first is None or second is None:
+                raise ValueError(f"the scored {plan.concept!r} caption pairs carry no value labels")
             k, values = list(self.concepts).index(plan.concept), self.concepts[plan.concept]
-            labels = [f"{i}: {values[pairs.first_labels[i, k]]} -> {values[pairs.second_labels[i, k]]}" for i in range(count)]
+            labels = [f"{i}: {values[int(first[i, k])]} -> {values[int(second[i, k])]}" for i in range(count)]
         else:
             labels = [f"{i}: {pairs.first[i][:28]} -> {pairs.second[i][:28]}" for i in range(count)]
         order = list(range(images.shape[0]))[::-1]

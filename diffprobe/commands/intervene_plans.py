@@ -5,11 +5,15 @@ the plans carried out over the checkpoints of ``--ckpt``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 from diffusers import DDPMScheduler
 
+from diffprobe import interrupt
+from diffprobe.choices import Method, Pool, SamplingSchedule
 from diffprobe.commands.common import CommandError, flag
 from diffprobe.commands.concept_data import ConceptData
 from diffprobe.commands.intervene_inputs import Call, ProbeResults, prepare_reader
@@ -30,7 +34,7 @@ def num_train_timesteps(model) -> int:
     return int(model.scheduler_config["num_train_timesteps"])
 
 
-def sampler_timesteps(model, schedule: str, steps: int, lam: float) -> tuple[int, ...]:
+def sampler_timesteps(model, schedule: SamplingSchedule, steps: int, lam: float) -> tuple[int, ...]:
     """The timesteps the sampler visits (descending), on the model's noise schedule."""
     with flag("--schedule"):
         return tuple(schedule_timesteps(schedule, DDPMScheduler.from_config(model.scheduler_config), steps, lam))
@@ -40,7 +44,7 @@ def sampler_timesteps(model, schedule: str, steps: int, lam: float) -> tuple[int
 class Planned:
     """Each concept's plan, the settings intervene.json keeps of them, and (steer) the probe set."""
 
-    plans: dict[str, SwitchPlan | SteerPlan]
+    plans: Mapping[str, SwitchPlan | SteerPlan]
     settings: dict
     probe_set: ProbeSet | None = None
 
@@ -134,7 +138,8 @@ def probe_cell(found: ProbeResults, concept: str, flags: SteeringFlags, earlier:
     fits = sorted({(r.get("pool") or "mean", r.get("method") or "logistic") for r in mine})
     if len(fits) > 1:
         raise CommandError(f"{found.folder} holds probes of {concept!r} fitted in several ways ({fits}); steer from a folder of one probe.py linear setting")
-    cell = replace(cell, pool=fits[0][0], method=fits[0][1])  # steering refits the probe exactly as linear fitted it
+    # Steering refits the probe exactly as linear fitted it (its rows hold linear's --pool and --method).
+    cell = replace(cell, pool=cast(Pool, fits[0][0]), method=cast(Method, fits[0][1]))
     if cell.t not in found.probe_set.timesteps.tolist():
         raise CommandError(
             f"the probe set {found.probe_set_path} has no t = {cell.t} (its grid: {found.probe_set.timesteps.tolist()}); {found.hint}"
@@ -182,6 +187,7 @@ def _measure_checkpoints(
     is written after every checkpoint, so a stopped call keeps what it finished."""
     files = call.source.files
     for index, entry in enumerate(files):
+        interrupt.check()  # a stop between checkpoints ends here: the table holds whole checkpoints
         if entry.name == INITIAL_CHECKPOINT and len(files) > 1:
             # A run's untrained weights decide nothing; sampling them would only cost time. Given
             # alone as --ckpt, they are measured like any checkpoint.
@@ -198,6 +204,8 @@ def _measure_checkpoints(
             if isinstance(plan, SwitchPlan):
                 output.switch(entry, plan, measure_switch(model, plan, reader, list(concepts), seed=call.seed, batch_size=call.batch_size))
             else:
+                if planned.probe_set is None or reader is None:  # steer_plans gives its probe set; steering needs a data set, so a reader
+                    raise CommandError("--mode steer needs the probe set and a concept reader")
                 output.steer(
                     entry, plan, measure_steer(model, plan, planned.probe_set, reader, concepts, seed=call.seed, batch_size=call.batch_size)
                 )

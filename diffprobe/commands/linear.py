@@ -221,8 +221,10 @@ def linear(
         heldout_fraction: share of --data held out when it has no test split
     """
     from diffprobe.commands.linear_output import measure_and_write
+    from diffprobe.commands.writing import guarded_output
 
     request = ProbeSetRequest(probe_set, list(timesteps) if timesteps else None, data, num_images, seed,
                               {"image_column": image_column, "concept_columns": list(concept_columns), "heldout_fraction": heldout_fraction})  # fmt: skip
     plan, first = plan_linear(ckpt, out, request, as_list(layers) or None, pool, method, weights, init, logdir, overwrite, device, batch_size)
-    return measure_and_write(plan, first)
+    with guarded_output(plan.folder, "linear"):
+        return measure_and_write(plan, first)

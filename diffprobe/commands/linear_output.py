@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffprobe import interrupt
 from diffprobe.commands.linear import LinearPlan, log
 from diffprobe.commands.source import WeightsFile, load_model
-from diffprobe.data.probe_set import PROBE_SET_FILE
+from diffprobe.data.probe_set import PROBE_SET_FILE, ProbeSet
 from diffprobe.diffusion.model import DiffusionModel
 from diffprobe.io import atomic
 from diffprobe.io.tables import Measured
@@ -20,13 +21,20 @@ from diffprobe.report import tb
 from diffprobe.report.writer import LazyWriter
 
 
+def probe_set_of(plan: LinearPlan) -> ProbeSet:
+    """The plan's probe set (``commands/linear.py`` holds it as an ``object``: it loads no torch)."""
+    if not isinstance(plan.probe_set, ProbeSet):
+        raise TypeError(f"a linear plan holds a ProbeSet, not {type(plan.probe_set).__name__}")
+    return plan.probe_set
+
+
 class Baselines:
     """The input baseline (made once) and the init baseline (probed at the first need, or taken
     from the step-0 checkpoint's own table when that is probed first)."""
 
     def __init__(self, plan: LinearPlan, scheduler):
         self.plan = plan
-        self.input = probe_input(scheduler, plan.probe_set, plan.pool, plan.method)
+        self.input = probe_input(scheduler, probe_set_of(plan), plan.pool, plan.method)
         self._init: ProbeTable | None = None
 
     def is_init(self, entry: WeightsFile) -> bool:
@@ -45,7 +53,7 @@ class Baselines:
 
 def probe(plan: LinearPlan, model: DiffusionModel) -> ProbeTable:
     # A conditional UNet gets the empty caption: probes read the image, not the caption.
-    return probe_unet(model.unet, model.scheduler, plan.probe_set, plan.layers, plan.pool, plan.method, plan.batch_size, model.empty_caption())
+    return probe_unet(model.unet, model.scheduler, probe_set_of(plan), plan.layers, plan.pool, plan.method, plan.batch_size, model.empty_caption())
 
 
 def _skip_reason(plan: LinearPlan, measured: Measured, entry: WeightsFile) -> str | None:
@@ -53,19 +61,22 @@ def _skip_reason(plan: LinearPlan, measured: Measured, entry: WeightsFile) -> st
     under its own name or, at the same step, another's (last.ckpt repeats the newest step=N.ckpt)."""
     if plan.overwrite:
         return None
-    cells = [(plan.weights, layer, t, c) for layer in plan.layers for t in plan.probe_set.timesteps.tolist() for c in plan.probe_set.concept_names]
+    probe_set = probe_set_of(plan)
+    cells = [(plan.weights, layer, t, c) for layer in plan.layers for t in probe_set.timesteps.tolist() for c in probe_set.concept_names]
     names = {measured.found_as(entry.name, entry.step, cell) for cell in cells}
     if None in names:
         return None
-    others = sorted(names - {entry.name})
+    others = sorted(name for name in names - {entry.name} if name is not None)
     return f"step {entry.step} is already probed as {others[0]}" if others else "already probed"
 
 
-def measure_and_write(plan: LinearPlan, first: DiffusionModel | None) -> Path:
-    """Probe every checkpoint that is not in the table yet; write as each one finishes."""
+def measure_and_write(plan: LinearPlan, loaded: object) -> Path:
+    """Probe every checkpoint that is not in the table yet; write as each one finishes. ``loaded``:
+    the first checkpoint's DiffusionModel when :func:`plan_linear` loaded it (else None)."""
+    first = loaded if isinstance(loaded, DiffusionModel) else None
     plan.folder.mkdir(parents=True, exist_ok=True)
     if plan.probe_set_is_new:
-        plan.probe_set.save(plan.folder / PROBE_SET_FILE)
+        probe_set_of(plan).save(plan.folder / PROBE_SET_FILE)
     log(plan.init_note)
     table = results.table(plan.folder)
     rows = table.read_rows()
@@ -74,6 +85,7 @@ def measure_and_write(plan: LinearPlan, first: DiffusionModel | None) -> Path:
     baselines = None
     probed: list[int] = []
     for index, entry in enumerate(plan.source.files):
+        interrupt.check()  # a stop between checkpoints ends here: every table holds whole checkpoints
         log(f"{entry.name} ({index + 1} of {len(plan.source.files)})")
         reason = _skip_reason(plan, measured, entry)
         if reason is not None:
@@ -110,7 +122,11 @@ def _summaries(plan: LinearPlan, rows: list[dict], probed: list[int], tensorboar
     made = _figures(curves, plan.folder, plan.weights)
     prefix = tb.CKPT_PROBE_PREFIX[plan.weights]
     for step in sorted(set(probed)):
-        for name, values in (("decodable_t", curves.max_decodable_t(step)), ("learned_t", curves.max_learned_t(step))):
+        summaries: tuple[tuple[tb.SummaryName, list[int | None]], ...] = (
+            ("decodable_t", curves.max_decodable_t(step)),
+            ("learned_t", curves.max_learned_t(step)),
+        )
+        for name, values in summaries:
             tensorboard.scalars({tb.probe_summary_tag(prefix, c, name): -1 if t is None else t for c, t in zip(curves.concepts, values)}, step)
     if probed:
         for name, figure in made.items():

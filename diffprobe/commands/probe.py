@@ -88,6 +88,9 @@ def probe_main(args: list[str] | None = None):
         return command_function(name)(**settings)
     except CommandError as error:
         raise SystemExit(f"probe.py {name}: error: {error}") from error
+    except OSError as error:  # the machine's, not the flags' (a full disk, an unwritable folder): one line naming the file
+        said = error.strerror or str(error)
+        raise SystemExit(f"probe.py {name}: error: {said}" + (f": {error.filename}" if error.filename else "")) from error
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from diffprobe.data import dataset_size
 from diffprobe.io.atomic import save_torch
 from diffprobe.io.loading import LoadError, safe_load
 
@@ -133,9 +134,9 @@ class ProbeSet:
         """The first ``size`` items of a held-out data set (items as diffprobe data sets give them)."""
         if not concepts:
             raise ValueError("a probe set needs concept labels; this data set has none (set --data.concept_columns)")
-        size = min(size, len(dataset))
+        size = min(size, dataset_size(dataset))
         if size < 10:
-            raise ValueError(f"a probe set needs at least 10 images, the held-out data has {len(dataset)}")
+            raise ValueError(f"a probe set needs at least 10 images, the held-out data has {dataset_size(dataset)}")
         items = [dataset[i] for i in range(size)]
         labels = torch.stack([item["labels"] for item in items])
         masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
@@ -173,7 +174,7 @@ def fixed_examples(run_dir: str | Path, heldout: Dataset, count: int) -> FixedEx
         base = ProbeSet.load(saved)
         images, masks, captions = base.images, base.masks, base.captions
     else:
-        items = [heldout[i] for i in range(min(count, len(heldout)))]
+        items = [heldout[i] for i in range(min(count, dataset_size(heldout)))]
         images = torch.stack([item["image"] for item in items])
         masks = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
         captions = [item.get("caption", "") for item in items]

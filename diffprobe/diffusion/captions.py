@@ -66,7 +66,9 @@ class CaptionTokenizer:
         return [[self.words[i] for i in row.tolist() if i != 0] for row in ids]
 
 
-class CaptionEncoder(ModelMixin, ConfigMixin):
+# diffusers' two bases disagree on config_name's type (ModelMixin: str, ConfigMixin: None), as in every
+# diffusers model class; ModelMixin's, first in the MRO, is the one in effect.
+class CaptionEncoder(ModelMixin, ConfigMixin):  # type: ignore[misc]
     """Learned token + position embeddings: ids (B, L) -> encoder_hidden_states (B, L, dim).
 
     Position embeddings matter: ConceptShapes' object colour and background colour share words

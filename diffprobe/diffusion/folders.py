@@ -190,7 +190,8 @@ def save_exported(model: DiffusionModel, out_dir: str | Path) -> Path:
     else:
         unet.save_pretrained(out / "unet")
         scheduler.save_pretrained(out / "scheduler")
-        copy.deepcopy(model.caption_encoder).to("cpu").save_pretrained(out / "caption_encoder")
+        # diffusers wraps ModelMixin.to in functools.wraps(nn.Module.to), which mypy reads as an unbound function.
+        copy.deepcopy(model.caption_encoder).to("cpu").save_pretrained(out / "caption_encoder")  # type: ignore[arg-type]
         settings["guidance_scale"] = model.guidance_scale
     write_json(out / EXPORT_SETTINGS, settings)
     return out

@@ -14,6 +14,8 @@ class TimestepBinnedMean(Metric):
     """
 
     full_state_update = False
+    total: torch.Tensor  # (num_buckets,) float64, a state (add_state)
+    count: torch.Tensor  # (num_buckets,) float64, a state
 
     def __init__(self, num_buckets: int):
         super().__init__()
@@ -40,6 +42,8 @@ class CellAccuracy(Metric):
     """
 
     full_state_update = False
+    correct: torch.Tensor  # (L, buckets, K) float64, a state (add_state)
+    count: torch.Tensor  # (L, buckets, K) float64, a state
 
     def __init__(self, shape: tuple[int, int, int]):
         super().__init__()

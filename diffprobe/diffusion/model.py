@@ -54,7 +54,9 @@ class DiffusionModel:
 
     def frozen(self, device: str | torch.device = "cpu") -> DiffusionModel:
         """This model on ``device``, in eval mode, with no parameter requiring gradients (in place)."""
-        for part in (self.unet, self.caption_encoder):
+        # As torch Modules: diffusers wraps ModelMixin.to in functools.wraps, which mypy reads as unbound.
+        parts: tuple[torch.nn.Module | None, ...] = (self.unet, self.caption_encoder)
+        for part in parts:
             if part is not None:
                 part.to(device).eval().requires_grad_(False)
         return self

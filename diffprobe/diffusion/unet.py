@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeAlias
 
 from diffusers import UNet2DConditionModel, UNet2DModel
 
@@ -62,7 +62,7 @@ CONDITIONAL_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-UNet = UNet2DModel | UNet2DConditionModel
+UNet: TypeAlias = UNet2DModel | UNet2DConditionModel
 
 
 def downsample_factor(unet_config: dict[str, Any]) -> int:

@@ -43,7 +43,7 @@ def df_cam(model: ExplainModel, step: ExplainedStep, *, layers: Sequence[str] | 
             raise ValueError(f"layer(s) {missing} did not run in the UNet's forward pass; choose from {block_layers(model.unet)}")
         activations = [outputs[name] for name in layers]
         gradients = torch.autograd.grad(eps.float().sum(), activations, allow_unused=True)
-    size = tuple(step.x_t.shape[-2:])
+    size = (int(step.x_t.shape[-2]), int(step.x_t.shape[-1]))
     layer_maps = {}
     for name, activation, gradient in zip(layers, activations, gradients):
         activation = activation.detach().float()

@@ -15,6 +15,7 @@ background): pixels far from the border's median colour, holes filled (textures 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ def _measure_run(model: ExplainModel, caption: str, seed: int, num_inference_ste
     mask = object_mask(model.decode(steps[0].final)[0], mask_threshold)
     if mask.shape != steps[0].x_t.shape[-2:]:
         mask = torch.nn.functional.interpolate(mask[None, None].float(), size=steps[0].x_t.shape[-2:], mode="nearest")[0, 0].bool()
-    per_step = {"rise_mass": [], "cam_mass": [], "rise_pointing": [], "cam_pointing": [], "relevance": []}
+    per_step: dict[str, list[Any]] = {"rise_mass": [], "cam_mass": [], "rise_pointing": [], "cam_pointing": [], "relevance": []}
     for step in steps:
         rise = normalise_map(df_rise(model, step, num_masks=rise_masks, batch_size=batch_size, seed=mask_seed).saliency)
         cam = normalise_map(df_cam(model, step).total)

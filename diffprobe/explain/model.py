@@ -81,7 +81,7 @@ class ExplainModel:
             raise ValueError(f"this {self.kind} model takes no prompt, but got {text!r}; leave out --prompt")
         if text is None and self.conditional:
             raise ValueError(f"this {self.kind} model needs a prompt: give --prompt 'a large red solid circle ...'")
-        if text is None:
+        if text is None or self.encode_prompt_fn is None:  # (a prompt for a model without an encoder was refused above)
             return None
         with torch.no_grad():
             return self.encode_prompt_fn(text)

@@ -89,7 +89,7 @@ def chain_relevance(a_bars: list[tuple[bool, torch.Tensor]], r_qq_bar: torch.Ten
 
 def _chains(unet) -> dict[str, list[tuple[int, str]]]:
     """Attention modules grouped into chains of one resolution (one transformer), in run order."""
-    chains: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    chains: dict[str, list[tuple[int, int, str]]] = defaultdict(list)  # (block index, attn number, name), sorted below
     for name in attention_modules(unet):
         match = _BLOCK.match(name)
         chain, index, attn = (match["chain"], int(match["index"] or 0), match["attn"]) if match else (name, 0, "attn1")
@@ -97,7 +97,7 @@ def _chains(unet) -> dict[str, list[tuple[int, str]]]:
     return {chain: [(i, n) for i, _, n in sorted(items)] for chain, items in chains.items()}
 
 
-def token_relevance(model: ExplainModel, x_t: torch.Tensor, t: int, prompt: Prompt) -> TokenRelevance:
+def token_relevance(model: ExplainModel, x_t: torch.Tensor, t: int, prompt: Prompt | None) -> TokenRelevance:
     """Relevance of each word of ``prompt`` for the UNet's prediction at (x_t (1, C, h, w), t)."""
     if prompt is None:
         raise ValueError("token relevance needs a conditional model and a prompt; this model is unconditional")
@@ -163,4 +163,6 @@ def relevance_over_run(model: ExplainModel, prompt: Prompt, *, seed: int = 0, ti
         rows.append(token_relevance(model, record.x_t, record.t, prompt).scores)
         seen.append(record.t)
         last = record.x_prev
+    if last is None:
+        raise ValueError("token relevance over a run needs at least one timestep; timesteps is empty")
     return RelevanceRun(timesteps=seen, scores=torch.stack(rows), words=prompt.word_tokens, final=last)

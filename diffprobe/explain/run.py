@@ -9,6 +9,7 @@ Diffusion scheduler, PNDM, is deterministic too; DDIM is built from any model's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -31,7 +32,7 @@ class ExplainedStep:
     x0_hat: torch.Tensor
     final: torch.Tensor
     prompt: Prompt | None
-    scheduler: object  # the DDIM scheduler of the run (stateless per step), for predict_prev
+    scheduler: Any  # the DDIM scheduler of the run (stateless per step), for predict_prev
 
     def describe(self) -> str:
         return f"step {self.index} of {len(self.timesteps)} (t = {self.t}), seed {self.seed}"

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from diffprobe.explain.model import ExplainModel, Prompt, TracedText
 
@@ -96,7 +96,7 @@ def _require_transformers():
 class _ClipText:
     """The CLIP tokenizer + text encoder of a pipeline: prompts, and traced prompts for relevance."""
 
-    def __init__(self, tokenizer, text_encoder: nn.Module):
+    def __init__(self, tokenizer, text_encoder: Any):  # a transformers text encoder (CLIPTextModel), untyped here
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.max_length = int(tokenizer.model_max_length)
@@ -160,7 +160,7 @@ class _ClipText:
         return TracedText(condition=output[0], attentions=attentions)
 
 
-def _vae_decoder(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _vae_decoder(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     def decode(latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, 4, h, w) -> images (B, 3, 8h, 8w) (2h for the tiny test VAE), about [-1, 1]."""
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from diffprobe.data import dataset_size
 from diffprobe.io.atomic import save_torch
 from diffprobe.io.loading import LoadError, safe_load
 
@@ -107,7 +108,7 @@ class TrainedReader:
 
 def _stack(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All (images, labels) of a diffprobe data set; ConceptShapes' in-memory tensors directly."""
-    size = len(dataset) if limit is None else min(limit, len(dataset))
+    size = dataset_size(dataset) if limit is None else min(limit, dataset_size(dataset))
     if hasattr(dataset, "images") and hasattr(dataset, "labels"):  # ConceptShapes: uint8 in memory
         return dataset.images[:size].float() / 127.5 - 1.0, dataset.labels[:size]
     items = [dataset[i] for i in range(size)]
@@ -147,7 +148,8 @@ def train_reader(
         batch = images[index]
         batch = batch + torch.randn(batch.shape, generator=generator) * noise * torch.rand(len(batch), 1, 1, 1, generator=generator)
         logits = reader(batch.to(device))
-        loss = sum(F.cross_entropy(logits[name], labels[index, k].to(device)) for k, name in enumerate(names))
+        losses = [F.cross_entropy(logits[name], labels[index, k].to(device)) for k, name in enumerate(names)]
+        loss = sum(losses[1:], losses[0])  # added in order, as sum(losses) would (a tensor to mypy, not int | tensor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -145,10 +145,13 @@ def insertion_curve(
     """Score the readings (one (N, K) per switch time) of ``pairs``' final images."""
     k = list(concept_names).index(pairs.concept)
     others = [j for j in range(len(concept_names)) if j != k]
+    first_labels, second_labels = pairs.first_labels, pairs.second_labels
+    if first_labels is None or second_labels is None:
+        raise ValueError(f"the {pairs.concept!r} caption pairs carry no concept labels to score the readings against")
     successes, kept = [], []
     for read in readings:
-        successes.append(int((read[:, k] == pairs.second_labels[:, k]).sum()))
-        kept.append(float((read[:, others] == pairs.first_labels[:, others]).float().mean()) if others else float("nan"))
+        successes.append(int((read[:, k] == second_labels[:, k]).sum()))
+        kept.append(float((read[:, others] == first_labels[:, others]).float().mean()) if others else float("nan"))
     return InsertionCurve(pairs.concept, [int(t) for t in switch_times], successes, len(pairs.first), kept)
 
 

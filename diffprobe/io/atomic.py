@@ -46,6 +46,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)
+    except OSError as error:  # a full disk, a read-only folder: said with the file it was for
+        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
     finally:
         partial.unlink(missing_ok=True)
     fsync_folder(path.parent)

@@ -79,7 +79,7 @@ def accuracy_heatmap(
 
 def probe_heatmaps(
     table: ProbeTable, note: str, by: Sequence[HeatmapView] = ("concept", "layer")
-) -> Iterator[tuple[str, str, Figure]]:
+) -> Iterator[tuple[HeatmapView, str, Figure]]:
     """The heatmaps of a probe table, one at a time, as ``(by, name, figure)``: per concept (layers
     x timesteps) and / or per layer (concepts x timesteps), titled ``"<name>: probe accuracy (<note>)"``."""
     if "concept" in by:

@@ -10,14 +10,19 @@ without heads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from diffprobe.choices import Pool
 from diffprobe.diffusion.ddpm import timestep_buckets
 from diffprobe.probes.fit import class_mask
+
+if TYPE_CHECKING:
+    from diffprobe.diffusion.unet import UNet
 
 
 def head_key(layer: str) -> str:
@@ -32,6 +37,8 @@ class ProbeHeads(nn.Module):
         num_classes: classes of each concept (K concepts).
         num_buckets: equal timestep buckets over [0, num_train_timesteps), one head per bucket.
     """
+
+    class_mask: torch.Tensor  # (K, C_max) bool, a buffer
 
     def __init__(self, widths: Mapping[str, int], num_classes: Sequence[int], num_buckets: int, num_train_timesteps: int):
         super().__init__()
@@ -51,7 +58,7 @@ class ProbeHeads(nn.Module):
         # 1. One matmul per layer gives every head's logits; keep each sample's own bucket. Outside
         # autocast, in the heads' own dtype (float32 unless the whole module was cast).
         with torch.autocast(labels.device.type, enabled=False):
-            heads = torch.stack([self.heads[head_key(n)](features[n].detach().to(self.heads[head_key(n)].weight.dtype)) for n in self.layers])
+            heads = torch.stack([self.heads[head_key(n)](features[n].detach().to(cast(nn.Linear, self.heads[head_key(n)]).weight.dtype)) for n in self.layers])
         heads = heads.float()  # (L, N, B * K * C)
         heads = rearrange(heads, "l n (b k c) -> l n b k c", b=self.num_buckets, k=self.num_concepts)
         logits = heads[:, rows, bucket].masked_fill(~self.class_mask, float("-inf"))  # (L, N, K, C_max)
@@ -65,7 +72,7 @@ class ProbeHeads(nn.Module):
 
 
 @torch.no_grad()
-def feature_widths(unet: nn.Module, layers: Sequence[str], pool: str, context: torch.Tensor | None = None) -> dict[str, int]:
+def feature_widths(unet: UNet, layers: Sequence[str], pool: Pool, context: torch.Tensor | None = None) -> dict[str, int]:
     """The pooled width of each layer, from one forward of a zero image (in eval mode, on a forked
     random stream: measuring it changes neither the UNet nor the training's random numbers)."""
     from diffprobe.capture import capture_features, eval_mode

@@ -47,18 +47,18 @@ def noised_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of UNet inputs, got {batch_size}")
     images = probe_set.images_on(device)
-    waiting_x = waiting_t = None  # the stream's rows not yet handed out (fewer than a batch)
+    waiting: tuple[torch.Tensor, torch.Tensor] | None = None  # the stream's (x_t, t) rows not yet handed out (fewer than a batch)
     for j, t in chosen:
         timesteps = torch.full((len(images),), t, device=device, dtype=torch.long)
         x_t = scheduler.add_noise(images, probe_set.noise_on(j, device), timesteps)
-        if waiting_x is not None:
-            x_t, timesteps = torch.cat([waiting_x, x_t]), torch.cat([waiting_t, timesteps])
+        if waiting is not None:
+            x_t, timesteps = torch.cat([waiting[0], x_t]), torch.cat([waiting[1], timesteps])
         while len(x_t) >= batch_size:
             yield x_t[:batch_size], timesteps[:batch_size]
             x_t, timesteps = x_t[batch_size:], timesteps[batch_size:]
-        waiting_x, waiting_t = (x_t, timesteps) if len(x_t) else (None, None)
-    if waiting_x is not None:
-        yield waiting_x, waiting_t
+        waiting = (x_t, timesteps) if len(x_t) else None
+    if waiting is not None:
+        yield waiting
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from it (when each concept becomes decodable and learned, curves per training st
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class StepCurves:
         return largest_t(self.learned[step], self.timesteps)
 
 
-def step_curves(rows: list[dict], weights: str, num_train_timesteps: int) -> StepCurves:
+def step_curves(rows: Sequence[Mapping], weights: str, num_train_timesteps: int) -> StepCurves:
     mine = [r for r in rows if r["weights"] == weights]
     timesteps = sorted({int(r["t"]) for r in mine})
     concepts = list(dict.fromkeys(r["concept"] for r in mine))

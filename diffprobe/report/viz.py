@@ -97,14 +97,14 @@ def heat_overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -
 
 def line_panels(panels: dict[str, dict[str, tuple[list, list]]], title: str, xlabel: str, ylabel: str, invert_x: bool = False):
     """A Figure with one panel per key of ``panels``, a line (x, y) per inner key (legend)."""
-    from matplotlib import colormaps
+    from matplotlib import color_sequences
 
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = new_figure(rows, columns, size=(4.0 * columns, 2.9 * rows), dpi=90)
     for axis, (name, lines) in zip(axes.flat, panels.items()):
         # tab10 repeats after 10 lines (13 caption words would share colours): tab20 beyond that.
-        colours = colormaps["tab10" if len(lines) <= 10 else "tab20"].colors
+        colours = color_sequences["tab10" if len(lines) <= 10 else "tab20"]  # the colormaps' colours
         for index, (label, (x, y)) in enumerate(lines.items()):
             axis.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, label=label, color=colours[index % len(colours)])
         if invert_x:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class LazyWriter:
     def __init__(self, logdir: str | Path | None):
         self.logdir = Path(logdir) if logdir is not None else None
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     @property
     def active(self) -> bool:

@@ -49,11 +49,12 @@ def module_weights(module: DiffusionModule, weights: Weights = "ema", step: int 
     # An exported model is a plain eager module: copy it without torch.compile's wrapper.
     with eager(module.unet), module.ema_weights() if weights == "ema" else nullcontext():
         unet = copy.deepcopy(module.unet).to("cpu", memory_format=torch.contiguous_format)
-        encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None
+        # diffusers wraps ModelMixin.to in functools.wraps(nn.Module.to), which mypy reads as an unbound function.
+        encoder = copy.deepcopy(module.caption_encoder).to("cpu") if module.caption_encoder is not None else None  # type: ignore[arg-type]
     if step is None:  # a module loaded from a checkpoint knows the step it was saved at
         saved = getattr(module, "global_step_at_save", None)
         step = int(module.global_step if saved is None else saved)
-    guidance = float(module.hparams.guidance_scale) if encoder is not None else 1.0
+    guidance = float(module.hparams["guidance_scale"]) if encoder is not None else 1.0
     return DiffusionModel(unet, DDPMScheduler.from_config(module.scheduler.config), encoder, guidance, step, weights)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
+from diffprobe.choices import Split
 from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
 from diffprobe.fidelity.readers import ReaderData
@@ -121,7 +122,7 @@ class ConceptShapesDataModule(ImageDataModule):
         self.vocabulary = vocabulary()
         self._datasets: dict[str, ConceptShapes] = {}
 
-    def _split(self, split: str, size: int) -> ConceptShapes:
+    def _split(self, split: Split, size: int) -> ConceptShapes:
         if split not in self._datasets:
             self._datasets[split] = ConceptShapes(size=size, image_size=self.image_size, split=split, seed=self.seed)
         return self._datasets[split]

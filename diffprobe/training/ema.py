@@ -34,7 +34,7 @@ class AveragedWeights(nn.Module):
         self.copy.requires_grad_(False)
         self.schedule = EMAModel([], decay=decay, use_ema_warmup=use_ema_warmup, inv_gamma=inv_gamma, power=power, foreach=True)
         self.schedule.shadow_params = list(self.copy.parameters())  # EMAModel updates the copy in place
-        self._averages: list[nn.Parameter] | None = None  # the copy's parameters, listed once per placement
+        self._averages: list[torch.Tensor] | None = None  # the copy's parameters, listed once per placement
 
     # ---- what EMAModel exposes, for callers and tests --------------------------------------------
     @property

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
 from diffprobe.capture.taps import FeatureTaps
@@ -72,6 +73,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
             baseline every probe result is compared with); needs a ModelCheckpoint.
     """
 
+    global_step_at_save: int  # set only on a module loaded from a checkpoint (training.checkpoints)
+
     def __init__(
         self,
         preset: str | None = "tiny",
@@ -129,8 +132,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         # 3. EMA of every trained weight (diffusers' EMAModel); training always continues from the raw weights.
-        schedule = {"decay": ema_decay, "use_ema_warmup": ema_warmup, "inv_gamma": ema_inv_gamma, "power": ema_power}
-        self.ema = AveragedWeights({"unet": self.unet, "caption_encoder": self.caption_encoder}, **schedule)
+        modules = {"unet": self.unet, "caption_encoder": self.caption_encoder}
+        self.ema = AveragedWeights(modules, decay=ema_decay, use_ema_warmup=ema_warmup, inv_gamma=ema_inv_gamma, power=ema_power)
 
     def _make_unet(self, preset: str | None, overrides: dict[str, Any] | None, pretrained: str | None, shape: dict, noise_process: dict):
         """A preset plus inline overrides, or pretrained weights (whose stored noise process, when
@@ -186,7 +189,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     @override
     def configure_model(self) -> None:
         if self.needs_compile:
-            options = {"mode": self.hparams.compile_mode, "backend": self.hparams.compile_backend}
+            options = {"mode": self.hparams["compile_mode"], "backend": self.hparams["compile_backend"]}
             # In place: state_dict keys unchanged. With online probes the tapped forward is compiled
             # (the pooled features are outputs of the same graph as the prediction), and so are the
             # heads: a few fused kernels per step instead of a chain of small eager ones.
@@ -202,10 +205,10 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------
     @override
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> STEP_OUTPUT:
         # 1. Noise the clean images at uniformly drawn timesteps.
         x0 = batch["image"]
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
@@ -213,7 +216,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         # 2. Predict and score against the prediction-type target, per sample.
         context, keep = None, None
         if self.caption_encoder is not None:
-            keep = torch.rand(x0.shape[0], device=x0.device) >= self.hparams.condition_dropout  # False: the empty caption (CFG)
+            keep = torch.rand(x0.shape[0], device=x0.device) >= self.hparams["condition_dropout"]  # False: the empty caption (CFG)
             context = self.caption_encoder.encode(batch["caption"], keep=keep)
         if self.feature_taps is not None:
             prediction, features = self.feature_taps(x_t, t, context)
@@ -223,7 +226,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
         loss = losses.mean()
         # 3. Stop on a non-finite loss before the optimizer can spread it into the weights.
         self.nonfinite.update(loss)
-        if self.global_step % self.hparams.check_finite_every_n_steps == 0:
+        if self.global_step % self.hparams["check_finite_every_n_steps"] == 0:
             self.nonfinite.raise_if_seen(f"a non-finite training loss (nan/inf) was seen by global step {self.global_step}", self._trainer)
         self.loss_by_t.update(losses, ddpm.timestep_buckets(t, self.num_train_timesteps, len(self.bucket_bounds)))
         self.log(tb.LOSS, loss, prog_bar=True)
@@ -252,14 +255,18 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step % self.trainer.log_every_n_steps != 0:
+        # Lightning sets Trainer.log_every_n_steps in its logger connector without declaring it.
+        if self.global_step % self.trainer.log_every_n_steps != 0:  # type: ignore[attr-defined]
             return
         means = self.loss_by_t.compute()
         self.loss_by_t.reset()
         for (first, last), value in zip(self.bucket_bounds, means.tolist()):
             if value == value:  # skip buckets without samples (NaN)
                 self.log(tb.LOSS_BY_T.format(bucket=tb.bucket_tag(first, last)), value)
-        self.log(tb.LEARNING_RATE, self.optimizers().param_groups[0]["lr"])
+        optimizer = self.optimizers()
+        if isinstance(optimizer, list):  # configure_optimizers makes exactly one
+            raise RuntimeError(f"DiffusionModule has one optimizer, found {len(optimizer)}")
+        self.log(tb.LEARNING_RATE, optimizer.param_groups[0]["lr"])
         self.log(tb.EMA_DECAY, float(self.ema.cur_decay_value or 0.0))
 
     @override
@@ -270,8 +277,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     def configure_callbacks(self):
         # Atomic checkpoints, a clean stop on SIGTERM / SIGINT and a clean TensorBoard history on
         # resume, for every fit (train.py and the Python API alike).
-        callbacks: list[pl.Callback] = [RunSafety()] if self.hparams.run_safety else []
-        return callbacks + ([InitialCheckpoint()] if self.hparams.keep_initial_weights else [])
+        callbacks: list[pl.Callback] = [RunSafety()] if self.hparams["run_safety"] else []
+        return callbacks + ([InitialCheckpoint()] if self.hparams["keep_initial_weights"] else [])
 
     # ---- checkpoint state ---------------------------------------------------------------------
     @override

@@ -5,6 +5,7 @@ and the UNet the observers call (during a compiled fit, a forward compiled apart
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,10 +14,31 @@ from diffprobe.choices import Sampler
 from diffprobe.diffusion import sampling
 from diffprobe.training.compiled import ObservationUNet
 
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
-class Observation:
+    from diffprobe.diffusion.captions import CaptionEncoder
+    from diffprobe.diffusion.unet import UNet
+    from diffprobe.training.ema import AveragedWeights
+
+    _Host = pl.LightningModule  # to mypy, the mixin is the LightningModule it is mixed into
+else:
+    _Host = object
+
+
+class Observation(_Host):
     """Mixed into DiffusionModule (which provides unet, scheduler, ema, caption_encoder, hparams,
     trained_parameters, encode_captions)."""
+
+    if TYPE_CHECKING:  # provided by DiffusionModule
+        unet: UNet
+        scheduler: Any  # a diffusers scheduler
+        ema: AveragedWeights
+        caption_encoder: CaptionEncoder | None
+
+        def trained_parameters(self) -> list[torch.nn.Parameter]: ...
+
+        def is_fitting(self) -> bool: ...
 
     _observation_unet: ObservationUNet | None = None  # the observers' compiled forward during a fit
 
@@ -49,7 +71,7 @@ class Observation:
                 num_inference_steps=num_inference_steps,
                 sampler=sampler,
                 captions=captions,
-                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
+                guidance_scale=self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale,
             )
 
     def observation_unet(self):
@@ -57,10 +79,10 @@ class Observation:
         ``compile``, its forward compiled apart from training's (:class:`ObservationUNet`); else
         ``self.unet`` (after a compiled fit without OnlineProbes still compiled in place by training:
         callers run it under ``capture.eager``, as :meth:`sample` does)."""
-        if not (self.hparams.compile and self.is_fitting()):
+        if not (self.hparams["compile"] and self.is_fitting()):
             return self.unet
         if self._observation_unet is None or self._observation_unet.unet is not self.unet:
-            self._observation_unet = ObservationUNet(self.unet, self.hparams.compile_mode, self.hparams.compile_backend)
+            self._observation_unet = ObservationUNet(self.unet, self.hparams["compile_mode"], self.hparams["compile_backend"])
         return self._observation_unet
 
     def release_observation_unet(self) -> None:

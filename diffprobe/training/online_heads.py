@@ -8,17 +8,41 @@ without heads: the same random stream, the same gradients, the same clipping.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from diffprobe.capture.taps import FeatureTaps
+from diffprobe.choices import Pool
 from diffprobe.probes.heads import ProbeHeads, feature_widths
 
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
-class OnlineProbeHeads:
+    from diffprobe.diffusion.captions import CaptionEncoder
+    from diffprobe.diffusion.unet import UNet
+
+    _Host = pl.LightningModule  # to mypy, the mixin is the LightningModule it is mixed into
+else:
+    _Host = object
+
+
+class OnlineProbeHeads(_Host):
     """Mixed into DiffusionModule (which provides unet, caption_encoder, trained_parameters)."""
 
-    def attach_probe_heads(self, layers: list[str], pool: str, num_classes: list[int], num_buckets: int, learning_rate: float) -> None:
+    if TYPE_CHECKING:  # provided by DiffusionModule (the state shared with it set in its __init__)
+        probe_heads: ProbeHeads | None
+        feature_taps: FeatureTaps | None
+        probe_learning_rate: float | None
+        needs_compile: bool
+        unet: UNet
+        caption_encoder: CaptionEncoder | None
+        num_train_timesteps: int
+
+        def trained_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def attach_probe_heads(self, layers: list[str], pool: Pool, num_classes: list[int], num_buckets: int, learning_rate: float) -> None:
         """Online probes (OnlineProbes calls this in setup, before the optimizer is made): heads on
         the pooled, detached features of the training forward itself, in the optimizer's second
         parameter group (their own constant learning rate, no weight decay, not clipped), trained
@@ -33,7 +57,7 @@ class OnlineProbeHeads:
         if self.feature_taps is not None:
             self.feature_taps.remove()
         self.feature_taps = FeatureTaps(self.unet, layers, pool)
-        self.needs_compile = bool(self.hparams.compile)  # (re)compile the tapped forward in configure_model
+        self.needs_compile = bool(self.hparams["compile"])  # (re)compile the tapped forward in configure_model
 
     def detach_probe_heads(self) -> None:
         """Undo :meth:`attach_probe_heads` (OnlineProbes' teardown): a later fit without it trains

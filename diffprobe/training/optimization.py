@@ -4,6 +4,8 @@ device) over the trained weights, and OnlineProbes' heads in a second group at t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers.optimization import get_scheduler
 
@@ -13,7 +15,7 @@ def adamw_and_schedule(trained: list[torch.nn.Parameter], heads: torch.nn.Module
     with diffusers' cosine or constant schedule with warm-up (``hparams``: learning_rate,
     adam_betas, weight_decay, lr_schedule, warmup_steps); OnlineProbes' ``heads``, when attached,
     in a second group at their own constant rate. ``trainer``: the attached Trainer, or None."""
-    groups = [{"params": trained}]
+    groups: list[dict[str, Any]] = [{"params": trained}]
     if heads is not None:
         groups.append({"params": list(heads.parameters()), "lr": heads_learning_rate, "weight_decay": 0.0, "betas": (0.9, 0.999)})
     optimizer = torch.optim.AdamW(

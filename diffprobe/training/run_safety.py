@@ -190,6 +190,8 @@ def _model_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:
 
 
 def _last_path(callback: ModelCheckpoint) -> str:
+    if callback.dirpath is None:  # _model_checkpoints keeps only the callbacks that have a folder
+        raise ValueError("a ModelCheckpoint without a dirpath has no last checkpoint")
     return os.path.join(callback.dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
 
 

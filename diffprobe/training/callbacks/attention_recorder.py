@@ -29,7 +29,6 @@ from diffprobe.data.probe_set import fixed_examples
 from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
 from diffprobe.report import tb, viz
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.tensorboard import tensorboard_writer
 
 DEFAULT_T_1000 = (50, 200, 500, 800)
 
@@ -98,19 +97,27 @@ class AttentionRecorder(PeriodicObserver):
         T = pl_module.num_train_timesteps
         self.timesteps = self.timesteps or scaled_timesteps(DEFAULT_T_1000, T)
         check_timesteps(self.timesteps, T, "AttentionRecorder")
-        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
+        heldout = trainer.datamodule.heldout_dataset()  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
+        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, heldout, self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
         self.object_points, self.background_points = query_points_from_masks(self.masks, len(self.images))
+
+    def _ready(self) -> tuple[torch.Tensor, list[int], list[str]]:
+        """The fixed images (N, C, H, W), the t grid and the self-attention layers, which setup chose."""
+        if self.images is None or self.timesteps is None or self.layers is None:
+            raise RuntimeError("AttentionRecorder records only after its setup for fit chose the images, timesteps and layers")
+        return self.images, self.timesteps, self.layers
 
     @torch.no_grad()
     def maps(self, pl_module, t_index: int, precision: Callable[[], AbstractContextManager] = nullcontext, inputs=None) -> dict[str, torch.Tensor]:
         """Head-mean attention (N, Q, K) float32 of every recorded layer at ``timesteps[t_index]``;
         the UNet runs in ``precision``; ``inputs``: :meth:`_inputs`, made once for all t."""
+        _, timesteps, layers = self._ready()
         x0, noise, context = inputs if inputs is not None else self._inputs(pl_module)
         unet = pl_module.unet
-        t = torch.full((len(x0),), self.timesteps[t_index], device=x0.device, dtype=torch.long)
+        t = torch.full((len(x0),), timesteps[t_index], device=x0.device, dtype=torch.long)
         x_t = pl_module.scheduler.add_noise(x0, noise[t_index], t)
-        with record_attention(unet, self.layers + self.cross_layers) as recorded, precision():
+        with record_attention(unet, layers + self.cross_layers) as recorded, precision():
             if context is None:
                 unet(x_t, t)
             else:
@@ -120,23 +127,25 @@ class AttentionRecorder(PeriodicObserver):
     def _inputs(self, pl_module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """On the module's device, in one copy each: the images, the fixed noise of every t (T, N,
         C, H, W) and the captions' context (None for an unconditional model)."""
-        noise = torch.stack([torch.randn(self.images.shape, generator=torch.Generator().manual_seed(4321 + j)) for j in range(len(self.timesteps))])
+        images, timesteps, _ = self._ready()
+        noise = torch.stack([torch.randn(images.shape, generator=torch.Generator().manual_seed(4321 + j)) for j in range(len(timesteps))])
         context = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
-        return self.images.to(pl_module.device), noise.to(pl_module.device), context
+        return images.to(pl_module.device), noise.to(pl_module.device), context
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = self.writer(trainer)
+        images, timesteps, layers = self._ready()
         scalars: dict[str, float] = {}
         token_mass: dict[str, list[float]] = {}
-        queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}  # layer -> row label -> (N, h, w)
+        queried: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in layers}  # layer -> row label -> (N, h, w)
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             inputs, on_device = self._inputs(pl_module), []
-            for j in range(len(self.timesteps)):  # every forward queued before the host reads any map
+            for j in range(len(timesteps)):  # every forward queued before the host reads any map
                 interrupt.check()
                 on_device.append(self.maps(pl_module, j, self.unet_precision(trainer), inputs))
-            for t, maps in zip(self.timesteps, on_device):
-                for layer in self.layers:
+            for t, maps in zip(timesteps, on_device):
+                for layer in layers:
                     statistics, obj, bg = self._self_attention(layer, maps[layer].cpu(), t)
                     scalars |= statistics
                     queried[layer] |= {f"object query (+), t = {t}": obj, f"background query (x), t = {t}": bg}
@@ -145,11 +154,11 @@ class AttentionRecorder(PeriodicObserver):
         tb.log_scalars(writer, scalars, step)
         for layer, rows in queried.items():  # one figure per layer: how its attention changes with t
             title = f"self-attention of {layer} by timestep (training step {step})"
-            figure = viz.attention_grid(self.images, rows, self.object_points, self.background_points, title)
+            figure = viz.attention_grid(images, rows, self.object_points, self.background_points, title)
             writer.add_figure(tb.attention_map_tag(layer), figure, step)
         if token_mass:
             writer.add_figure(
-                tb.CROSS_ATTENTION_CURVES, viz.metric_curves(token_mass, self.timesteps, f"token attention mass by t (step {step})"), step
+                tb.CROSS_ATTENTION_CURVES, viz.metric_curves(token_mass, timesteps, f"token attention mass by t (step {step})"), step
             )
 
     def _self_attention(self, layer: str, probs: torch.Tensor, t: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
@@ -184,7 +193,7 @@ class AttentionRecorder(PeriodicObserver):
         for k, word in enumerate(words):
             name = tb.token_name(k, word)
             writer.add_image(
-                tb.cross_attention_tag(name, t), viz.image_grid(viz.heat_overlay(self.images[0], mean_map[0, k])[None], columns=1), step
+                tb.cross_attention_tag(name, t), viz.image_grid(viz.heat_overlay(self._ready()[0][0], mean_map[0, k])[None], columns=1), step
             )
             scalars[tb.cross_attention_mass_tag(name, t)] = float(mass[k])
             token_mass.setdefault(name, []).append(float(mass[k]))

@@ -27,7 +27,6 @@ from diffprobe.fidelity.readers import cached_reader
 from diffprobe.intervene.reader import TrainedReader
 from diffprobe.report import tb
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.tensorboard import tensorboard_writer
 
 
 class ConceptFidelity(PeriodicObserver):
@@ -76,27 +75,37 @@ class ConceptFidelity(PeriodicObserver):
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit" and not getattr(trainer.datamodule, "concepts", None):
+        # Lightning sets Trainer.datamodule without declaring it.
+        if stage == "fit" and not getattr(trainer.datamodule, "concepts", None):  # type: ignore[attr-defined]
             raise ValueError("ConceptFidelity reads concepts off samples; this data has none (set --data.concept_columns) or remove the callback")
 
     def _prepare(self, trainer: pl.Trainer, pl_module) -> None:
         """The reader and the fixed plan, at the first measurement (rank zero only)."""
-        data = trainer.datamodule
+        data = trainer.datamodule  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
         self._reader = cached_reader(data.reader_data(self.reader_images), steps=self.reader_steps, seed=self.seed, log=pl.utilities.rank_zero_info)
         self._reader.reader.to(pl_module.device)
         heldout = data.heldout_dataset()
         count = min(self.num_captions, len(heldout))
         items = [heldout[i] for i in range(count)]
-        plan = {"num_images": count, "seed": self.seed, "num_inference_steps": self.num_inference_steps, "sampler": self.sampler, "guidance_scale": self.guidance_scale}
-        if pl_module.caption_encoder is not None:
-            self._plan = measure.SamplePlan(**plan, captions=tuple(item["caption"] for item in items), labels=torch.stack([item["labels"] for item in items]))
-        else:
+        conditional = pl_module.caption_encoder is not None
+        if not conditional:
             self.metric = "tv"
-            self._plan = measure.SamplePlan(**plan)
+        self._plan = measure.SamplePlan(
+            num_images=count,
+            seed=self.seed,
+            num_inference_steps=self.num_inference_steps,
+            sampler=self.sampler,
+            guidance_scale=self.guidance_scale,
+            captions=tuple(item["caption"] for item in items) if conditional else None,
+            labels=torch.stack([item["labels"] for item in items]) if conditional else None,
+        )
+        if not conditional:
             self._reference = measure.read(self._reader.reader, torch.stack([heldout[i]["image"] for i in range(len(heldout))]))[0]
 
     def scores(self, pl_module) -> list[measure.ConceptScore]:
         """The module's current (EMA or raw) weights, sampled and read."""
+        if self._reader is None or self._plan is None:
+            raise RuntimeError("ConceptFidelity measures only after its first observation prepared the reader and the plan")
         with eval_mode(pl_module), eager(pl_module.unet), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             model = DiffusionModel(pl_module.unet, pl_module.scheduler, pl_module.caption_encoder, float(pl_module.hparams.guidance_scale))
             return measure.measure(model, self._reader.reader, self._plan, self._reference, self.batch_size)
@@ -107,7 +116,7 @@ class ConceptFidelity(PeriodicObserver):
             self._prepare(trainer, pl_module)
         with self.unet_precision(trainer)():
             scores = self.scores(pl_module)
-        writer = tensorboard_writer(trainer)
+        writer = self.writer(trainer)
         for score in scores:
             # A resumed run replaces what the first session measured past its resume step.
             self.history[score.concept] = {s: v for s, v in self.history.get(score.concept, {}).items() if s < step} | {step: score.value}

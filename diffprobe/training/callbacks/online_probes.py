@@ -67,7 +67,7 @@ class OnlineProbes(pl.Callback):
                 "OnlineProbes on a conditional model learn from the samples trained on the empty caption, and "
                 "--model.condition_dropout 0 leaves none; set it above 0 (0.1 is usual) or remove OnlineProbes"
             )
-        self.concepts = dict(trainer.datamodule.concepts)
+        self.concepts = dict(trainer.datamodule.concepts)  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
         if not self.concepts:
             raise ValueError("OnlineProbes needs concept labels; this data has none (set --data.concept_columns)")
         self.bounds = ddpm.bucket_bounds(pl_module.num_train_timesteps, self.num_buckets)
@@ -91,6 +91,8 @@ class OnlineProbes(pl.Callback):
             self._log(trainer)
 
     def _log(self, trainer: pl.Trainer) -> None:
+        if self.layers is None:
+            raise RuntimeError("OnlineProbes logs only after its setup for fit, which checks its layers")
         accuracy = self.accuracy.compute()  # (L, buckets, K), NaN where a bucket saw no sample
         self.accuracy.reset()
         values = {}

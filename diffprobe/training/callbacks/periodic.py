@@ -20,14 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from diffprobe import interrupt
-from diffprobe.training.tensorboard import has_tensorboard
+from diffprobe.training.tensorboard import has_tensorboard, tensorboard_writer
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
@@ -107,6 +110,13 @@ class PeriodicObserver(pl.Callback):
                 "(train.py has one by default; --trainer.logger lightning.pytorch.loggers.TensorBoardLogger) or "
                 "remove the callback."
             )
+
+    def writer(self, trainer: pl.Trainer) -> SummaryWriter:
+        """The run's SummaryWriter (:meth:`check_trainer` made sure that there is one)."""
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            raise ValueError(f"{type(self).__name__} writes to TensorBoard, and this Trainer has no TensorBoardLogger")
+        return writer
 
     # ---- when -----------------------------------------------------------------------------------
     @override

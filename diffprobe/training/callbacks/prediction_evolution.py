@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
@@ -30,7 +31,6 @@ from diffprobe.diffusion.metrics import frequency_band_errors, mean_colour_error
 from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
 from diffprobe.report import tb, viz
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.tensorboard import tensorboard_writer
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
 
@@ -86,24 +86,32 @@ class PredictionEvolution(PeriodicObserver):
         T = pl_module.num_train_timesteps
         self.timesteps = self.timesteps or scaled_timesteps(DEFAULT_T_1000, T)
         check_timesteps(self.timesteps, T, "PredictionEvolution")
-        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, trainer.datamodule.heldout_dataset(), self.num_images)
+        heldout = trainer.datamodule.heldout_dataset()  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
+        examples = fixed_examples(trainer.log_dir or trainer.default_root_dir, heldout, self.num_images)
         self.images, self.masks, self.captions = examples.images, examples.masks, examples.captions
+
+    def _ready(self) -> tuple[torch.Tensor, list[int]]:
+        """The fixed images (N, C, H, W) and the t grid, which setup chose."""
+        if self.images is None or self.timesteps is None:
+            raise RuntimeError("PredictionEvolution observes only after its setup for fit chose the images and timesteps")
+        return self.images, self.timesteps
 
     @torch.no_grad()
     def predictions(self, pl_module, precision: Callable[[], AbstractContextManager] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t and x0_hat, each (T, N, C, H, W) float32 on the CPU, with the chosen weights; the
         UNet runs in ``precision``."""
+        images, grid = self._ready()
         device, unet = pl_module.device, pl_module.observation_unet()  # reads no hooks: compiled when training is
-        x0 = self.images.to(device)
+        x0 = images.to(device)
         noisy, predicted = [], []
         with eval_mode(pl_module), pl_module.ema_weights() if self.weights == "ema" else nullcontext():
             # A conditional model predicts from each image's own caption (no guidance).
             condition = pl_module.encode_captions(self.captions) if pl_module.caption_encoder is not None else None
             # Fixed noise per t, moved in one copy; results come back in one copy after the loop, so
             # the host never waits for the device between timesteps.
-            generators = [torch.Generator().manual_seed(1234 + j) for j in range(len(self.timesteps))]
-            noise = torch.stack([torch.randn(self.images.shape, generator=g) for g in generators]).to(device)
-            for j, t in enumerate(self.timesteps):
+            generators = [torch.Generator().manual_seed(1234 + j) for j in range(len(grid))]
+            noise = torch.stack([torch.randn(images.shape, generator=g) for g in generators]).to(device)
+            for j, t in enumerate(grid):
                 interrupt.check()
                 timesteps = torch.full((len(x0),), t, device=device, dtype=torch.long)
                 x_t = pl_module.scheduler.add_noise(x0, noise[j], timesteps)
@@ -115,36 +123,39 @@ class PredictionEvolution(PeriodicObserver):
 
     @override
     def observe(self, trainer, pl_module, step: int) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = self.writer(trainer)
+        originals, grid = self._ready()
         noisy, predicted = self.predictions(pl_module, self.unet_precision(trainer))
         # One labelled row per t, one column per image.
-        columns = [f"image {i + 1}" for i in range(len(self.images))]
+        columns = [f"image {i + 1}" for i in range(len(originals))]
         for tag, images, what in ((tb.PRED_X0_HAT, predicted, "x0_hat, the model's estimate of the clean image"), (tb.PRED_X_T, noisy, "x_t, its input")):
-            rows = {f"t = {t}": images[j] for j, t in enumerate(self.timesteps)}
+            rows = {f"t = {t}": images[j] for j, t in enumerate(grid)}
             writer.add_figure(tag, viz.image_rows(rows, columns, f"{what}, by timestep (training step {step})"), step)
         scalars: dict[str, float] = {}
         curves: dict[str, list[float]] = {}
-        truth = viz.to_unit(self.images)
-        for j, t in enumerate(self.timesteps):
+        truth = viz.to_unit(originals)
+        for j, t in enumerate(grid):
             estimate = viz.to_unit(predicted[j])
             low, high = frequency_band_errors(estimate, truth)
+            # One tensor without return_full_image (torchmetrics annotates both of its returns).
+            ssim = cast(torch.Tensor, structural_similarity_index_measure(estimate, truth, data_range=1.0))
             values = {
                 "mse": float((estimate - truth).square().mean()),
                 "psnr": float(peak_signal_noise_ratio(estimate, truth, data_range=1.0)),
-                "ssim": float(structural_similarity_index_measure(estimate, truth, data_range=1.0)),
+                "ssim": float(ssim),
                 "mean_colour_error": float(mean_colour_error(estimate, truth).mean()),
                 "low_band_error": float(low.mean()),
                 "high_band_error": float(high.mean()),
             }
             if self.masks is not None:
-                recovery = concept_recovery(predicted[j], self.images, self.masks)
+                recovery = concept_recovery(predicted[j], originals, self.masks)
                 values.update({f"recovery_{k}": float(v.mean()) for k, v in recovery.items()})
             for name, value in values.items():
                 recovered = name.startswith("recovery_")
                 scalars[tb.recovery_tag(name.removeprefix("recovery_"), t) if recovered else tb.denoise_tag(name, t)] = value
                 curves.setdefault(name, []).append(value)
         tb.log_scalars(writer, scalars, step)
-        writer.add_figure(tb.DENOISE_CURVES, viz.metric_curves(curves, self.timesteps, f"x0_hat vs x0 by timestep (step {step})"), step)
+        writer.add_figure(tb.DENOISE_CURVES, viz.metric_curves(curves, grid, f"x0_hat vs x0 by timestep (step {step})"), step)
         if self.trajectory_steps:
             with self.unet_precision(trainer)():
                 trajectory = self._trajectory(pl_module)
@@ -152,7 +163,7 @@ class PredictionEvolution(PeriodicObserver):
 
     def _trajectory(self, pl_module) -> torch.Tensor:
         """Rows: x_t and x0_hat every k steps of one reverse process from fixed noise (EMA weights)."""
-        count = min(4, len(self.images))
+        count = min(4, len(self._ready()[0]))
         captions = None
         if pl_module.caption_encoder is not None:
             captions = [""] * count  # unconditional: the trajectory shows what the model does alone

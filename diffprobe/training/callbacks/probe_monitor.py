@@ -34,7 +34,6 @@ from diffprobe.probes.pipeline import probe_input, probe_unet
 from diffprobe.probes.table import ProbeTable
 from diffprobe.report import tb
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.tensorboard import tensorboard_writer
 
 
 class ProbeMonitor(PeriodicObserver):
@@ -107,7 +106,7 @@ class ProbeMonitor(PeriodicObserver):
             elif saved.is_file():  # a resumed run keeps its probe set
                 self.probe_set = ProbeSet.load(saved)
             else:
-                datamodule = trainer.datamodule
+                datamodule = trainer.datamodule  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
                 self.probe_set = ProbeSet.from_dataset(
                     datamodule.heldout_dataset(),
                     datamodule.concepts,
@@ -115,10 +114,16 @@ class ProbeMonitor(PeriodicObserver):
                     timesteps=self.timesteps or default_timesteps(pl_module.num_train_timesteps),
                     seed=self.seed,
                 )
-        check_timesteps(self.probe_set.timesteps.tolist(), pl_module.num_train_timesteps, "ProbeMonitor")
+        probe_set = self._probe_set()
+        check_timesteps(probe_set.timesteps.tolist(), pl_module.num_train_timesteps, "ProbeMonitor")
         if trainer.is_global_zero and not saved.exists():
-            self.probe_set.save(saved)
+            probe_set.save(saved)
             self.probe_set_path = str(saved)
+
+    def _probe_set(self) -> ProbeSet:
+        if self.probe_set is None:
+            raise RuntimeError("ProbeMonitor has no probe set yet: its setup for fit makes or loads it")
+        return self.probe_set
 
     # ---- what ---------------------------------------------------------------------------------
     def probe(self, pl_module, use_ema: bool, precision: Callable[[], AbstractContextManager] = nullcontext) -> ProbeTable:
@@ -129,7 +134,7 @@ class ProbeMonitor(PeriodicObserver):
             # not what a caption tells it.
             condition = pl_module.caption_encoder.unconditional(1) if pl_module.caption_encoder is not None else None
             return probe_unet(
-                pl_module.unet, pl_module.scheduler, self.probe_set, self.layers, self.pool, self.method, self.batch_size, condition, precision
+                pl_module.unet, pl_module.scheduler, self._probe_set(), self.layers, self.pool, self.method, self.batch_size, condition, precision
             )
 
     def baselines(self, pl_module, kind: str, table: ProbeTable, step: int) -> Learned:
@@ -137,14 +142,14 @@ class ProbeMonitor(PeriodicObserver):
         table of the same weights (the EMA and raw weights are the initial ones at step 0; a resumed
         run whose history has no step 0 compares with the input baseline only)."""
         if self.input_table is None:
-            self.input_table = probe_input(pl_module.scheduler, self.probe_set, self.pool, self.method)
+            self.input_table = probe_input(pl_module.scheduler, self._probe_set(), self.pool, self.method)
         if step == 0:
             self.init_tables[kind] = table
         return compare(table, self.input_table, self.init_tables.get(kind))
 
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = self.writer(trainer)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
         tables = {}
         for kind in kinds:  # all tables first: an interrupted evaluation leaves no trace
@@ -165,14 +170,18 @@ class ProbeMonitor(PeriodicObserver):
 
     def _log_summary(self, writer, kind: str, step: int, num_train_timesteps: int) -> None:
         """When each concept is decodable and learned, now and over the evaluations so far."""
-        prefix, concepts = tb.PROBE_PREFIX[kind], self.probe_set.concept_names
+        prefix, concepts = tb.PROBE_PREFIX[kind], self._probe_set().concept_names
         mine = [entry for entry in self.history if entry["weights"] == kind and "max_learned_t" in entry]
         latest = mine[-1]
         for name in ("decodable_t", "learned_t"):
             values = {tb.probe_summary_tag(prefix, c, name): -1 if t is None else t for c, t in zip(concepts, latest[f"max_{name}"])}
             tb.log_scalars(writer, values, step)
         note = f"{kind} weights, {len(mine)} evaluation(s) to step {step}"
-        for name, claim in (("decodable_t", "decodable: largest t above chance"), ("learned_t", "learned: largest t above both baselines")):
+        claims: tuple[tuple[tb.SummaryName, str], ...] = (
+            ("decodable_t", "decodable: largest t above chance"),
+            ("learned_t", "learned: largest t above both baselines"),
+        )
+        for name, claim in claims:
             max_t = {entry["step"]: entry[f"max_{name}"] for entry in mine}
             figure = figures.largest_t_over_training(max_t, concepts, f"{claim} ({note})", num_train_timesteps, ylabel=f"largest {name[:-2]} t")
             writer.add_figure(tb.probe_summary_figure_tag(prefix, name), figure, step)
@@ -193,7 +202,7 @@ class ProbeMonitor(PeriodicObserver):
         }
         tb.log_scalars(writer, scalars, step)
         if self.heatmaps:
-            kinds = ("concept", "layer") if self.heatmaps is True else (self.heatmaps,)
+            kinds: tuple[HeatmapView, ...] = ("concept", "layer") if self.heatmaps is True else (self.heatmaps,)
             for by, name, figure in figures.probe_heatmaps(table, f"step {step}", by=kinds):
                 writer.add_figure(tb.probe_heatmap_tag(prefix, by, name), figure, step)
             if "concept" in kinds:

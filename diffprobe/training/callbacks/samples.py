@@ -9,7 +9,6 @@ from typing_extensions import override
 from diffprobe.choices import Sampler, WeightsOrBoth
 from diffprobe.report import tb, viz
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.tensorboard import tensorboard_writer
 
 
 class SampleGrid(PeriodicObserver):
@@ -48,13 +47,13 @@ class SampleGrid(PeriodicObserver):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
         if pl_module.caption_encoder is not None:
-            heldout = trainer.datamodule.heldout_dataset()
+            heldout = trainer.datamodule.heldout_dataset()  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule without declaring it
             count = min(self.num_images, len(heldout))
             self._captions = [heldout[i]["caption"] for i in range(count)]
 
     @override
     def observe(self, trainer: pl.Trainer, pl_module, step: int) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = self.writer(trainer)
         if step == 0 and self._captions is not None:
             writer.add_text(tb.SAMPLE_CAPTIONS, "\n".join(f"{i}. {c}  " for i, c in enumerate(self._captions)), step)
         kinds = ["ema", "raw"] if self.weights == "both" else [self.weights]
