@@ -37,6 +37,9 @@ def flag(name: str) -> Iterator[None]:
 
 # Help of parameters many commands share; a command's own docstring wins where it says more.
 SHARED_HELP = {
+    "image_column": "--data's image column",
+    "concept_columns": "--data's concept columns",
+    "heldout_fraction": "share of --data held out when it has no test split",
     "ckpt": "a diffprobe .ckpt or run directory (its newest checkpoint), a 'probe.py export' folder, or a Stable Diffusion folder",
     "out": "new folder for the PNGs, .pt maps and JSON (never overwritten)",
     "prompt": "prompt of a conditional model (a ConceptShapes caption or Stable Diffusion text)",
@@ -45,7 +48,7 @@ SHARED_HELP = {
     "step": "0-based index of the explained step in the run, 0 = most noisy (paper: 15)",
     "guidance": "classifier-free guidance scale (default: the model's; Stable Diffusion 7.5)",
     "weights": "the EMA or the raw weights of a diffprobe .ckpt or run (an export holds one set: ema)",
-    "logdir": "TensorBoard directory for the images and numbers (default: the run of --ckpt; none outside a run)",
+    "logdir": "TensorBoard directory (default: the run of --ckpt; none outside a run)",
     "device": "auto (cuda when there is one, else cpu), cpu, cuda, cuda:1, ...",
     "dtype": "Stable Diffusion weights' dtype (float16 on a GPU); diffprobe models stay float32",
     "scale": "upscale factor of the PNGs",

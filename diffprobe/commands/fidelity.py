@@ -116,11 +116,6 @@ def fidelity(
         memorisation: also the share of samples memorised from the training data (nearest training image closer than a third of the second nearest)
         memorisation_images: training images compared with (the first ones of the training split)
         data: the data behind the captions and the reader: 'shapes' (ConceptShapes) or a Hugging Face data set / local path
-        image_column: --data's image column
-        concept_columns: --data's concept columns
-        heldout_fraction: share of --data held out when it has no test split
-        weights: the EMA or the raw weights of a checkpoint
-        logdir: TensorBoard directory (default: the run's own)
         overwrite: measure again what fidelity.csv already holds
         batch_size: images per sampling batch (doubled under classifier-free guidance)
     """
@@ -131,9 +126,7 @@ def fidelity(
     if reader and not Path(reader).is_file():
         raise CommandError(f"--reader {reader} is not a file; give a concept_reader.pt")
     source = resolve(ckpt)
-    folder = Path(out) if out else source.default_folder("fidelity")
-    if folder.exists() and not folder.is_dir():
-        raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py fidelity wrote)")
+    folder = source.output_folder(out, "fidelity", "fidelity")
     device = resolve_device(device)
     first = load_model(source.files[0], weights, device)
     if steps > first.num_train_timesteps:

@@ -70,11 +70,6 @@ def intervene(
         reader_steps: training steps of a new concept reader
         reader_images: training images of a new concept reader (ConceptShapes renders them; other data: up to this many)
         data: images and concepts for the reader and the captions: 'shapes' (ConceptShapes) or a Hugging Face data set / local path
-        image_column: --data's image column
-        concept_columns: --data's concept columns
-        heldout_fraction: share of --data held out when it has no test split
-        weights: the EMA or the raw weights of a checkpoint
-        logdir: TensorBoard directory (default: the run's own)
         overwrite: measure again what intervene.csv already holds
         batch_size: images per UNet call (doubled under classifier-free guidance)
         seed: image i uses seed + i
@@ -137,9 +132,7 @@ def _check_flags(mode: str, *, reader: str | None, probes: str | None, steering:
 
 def _output_folder(found: Source, out: str | None) -> Path:
     """``--out``, or ``<run>/intervene``: new, or one an earlier call wrote (later calls extend it)."""
-    folder = Path(out) if out else found.default_folder("intervene")
-    if folder.exists() and not folder.is_dir():
-        raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py intervene wrote)")
+    folder = found.output_folder(out, "intervene", "intervene")
     ours = (folder / "intervene.json").is_file() or (folder / "concept_reader.pt").is_file()
     if folder.is_dir() and any(folder.iterdir()) and not ours:
         raise CommandError(

@@ -173,9 +173,7 @@ def plan_linear(ckpt: str, out: str | None, request: ProbeSetRequest, layers: li
     if request.path and not Path(request.path).is_file():
         raise CommandError(f"--probe_set {request.path} does not exist")
     source = resolve(ckpt)
-    folder = Path(out) if out else source.default_folder("probes")
-    if folder.exists() and not folder.is_dir():
-        raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py linear wrote)")
+    folder = source.output_folder(out, "probes", "linear")
     device = resolve_device(device)
     first = load_model(source.files[0], weights, device)
     with flag("--layers"):
@@ -209,16 +207,12 @@ def linear(
         method: how the probes are fitted
         weights: probe the EMA or the raw weights of a checkpoint
         init: the init baseline's weights: auto (a run's step=000000.ckpt; none outside a run), none, or a .ckpt
-        logdir: TensorBoard directory (default: the run's own)
         overwrite: redo cells already in probes.csv
         batch_size: images per UNet call
         num_images: size of a new probe set (default 300; at least 10: probes are fitted and tested on a split)
         timesteps: t grid of a new probe set (training indices, 0 = the clean end)
         seed: seed of a new probe set's images and noise (default 0)
         data: the images of a new probe set: 'shapes' (ConceptShapes) or a Hugging Face data set / local path
-        image_column: --data's image column
-        concept_columns: --data's concept columns
-        heldout_fraction: share of --data held out when it has no test split
     """
     from diffprobe.commands.linear_output import measure_and_write
     from diffprobe.commands.writing import guarded_output

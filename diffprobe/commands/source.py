@@ -47,9 +47,14 @@ class Source:
     def newest(self) -> WeightsFile:
         return self.files[-1]
 
-    def default_folder(self, name: str) -> Path:
-        """``<run>/<name>`` inside a run; ``<name>-<ckpt name>`` beside ``--ckpt`` outside one."""
-        return self.run_dir / name if self.run_dir else self.path.parent / f"{name}-{self.path.stem}"
+    def output_folder(self, out: str | None, name: str, command: str) -> Path:
+        """``--out``, or ``<run>/<name>`` inside a run and ``<name>-<ckpt name>`` beside ``--ckpt``
+        outside one; refused when it is a file. A folder an earlier call of ``command`` wrote is
+        reused (the command decides what it still has to measure)."""
+        folder = Path(out) if out else self.run_dir / name if self.run_dir else self.path.parent / f"{name}-{self.path.stem}"
+        if folder.exists() and not folder.is_dir():
+            raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py {command} wrote)")
+        return folder
 
     def logdir(self, given: str | None) -> Path | None:
         """Where TensorBoard goes: ``--logdir`` when given, else the run's own folder (none outside a run)."""

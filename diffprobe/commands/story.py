@@ -36,7 +36,6 @@ def story(ckpt: str, out: str | None = None, weights: Weights = "ema", train_com
         out: output folder (default: <run>/story)
         weights: the EMA or raw weights' measurements
         train_command: the command that trained the run, recorded in the story (default: train.py with the run's config.yaml)
-        logdir: TensorBoard directory (default: the run's own)
     """
     import json
 

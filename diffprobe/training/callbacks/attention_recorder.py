@@ -28,7 +28,7 @@ from diffprobe.choices import Weights
 from diffprobe.data.probe_set import fixed_examples
 from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
 from diffprobe.report import tb, viz
-from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.callbacks.periodic import TimestepGridObserver
 
 DEFAULT_T_1000 = (50, 200, 500, 800)
 
@@ -62,7 +62,7 @@ def attention_statistics(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return entropy, (probs * distance).sum(-1).mean()
 
 
-class AttentionRecorder(PeriodicObserver):
+class AttentionRecorder(TimestepGridObserver):
     """Args:
     every_n_steps: record after every this many optimizer steps (and at the start and end).
     num_images: fixed images recorded (rows of each grid).
@@ -198,16 +198,3 @@ class AttentionRecorder(PeriodicObserver):
             scalars[tb.cross_attention_mass_tag(name, t)] = float(mass[k])
             token_mass.setdefault(name, []).append(float(mass[k]))
         return scalars
-
-    # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
-    @override
-    def identity(self) -> dict:
-        return {"weights": self.weights}
-
-    @override
-    def extra_state(self) -> dict:
-        return {"timesteps": self.timesteps}
-
-    @override
-    def load_extra_state(self, state_dict: dict) -> None:
-        self.timesteps = state_dict.get("timesteps", self.timesteps)

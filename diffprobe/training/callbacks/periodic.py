@@ -156,3 +156,24 @@ class PeriodicObserver(pl.Callback):
         """The context Lightning runs the training forward in (its precision plugin's): observers
         run the UNet as it trains, at its speed on a GPU (bf16 autocast under ``bf16-mixed``)."""
         return trainer.precision_plugin.forward_context
+
+
+class TimestepGridObserver(PeriodicObserver):
+    """An observer that looks at the model on a grid of timesteps with one set of weights
+    (AttentionRecorder, PredictionEvolution): a resumed run keeps its t grid (the state) and the
+    weights tell two instances apart (the state key)."""
+
+    timesteps: list[int] | None
+    weights: str
+
+    @override
+    def identity(self) -> dict[str, Any]:
+        return {"weights": self.weights}
+
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {"timesteps": self.timesteps}
+
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.timesteps = state.get("timesteps", self.timesteps)

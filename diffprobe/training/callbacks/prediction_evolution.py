@@ -30,7 +30,7 @@ from diffprobe.diffusion import ddpm, sampling
 from diffprobe.diffusion.metrics import frequency_band_errors, mean_colour_error
 from diffprobe.diffusion.timesteps import check_timesteps, scaled_timesteps
 from diffprobe.report import tb, viz
-from diffprobe.training.callbacks.periodic import PeriodicObserver
+from diffprobe.training.callbacks.periodic import TimestepGridObserver
 
 DEFAULT_T_1000 = (10, 50, 100, 200, 400, 600, 800, 950)
 
@@ -50,7 +50,7 @@ def concept_recovery(x0_hat: torch.Tensor, x0: torch.Tensor, masks: torch.Tensor
     return {"object_colour_error": (colour_hat - colour_true).abs().mean(1), "mask_iou": intersection / union}
 
 
-class PredictionEvolution(PeriodicObserver):
+class PredictionEvolution(TimestepGridObserver):
     """Args:
     every_n_steps: evaluate after every this many optimizer steps (and at the start and end).
     num_images: fixed probe images shown (columns).
@@ -187,16 +187,3 @@ class PredictionEvolution(PeriodicObserver):
         # A row per kept step: x_t and x0_hat side by side for each image.
         both = torch.stack([torch.stack(rows_t), torch.stack(rows_x0)])  # (2, steps, count, C, H, W)
         return viz.image_grid(rearrange(both, "kind s n c h w -> (s n kind) c h w"), columns=2 * count)
-
-    # ---- state: a resumed run keeps its t grid and does not log the same step twice ----------------
-    @override
-    def identity(self) -> dict:
-        return {"weights": self.weights}
-
-    @override
-    def extra_state(self) -> dict:
-        return {"timesteps": self.timesteps}
-
-    @override
-    def load_extra_state(self, state_dict: dict) -> None:
-        self.timesteps = state_dict.get("timesteps", self.timesteps)
