@@ -138,7 +138,7 @@ def decodability_curves(
     (T, K) dashed in the same colour. Markers: filled where the gain over both baselines is
     significant at some layer (learned), hollow where the probe is only above chance (decodable),
     none where neither. Without baselines, filled = decodable."""
-    figure, axes = new_figure(size=(7.0, 3.8), dpi=110)
+    figure, axes = new_figure(size=(8.2, 3.8), dpi=110)
     axis = axes[0, 0]
     positions = np.arange(len(timesteps))
     learned = significant if learned is None else learned
@@ -151,8 +151,9 @@ def decodability_curves(
     _chance_axis(axis, timesteps)
     axis.set_ylabel("best layer's accuracy above chance", fontsize=8)
     axis.set_title(title, fontsize=9)
-    legend = "filled: learned (above both baselines); hollow: decodable only; dashed: better baseline" if baseline is not None else "filled: significant at some layer"
-    axis.legend(fontsize=7, frameon=False, title=legend, title_fontsize=6.5, loc="upper right")
+    legend = "filled: learned\n(above both baselines)\nhollow: decodable only\ndashed: better baseline" if baseline is not None else "filled: significant\nat some layer"
+    # Beside the axes, not over them: the curves fill the whole height.
+    axis.legend(fontsize=7, frameon=False, title=legend, title_fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), alignment="left")
     return figure
 
 
