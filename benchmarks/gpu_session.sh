@@ -2,7 +2,7 @@
 # One prepared script for a lent GPU machine (no network there): install the carried wheels
 # (see the device tool's notes; they live in .whl/, ignored by git), then each part asked for, in
 # order. Results go to $OUT.  Usage: bash benchmarks/gpu_session.sh [tests] [throughput] [probes] [rise]
-#   tests       tests/test_gpu.py: bf16 / channels_last / compile, live probes under CUDA graphs (~4 min)
+#   tests       tests/training/test_gpu.py: bf16 / channels_last / compile, live probes under CUDA graphs (~4 min)
 #   throughput  train_throughput.py: CUDA graphs / compiled / eager x observers on and off (~8 min;
 #               the goal's variant first, a JSON line after each, so a time limit keeps what ran),
 #               and the DataModule's loader (data_loader.py, seconds)
@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 cd benchmarks
 for what in "$@"; do
   case $what in
-    tests) (cd .. && timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider -p no:warnings tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1; grep -E "^E |passed|failed" "$OUT/gpu_tests.txt" | head -20) ;;
+    tests) (cd .. && timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider -p no:warnings tests/training/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1; grep -E "^E |passed|failed" "$OUT/gpu_tests.txt" | head -20) ;;
     # CUDA graphs / compiled / eager, each with the full observation stack on and off, then OnlineProbes step by step
     throughput)
       python3 data_loader.py 2>"$OUT/data_loader_stderr.txt" | tail -1 | tee "$OUT/data_loader.json"

@@ -17,9 +17,8 @@ from pathlib import Path
 import yaml
 from lightning.pytorch import Callback
 
-from helpers import TINY_UNET
+from helpers import REPO, TINY_UNET
 
-REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 
@@ -75,11 +74,17 @@ class RankChecksum(Callback):
             Path(folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(total))
 
 
+# The settings of conftest's tiny_config_run (the uninterrupted reference the kill -9 and DDP tests
+# compare with): 40 probe images, so that two runs' ProbeMonitor accuracies can be compared.
+TINY_CONFIG_RUN = dict(probe_images=40)
+
+
 def tiny_run_config(
     path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0, checkpoint_every: int = 2
 ) -> Path:
     """The quick start's callbacks on a tiny UNet (16x16, T = 100): checkpoints every 2 steps,
-    samples every 2, ProbeMonitor / recorders every 4, online probes logged every 2."""
+    samples every 2, ProbeMonitor / recorders every 4 (AttentionRecorder on one layer: a figure per
+    layer is most of its cost), online probes logged every 2."""
     config = {
         "seed_everything": seed,
         "model": {"preset": "tiny", "unet": dict(TINY_UNET), "num_train_timesteps": 100, "learning_rate": 1e-3, "warmup_steps": 1, "ema_decay": 0.9, "loss_buckets": 4},
@@ -97,7 +102,7 @@ def tiny_run_config(
                 {"class_path": "diffprobe.training.callbacks.OnlineProbes", "init_args": {"num_buckets": 2, "log_every_n_steps": 2}},
                 {"class_path": "faults.SignalDuringEvaluation"},
                 {"class_path": "diffprobe.training.callbacks.ProbeMonitor", "init_args": {"every_n_steps": 4, "num_images": probe_images, "method": "ridge", "batch_size": probe_batch, "heatmaps": False}},
-                {"class_path": "diffprobe.training.callbacks.AttentionRecorder", "init_args": {"every_n_steps": 4, "num_images": 2}},
+                {"class_path": "diffprobe.training.callbacks.AttentionRecorder", "init_args": {"every_n_steps": 4, "num_images": 2, "layers": ["mid_block.attentions.0"]}},
                 {"class_path": "diffprobe.training.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
                 {"class_path": "diffprobe.training.callbacks.ExportDiffusers"},
                 {"class_path": "faults.KillAtStep"},

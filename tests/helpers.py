@@ -1,33 +1,33 @@
 """Helpers the tests share (``from helpers import make_module, refusal``): tiny UNets of a few
-thousand parameters, 16x16 ConceptShapes, trainers of a few steps, event readers, small data sets."""
+thousand parameters, 16x16 ConceptShapes, trainers of a few steps, event readers, small data sets.
+The tiny runs shared by every test (trained once per session) are conftest.py's fixtures; the
+Hugging Face offline environment is set there, before anything imports Hugging Face."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-# Before any Hugging Face import: they read these once. Tests never touch the network.
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
+import datasets
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pathlib import Path  # noqa: E402
+from diffprobe.commands.probe import probe_main
+from diffprobe.diffusion.unet import UNCONDITIONAL_PRESETS
+from diffprobe.training.datamodules import ConceptShapesDataModule
+from diffprobe.training.module import DiffusionModule
 
-import datasets  # noqa: E402
-import lightning.pytorch as pl  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from PIL import Image  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+if "OMP_NUM_THREADS" not in os.environ:  # 2 threads, unless OMP_NUM_THREADS says otherwise (1 on a busy machine)
+    torch.set_num_threads(2)
 
-from diffprobe.commands.probe import probe_main  # noqa: E402
-from diffprobe.diffusion.unet import UNCONDITIONAL_PRESETS  # noqa: E402
-from diffprobe.training.datamodules import ConceptShapesDataModule  # noqa: E402
-from diffprobe.training.module import DiffusionModule  # noqa: E402
-
-torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]  # the repository: configs/, train.py, diffprobe/
 
 TINY_UNET = dict(
     block_out_channels=(8, 16),
@@ -44,6 +44,11 @@ TINY_CONDITIONAL_UNET = dict(
     attention_head_dim=4,
     cross_attention_dim=16,
 )
+
+# The one concept reader the tests train (probe.py fidelity / intervene flags, ConceptFidelity's
+# arguments): every test asks for the same, so conftest's per-session reader cache trains it once.
+READER_SETTINGS = dict(reader_steps=10, reader_images=64)
+READER = [arg for key, value in READER_SETTINGS.items() for arg in (f"--{key}", str(value))]
 
 
 def make_module(conditional: bool = False, data: ConceptShapesDataModule | None = None, **overrides) -> DiffusionModule:
@@ -77,12 +82,16 @@ def train_tiny_run(root: Path, max_steps: int, conditional: bool = False) -> Pat
     return root / "runs/test/version_0"
 
 
-def make_trainer(root: Path, max_steps: int, callbacks=(), every_n_steps: int = 2, version=None, **overrides) -> pl.Trainer:
+def make_trainer(root: Path, max_steps: int, callbacks=(), every_n_steps: int = 2, version=None, checkpoints: bool = True, **overrides) -> pl.Trainer:
+    """A CPU trainer logging to <root>/runs/test/<version>, checkpointing every ``every_n_steps`` (and
+    last.ckpt), or never with ``checkpoints=False`` (for a test that reads no checkpoint of a large UNet)."""
+    checkpoint = ModelCheckpoint(filename="step={step:06d}", auto_insert_metric_name=False, every_n_train_steps=every_n_steps, save_top_k=-1, save_last=True)
     kwargs = dict(
         accelerator="cpu",
         max_steps=max_steps,
         logger=TensorBoardLogger(str(root / "runs"), name="test", version=version),
-        callbacks=[ModelCheckpoint(filename="step={step:06d}", auto_insert_metric_name=False, every_n_train_steps=every_n_steps, save_top_k=-1, save_last=True), *callbacks],
+        callbacks=[checkpoint, *callbacks] if checkpoints else list(callbacks),
+        enable_checkpointing=checkpoints,
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -124,7 +133,6 @@ def write_ddpm_cifar10_folder(root):
     unet.save_pretrained(root / "unet")
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, variance_type="fixed_large").save_pretrained(root / "scheduler")
     return unet
-
 
 
 def refusal(args: list[str], capsys) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 # ``torch.compiler.set_stance("force_eager")`` is process-wide and would also run the observers'
 # own compiled UNet (training.compiled.ObservationUNet) eagerly. ``nn.Module.compile`` keeps the
 # compiled call in the private ``_compiled_call_impl`` (torch 2.2 to 2.13.0, the version this was
-# written against); tests/test_capture.py compiles a module for real and fails loudly if that changes.
+# written against); tests/core/test_capture.py compiles a module for real and fails loudly if that changes.
 COMPILED_CALL = "_compiled_call_impl"
 
 

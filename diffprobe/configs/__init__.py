@@ -6,7 +6,7 @@
 name (it holds a path separator or YAML), is taken as given, so ``--config configs/quickstart.yaml``
 in a clone and ``--config my.yaml`` mean what they always did.
 
-The repository's ``configs/`` holds the same files for repository users; ``tests/test_packaging.py``
+The repository's ``configs/`` holds the same files for repository users; ``tests/commands/test_packaging.py``
 fails when the two copies differ (edit ``configs/``, then copy it here).
 """
 

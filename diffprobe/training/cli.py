@@ -55,7 +55,7 @@ def _fail(error: Exception) -> SystemExit:
 # Union-typed key (--data, --trainer.logger, each of --trainer.callbacks) that no subtype takes (a
 # misspelt init arg, a class whose __init__ refused its arguments) is reported as "Does not validate
 # against any of the Union subtypes" with every subtype's error inlined, a page long, raised `from` the
-# first subtype's own error: the one that says what is wrong. tests/test_train_command.py
+# first subtype's own error: the one that says what is wrong. tests/training/test_cli_workarounds.py
 # (test_union_subtype_error_is_the_classes_own_error) fails when an upgrade changes this.
 _UNION_ERROR = "Does not validate against any of the Union subtypes"
 
@@ -127,7 +127,7 @@ class DiffprobeCLI(LightningCLI):
         # _parse_ckpt_path; no switch turns it off), silently replacing what the user configured
         # (--model.unet, --model.learning_rate ...) and unpickling the file before diffprobe checked it.
         # So the path leaves the config here and comes back in before_instantiate_classes; diffprobe's
-        # resume rules judge it instead. tests/test_train_command.py
+        # resume rules judge it instead. tests/training/test_cli_workarounds.py
         # (test_resume_keeps_the_configured_settings) fails when an upgrade merges them anyway.
         subcommand = self.config.get("subcommand")
         if subcommand:

@@ -1,41 +1,20 @@
-"""probe.py rise|cam|lime|relevance|auc|correlation|groundtruth end to end on tiny checkpoints,
-an exported folder and a tiny random Stable Diffusion; configs/probe; clear errors."""
+"""probe.py rise|cam|lime|relevance|schedules|auc|correlation|groundtruth end to end on the shared tiny
+runs (conftest.py), an exported folder and a tiny random Stable Diffusion; configs/probe; clear errors."""
 
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from diffprobe.commands.probe import probe_main
-from helpers import make_module, make_trainer, read_events, refusal, shapes_data, train_tiny_run
+from helpers import REPO, read_events, refusal
 
 CAPTION = "a large red solid circle at the top left on a navy background"
 FAST = ["--steps", "4", "--step", "2", "--scale", "1"]
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "probe"
-
-
-@pytest.fixture(scope="module")
-def unconditional_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uncond")
-    make_trainer(root, max_steps=1, every_n_steps=1).fit(make_module(), datamodule=shapes_data())
-    return root / "runs/test/version_0"
-
-
-@pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("cond"), max_steps=1, conditional=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from tiny_sd import write_tiny_stable_diffusion
-
-    return write_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd")
+CONFIGS = REPO / "configs" / "probe"
 
 
 def test_rise_and_cam_write_overlays_maps_json_and_tensorboard(unconditional_run, tmp_path):

@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from planted import SCHEDULER_CONFIG, PlantedStepUNet, planted_region
 from torch.nn import functional as F
 
 from diffprobe.explain.lime import lime_saliency, lime_weights, superpixels, weighted_ridge
 from diffprobe.explain.model import from_parts
 from diffprobe.explain.run import explain_step
+from planted import SCHEDULER_CONFIG, PlantedStepUNet, planted_region
 
 # Near-pixel superpixels: LIME's saliency is per superpixel, so to test *where* it puts its mass the
 # superpixels must not straddle the planted region's border (with the coarse defaults, one segment

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from planted import SCHEDULER_CONFIG, PlantedBlockUNet, PlantedStepUNet, planted_region
 
 from diffprobe.capture.attention import record_attention
 from diffprobe.capture.gradients import block_layers, capture_outputs
@@ -16,6 +15,7 @@ from diffprobe.explain.rise import df_rise, random_masks
 from diffprobe.explain.run import explain_step, normalise_map, predict_prev
 from diffprobe.explain.similarity import similarity_map
 from helpers import make_module
+from planted import SCHEDULER_CONFIG, PlantedBlockUNet, PlantedStepUNet, planted_region
 
 REGION = planted_region()
 CAPTION = "a large red solid circle at the top left on a navy background"
@@ -246,9 +246,13 @@ def test_cam_combines_cfg_halves_as_unconditional_plus_w_times_difference(condit
 
 
 def test_chefer_rules_on_hand_worked_matrices():
-    from diffprobe.explain.relevance import _normalised, chain_relevance, text_relevance
+    from diffprobe.explain.relevance import chain_relevance, text_relevance
 
-    assert torch.allclose(_normalised(torch.tensor([[2.0, 1.0], [0.0, 3.0]])), torch.tensor([[1.5, 0.5], [0.0, 2.0]]))
+    # Normalisation (eq. 8-9: rows of R - I scaled to sum to 1, then + I), read through the public rule:
+    # a self-attention A gives R_ii = I + A, and a cross-attention I after it gives R_iq = norm(R_ii)^T.
+    r_ii = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
+    normalised = chain_relevance([(False, r_ii - torch.eye(2)), (True, torch.eye(2))], torch.eye(2)).T
+    assert torch.allclose(normalised, torch.tensor([[1.5, 0.5], [0.0, 2.0]]))
     self_attention = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
     cross = torch.eye(2)
     # R_ii = I + A = [[1.5, .5], [0, 2]] (already normalised); R_iq = R_ii^T A_cross R_qq = [[1.5, 0], [.5, 2]]

@@ -33,13 +33,14 @@ class CompareWithEager(Callback):
     """At the end of training, the compiled tapped forward against the eager UNet on one batch."""
 
     def on_train_end(self, trainer, pl_module):
-        x, t = torch.randn(4, 3, 16, 16), torch.tensor([3, 30, 60, 99])
+        # A batch of training's shape (16): the comparison runs training's own graphs, not new ones.
+        x, t = torch.randn(16, 3, 16, 16), torch.tensor([3, 30, 60, 99]).repeat(4)
         with torch.no_grad():
             self.compiled = pl_module.feature_taps(x, t)
             with capture_features(pl_module.unet, LAYERS) as features:
                 self.eager = (pl_module.unet(x, t).sample, dict(features))
             # The heads are compiled too (one fused chain, not many small eager kernels per step).
-            labels = torch.zeros(4, pl_module.probe_heads.num_concepts, dtype=torch.long)  # class 0 exists in every concept
+            labels = torch.zeros(16, pl_module.probe_heads.num_concepts, dtype=torch.long)  # class 0 exists in every concept
             self.heads_compiled = pl_module.probe_heads(self.eager[1], t, labels)
             with eager(pl_module.probe_heads):
                 self.heads_eager = pl_module.probe_heads(self.eager[1], t, labels)

@@ -11,18 +11,19 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tiny_sd import WORDS, write_tiny_stable_diffusion  # noqa: E402
-
 from diffprobe.explain.rise import df_rise  # noqa: E402
 from diffprobe.explain.run import explain_step, predict_prev  # noqa: E402
 from diffprobe.explain.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion  # noqa: E402
+from tiny_sd import WORDS, write_tiny_stable_diffusion  # noqa: E402
 
 LATENT = 8
 
 
 @pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return write_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd", latent_size=LATENT)
+def sd_folder(tiny_sd):
+    """The session's tiny Stable Diffusion folder (conftest.py), written with LATENT-sized latents."""
+    assert json.loads((tiny_sd / "unet" / "config.json").read_text())["sample_size"] == LATENT
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")

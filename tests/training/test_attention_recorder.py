@@ -53,13 +53,16 @@ def test_unknown_layer_is_named_before_training(tmp_path):
         trainer.fit(make_module(), datamodule=shapes_data())
 
 
+ONE_LAYER = ["mid_block.attentions.0"]  # a figure per layer is most of a recording's cost
+
+
 def test_recorders_resume_with_their_grid_and_without_relogging(tmp_path):
     from diffprobe.training.callbacks import PredictionEvolution
 
     data = shapes_data(heldout_size=8)
-    first = [AttentionRecorder(every_n_steps=2, num_images=1, timesteps=[10, 90]), PredictionEvolution(every_n_steps=2, num_images=2, timesteps=[20, 80], trajectory_steps=0)]
+    first = [AttentionRecorder(every_n_steps=2, num_images=1, timesteps=[10, 90], layers=ONE_LAYER), PredictionEvolution(every_n_steps=2, num_images=2, timesteps=[20, 80], trajectory_steps=0)]
     make_trainer(tmp_path, max_steps=2, callbacks=first).fit(make_module(), datamodule=data)
-    again = [AttentionRecorder(every_n_steps=2, num_images=1), PredictionEvolution(every_n_steps=2, num_images=2, trajectory_steps=0)]
+    again = [AttentionRecorder(every_n_steps=2, num_images=1, layers=ONE_LAYER), PredictionEvolution(every_n_steps=2, num_images=2, trajectory_steps=0)]
     trainer = make_trainer(tmp_path, max_steps=4, version=0, callbacks=again)
     trainer.fit(make_module(), datamodule=data, ckpt_path=tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
     assert again[0].timesteps == [10, 90] and again[1].timesteps == [20, 80]

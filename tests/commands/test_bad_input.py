@@ -15,9 +15,8 @@ import pytest
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
 from diffprobe.data.probe_set import ProbeSet
-from helpers import TINY_UNET, in_memory_dataset, make_module, make_trainer, refusal, shapes_data, write_imagefolder
+from helpers import REPO, TINY_UNET, in_memory_dataset, refusal, shapes_data, write_imagefolder
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "true", "--model.unet", json.dumps(TINY_UNET)]
 
 
@@ -122,17 +121,10 @@ def test_a_label_only_in_the_heldout_split_still_has_a_name(tmp_path):
     assert data.heldout_dataset()[0]["caption"] == "count_3"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    make_trainer(root, max_steps=1, every_n_steps=1).fit(make_module(), datamodule=shapes_data())
-    return root / "runs/test/version_0"
-
-
 @pytest.fixture
-def run(trained, tmp_path):
-    """A private copy of the trained run (tests write into it)."""
-    return Path(shutil.copytree(trained, tmp_path / "runs/test/version_0"))
+def run(unconditional_run_copy) -> Path:
+    """A private copy of the shared tiny run (conftest.py): these tests write into it."""
+    return unconditional_run_copy
 
 
 def test_linear_checks_timesteps_before_writing_and_a_corrected_rerun_works(run, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from planted import PlantedFeatureUNet
 from scipy.stats import binomtest
 
 from diffprobe.data.probe_set import ProbeSet
@@ -14,6 +13,7 @@ from diffprobe.diffusion.ddpm import build_scheduler
 from diffprobe.probes.baselines import compare, mcnemar_p_value
 from diffprobe.probes.pipeline import INPUT_LAYER, probe_input, probe_unet
 from helpers import shapes_data
+from planted import PlantedFeatureUNet
 
 TIMESTEPS = [0, 100, 999]
 

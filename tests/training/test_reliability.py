@@ -1,7 +1,9 @@
 """Runs that survive the real world: kill -9 and resume, SIGTERM / SIGINT mid-evaluation, a checkpoint
 write killed halfway, resume rules, and a bad --ckpt_path refused before anything is built.
 
-The fault tests run train.py in a subprocess (tests/faults.py), as a user or a scheduler would.
+The fault tests run train.py in a subprocess (tests/faults.py) that is killed or signalled, as a user
+or a scheduler would; the resumption after it runs train.py's command in this process (train_main,
+as the resume-rule tests do), which saves a Python start with torch and Lightning per resume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from diffprobe.io.loading import safe_load
 from diffprobe.io.runs import find_checkpoints
 from diffprobe.training.callbacks import ExportDiffusers, SampleGrid
 from diffprobe.training.run_safety import RunInterrupted
-from faults import TESTS, tiny_run_config, train
+from faults import TESTS, TINY_CONFIG_RUN, tiny_run_config, train
 from helpers import TINY_UNET, make_module, make_trainer, read_events, shapes_data
 
 LAST = "runs/tiny/version_0/checkpoints/last.ckpt"
@@ -49,28 +51,22 @@ def _relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return (num / sum(float(a[k].float().square().sum()) for k in a)) ** 0.5
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    # Reference: the same config, uninterrupted, in this process.
-    reference_dir = tmp_path / "reference"
-    reference_dir.mkdir()
-    monkeypatch.chdir(reference_dir)
-    tiny_run_config(reference_dir / "tiny.yaml")
-    train_main(["fit", "--config", "tiny.yaml"])
-    monkeypatch.chdir(tmp_path)
-
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_config_run, tmp_path, monkeypatch, capsys):
+    # Reference: the same config, uninterrupted, in this process (conftest's tiny_config_run).
     # kill -9 at step 7: the newest checkpoint is step 6, where ProbeMonitor (every 4) is not due
     # and SampleGrid (every 2) is: the resume must add no evaluation and repeat no grid.
     work = tmp_path / "interrupted"
     work.mkdir()
-    tiny_run_config(work / "tiny.yaml")
+    tiny_run_config(work / "tiny.yaml", **TINY_CONFIG_RUN)
     killed = train(work, "--config", "tiny.yaml", env={"DIFFPROBE_TEST_KILL_AT": "7"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert safe_load(work / LAST)["global_step"] == 6
-    resumed = train(work, "--config", "tiny.yaml", "--ckpt_path", LAST)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continues in place" in resumed.stderr
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    train_main(["fit", "--config", "tiny.yaml", "--ckpt_path", LAST])  # the resume: raises if it fails
+    assert "continues in place" in capsys.readouterr().err
 
-    run, reference_run = work / "runs/tiny/version_0", reference_dir / "runs/tiny/version_0"
+    run, reference_run = work / "runs/tiny/version_0", tiny_config_run
     assert not (work / "runs/tiny/version_1").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(p.name for p in (reference_run / "checkpoints").iterdir())
     assert not list(run.rglob("*-v1*")), "a resume must keep writing last.ckpt, not last-v1.ckpt"
@@ -108,7 +104,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     assert _relative_l2(reference_weights, weights) < 0.02 and _relative_l2(reference_ema, ema) < 0.02
 
 
-def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tmp_path):
+def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tmp_path, monkeypatch):
     # 15 t x 15 UNet batches per evaluation; checkpoints every 3 steps, so step 4's is RunSafety's.
     tiny_run_config(tmp_path / "tiny.yaml", probe_images=60, probe_batch=4, checkpoint_every=3)
     report = tmp_path / "report.json"
@@ -126,8 +122,8 @@ def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tm
     # The stop step's own loss (batch 4, logged at step 3) reached TensorBoard before the exit.
     assert [e.step for e in read_events(run).Scalars("train/loss")] == [0, 1, 2, 3]
 
-    resumed = train(tmp_path, "--config", "tiny.yaml", "--ckpt_path", LAST)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    train_main(["fit", "--config", "tiny.yaml", "--ckpt_path", LAST])  # the resume: raises if it fails
     final = safe_load(run / "checkpoints/last.ckpt")
     assert final["global_step"] == 8 and final["optimizer_states"][0]["state"][0]["step"] == 8, "no step lost"
     assert [h["step"] for h in _state(final, "ProbeMonitor")["history"]] == [0, 4, 8], "the discarded evaluation runs on resume"
@@ -164,7 +160,7 @@ train_main(["fit", "--config", "tiny.yaml"])
 """
 
 
-def test_a_checkpoint_write_killed_halfway_leaves_the_previous_checkpoint(tmp_path):
+def test_a_checkpoint_write_killed_halfway_leaves_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     tiny_run_config(tmp_path / "tiny.yaml")
     # Lightning's own writer stages the file in TMPDIR and moves it: across file systems (tmpfs
     # here) the move is a copy into last.ckpt itself, which is what a kill truncated.
@@ -178,9 +174,11 @@ def test_a_checkpoint_write_killed_halfway_leaves_the_previous_checkpoint(tmp_pa
     assert [p.name for p in last.parent.glob(".*")] == [".last.ckpt.partial"]
     assert all(p.suffix == ".ckpt" and not p.name.startswith(".") for p in find_checkpoints(last.parent.parent))
     # step=000004.ckpt was complete before last.ckpt's write died: the resume says so and branches.
-    resumed = train(tmp_path, "--config", "tiny.yaml", "--ckpt_path", LAST, "--trainer.max_steps", "4")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "step=000004.ckpt" in resumed.stderr and "not the newest checkpoint" in resumed.stderr
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    train_main(["fit", "--config", "tiny.yaml", "--ckpt_path", LAST, "--trainer.max_steps", "4"])  # raises if it fails
+    stderr = capsys.readouterr().err
+    assert "step=000004.ckpt" in stderr and "not the newest checkpoint" in stderr
     assert safe_load(tmp_path / "runs/tiny/version_1/checkpoints/last.ckpt")["global_step"] == 4
 
 
@@ -241,11 +239,9 @@ def test_resuming_an_older_checkpoint_under_the_cli_leaves_its_run_untouched(tmp
 # ---- a bad --ckpt_path is refused before anything is built ---------------------------------------
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    trainer = make_trainer(root, max_steps=2)
-    trainer.fit(make_module(), datamodule=shapes_data())
-    return root / "runs/test/version_0/checkpoints/last.ckpt"
+def trained_checkpoint(unconditional_run) -> Path:
+    """The shared tiny run's last.ckpt (conftest.py): a good checkpoint, read and never written."""
+    return unconditional_run / "checkpoints/last.ckpt"
 
 
 def _bad_checkpoint(kind: str, tmp_path: Path, good: Path) -> Path:

@@ -14,10 +14,10 @@ import pytest
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
 from diffprobe.configs import BUNDLED, bundled, resolve
+from helpers import REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 

@@ -1,16 +1,16 @@
 """Every shipped config parses and builds its model and data (offline: hub sources are swapped for
 local copies the tests write)."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from diffprobe.commands.train import train_main
 from diffprobe.training.cli import DiffprobeCLI
-from helpers import in_memory_dataset, write_ddpm_cifar10_folder
+from helpers import REPO, in_memory_dataset, write_ddpm_cifar10_folder
 
-REPO = Path(__file__).resolve().parents[1]
+# Each has a build test above; test_every_config_is_covered fails for a config added without one.
+SHIPPED_CONFIGS = ["quickstart.yaml", "shapes_conditional.yaml", "shapes_reference.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml", "shapes_gpu.yaml"]
 
 
 def build(config: str, *overrides: str):
@@ -59,6 +59,14 @@ def test_shapes_gpu_config_builds_the_fast_path_with_every_observer():
     assert {"OnlineProbes", "ProbeMonitor", "AttentionRecorder", "PredictionEvolution", "SampleGrid"} <= names
 
 
+def test_reference_config_builds_the_conditional_tiny_model_with_live_fidelity():
+    cli = build("shapes_reference.yaml", "--data.init_args.train_size", "64", "--data.init_args.heldout_size", "16")
+    assert type(cli.model.unet).__name__ == "UNet2DConditionModel"
+    assert cli.datamodule.image_size == 16 and cli.model.hparams.learning_rate == 2.0e-3
+    names = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"ConceptFidelity", "OnlineProbes", "ProbeMonitor", "SampleGrid"} <= names
+
+
 def test_finetune_config_loads_the_pretrained_folder(tmp_path):
     written = write_ddpm_cifar10_folder(tmp_path / "ddpm-cifar10-32")
     cli = build("finetune_ddpm_cifar10.yaml", "--trainer.accelerator", "cpu", "--model.pretrained", str(tmp_path / "ddpm-cifar10-32"))
@@ -67,7 +75,7 @@ def test_finetune_config_loads_the_pretrained_folder(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_config_is_covered(config):
-    assert config in {"quickstart.yaml", "shapes_conditional.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml", "shapes_gpu.yaml"}, (
+    assert config in set(SHIPPED_CONFIGS), (
         f"add a build test for {config}"
     )
 
@@ -81,7 +89,7 @@ def parse(config: str):
         return train_main(["--config", str(REPO / "configs" / config)], run=False).config
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "shapes_conditional.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml", "shapes_gpu.yaml"])
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS)
 def test_every_training_config_probes_while_it_trains(config):
     parsed = parse(config)
     callbacks = {c.class_path: c.init_args for c in parsed.trainer.callbacks}

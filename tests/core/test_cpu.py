@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from diffprobe import cpu
@@ -21,15 +23,11 @@ def environment(monkeypatch):
 
 
 def test_configure_sets_passive_waiting_and_the_free_cores(environment):
-    import os
-
     assert cpu.configure() == 1
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"
 
 
 def test_the_users_own_settings_win(environment):
-    import os
-
     environment.setenv("OMP_NUM_THREADS", "3")
     environment.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert cpu.configure() is None
@@ -43,17 +41,29 @@ def test_the_users_own_settings_win(environment):
         cpu.configure()
 
 
-def test_busy_cores_are_measured_over_a_window_not_since_boot(monkeypatch):
-    readings = iter([(100_000, 400_000, 2), (100_050, 400_100, 2)])  # 50 of 100 jiffies busy in the window
-    monkeypatch.setattr(cpu, "_cpu_times", lambda: next(readings))
+def _proc_stat(monkeypatch, tmp_path, *readings: str, cores=(0, 1)) -> None:
+    """/proc/stat reads ``readings`` in turn, and this process may run on ``cores`` (its affinity)."""
+    files = iter([tmp_path / f"stat{i}" for i in range(len(readings))])
+    for i, text in enumerate(readings):
+        (tmp_path / f"stat{i}").write_text(text)
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(next(files) if path == "/proc/stat" else path, *a, **k))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cores), raising=False)
+
+
+def test_busy_cores_are_measured_over_a_window_not_since_boot(monkeypatch, tmp_path):
+    # since boot: 100,000 of 400,000 jiffies busy (0.5 cores); in the window: 50 of 100 (1 core)
+    _proc_stat(monkeypatch, tmp_path, "cpu0 100000 0 0 100000 0\ncpu1 0 0 0 200000 0\n", "cpu0 100050 0 0 100000 0\ncpu1 0 0 0 200050 0\n")
     assert cpu.busy_cores(window=0.0) == pytest.approx(1.0)  # since boot it would read 0.5 cores
 
 
 def test_only_the_cores_this_process_may_use_are_counted(monkeypatch, tmp_path):
-    # cpu0 fully busy, cpu1 idle, cpu2 fully busy but outside the affinity mask (another job's core)
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  300 0 0 100 0\ncpu0 100 0 0 0 0\ncpu1 0 0 0 100 0\ncpu2 200 0 0 0 0\nintr 1\n")
-    real_open = open
-    monkeypatch.setattr(cpu, "_allowed_cpus", lambda: {0, 1})
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
-    assert cpu._cpu_times() == (100, 200, 2)
+    # cpu0 fully busy, cpu1 idle, cpu2 fully busy but outside the affinity mask (another job's core):
+    # counting cpu2 would read 3 x 300 / 400 = 2.25 busy cores, not 2 x 100 / 200 = 1
+    _proc_stat(
+        monkeypatch, tmp_path,
+        "cpu  300 0 0 100 0\ncpu0 100 0 0 0 0\ncpu1 0 0 0 100 0\ncpu2 200 0 0 0 0\nintr 1\n",
+        "cpu  600 0 0 200 0\ncpu0 200 0 0 0 0\ncpu1 0 0 0 200 0\ncpu2 400 0 0 0 0\nintr 1\n",
+    )  # fmt: skip
+    assert cpu.available_cores() == 2
+    assert cpu.busy_cores(window=0.0) == pytest.approx(1.0)

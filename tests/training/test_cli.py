@@ -1,6 +1,7 @@
 """train.py / probe.py as a user runs them: the quickstart config, overrides, runs never overwritten."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,8 @@ from diffusers import DDPMPipeline
 
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
-from helpers import TINY_UNET, read_events
+from helpers import REPO, TINY_UNET, read_events
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = [
     "--trainer.max_steps", "4",
     "--trainer.log_every_n_steps", "1",
@@ -29,13 +29,15 @@ def quickstart(*extra, config=REPO / "configs/quickstart.yaml"):
     return ["fit", "--config", str(config), *FAST, *extra]
 
 
-# The quick start's callbacks, each observing a little (a few images, a few sampler steps, no
-# heatmaps), for the tests of run folders and resuming: the whole config runs in the first test.
+# The quick start's callbacks, each observing a little (a few images, timesteps and layers, a few sampler
+# steps, no heatmaps). The quick start exactly as the README gives it (600 steps, every callback at its
+# settings) runs in CI (.ci/run), and so does the installed wheel's bundled quickstart config (every
+# callback, 2 steps): here the config's callbacks run light, so that its run is quick to share.
 LIGHTER = {
     "SampleGrid": {"num_images": 2, "num_inference_steps": 3},
-    "ProbeMonitor": {"num_images": 12, "heatmaps": False},
-    "AttentionRecorder": {"num_images": 1},
-    "PredictionEvolution": {"num_images": 2, "trajectory_steps": 3, "trajectory_every": 1},
+    "ProbeMonitor": {"num_images": 12, "timesteps": [10, 50], "layers": ["mid_block"], "heatmaps": False},
+    "AttentionRecorder": {"num_images": 1, "timesteps": [50], "layers": ["mid_block.attentions.0"]},
+    "PredictionEvolution": {"num_images": 2, "timesteps": [50], "trajectory_steps": 3, "trajectory_every": 1},
 }
 
 
@@ -53,9 +55,20 @@ def _no_rich(args):
     return [a if a != "false" or args[i - 1] != "--trainer.enable_progress_bar" else "true" for i, a in enumerate(args)]
 
 
-def test_quickstart_config_makes_a_complete_run(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """(working folder, LightningCLI) of one 4-step quickstart run (light callbacks) at
+    <folder>/runs/quickstart/version_0, shared by the tests below; read-only."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        cli = train_main(_no_rich(light_quickstart()))
+    return folder, cli
+
+
+def test_quickstart_config_makes_a_complete_run(quickstart_run, monkeypatch):
+    tmp_path, cli = quickstart_run
     monkeypatch.chdir(tmp_path)
-    cli = train_main(_no_rich(quickstart()))
     run = tmp_path / "runs/quickstart/version_0"
     assert Path(cli.trainer.log_dir) == Path("runs/quickstart/version_0")
     assert (run / "config.yaml").exists() and (run / "checkpoints/last.ckpt").exists()
@@ -64,13 +77,13 @@ def test_quickstart_config_makes_a_complete_run(tmp_path, monkeypatch):
     tags = read_events(run).Tags()
     assert "train/loss" in tags["scalars"] and "samples/ema" in tags["images"]
     # a second run gets a new version, never the old directory
-    train_main(_no_rich(light_quickstart()))
+    train_main(_no_rich(light_quickstart("--trainer.max_steps", "1")))
     assert (tmp_path / "runs/quickstart/version_1/config.yaml").exists()
 
 
-def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch):
+def test_resume_continues_in_the_same_run_directory(quickstart_run, tmp_path, monkeypatch):
+    shutil.copytree(quickstart_run[0] / "runs/quickstart/version_0", tmp_path / "runs/quickstart/version_0")  # a copy to resume
     monkeypatch.chdir(tmp_path)
-    train_main(_no_rich(light_quickstart()))
     run = tmp_path / "runs/quickstart/version_0"
     first_config = (run / "config.yaml").read_text()
     cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "6", "--ckpt_path", str(run / "checkpoints/last.ckpt"))))
@@ -121,10 +134,9 @@ def test_image_size_override_reaches_data_and_model(tmp_path, monkeypatch):
     assert cli.model.unet.config.sample_size == 32 and cli.datamodule.image_size == 32
 
 
-def test_probe_export_and_sample_commands(tmp_path, monkeypatch):
+def test_probe_export_and_sample_commands(quickstart_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_main(_no_rich(light_quickstart()))
-    ckpt = tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt"
+    ckpt = quickstart_run[0] / "runs/quickstart/version_0/checkpoints/last.ckpt"
     out = probe_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     assert DDPMPipeline.from_pretrained(out).unet.config.sample_size == 16
     with pytest.raises(SystemExit, match="exists and is not empty"):

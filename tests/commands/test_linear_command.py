@@ -1,8 +1,10 @@
 """probe.py linear on a run: CSV/JSON rows, heatmaps, emergence, TensorBoard at checkpoint steps,
-idempotent reruns, and clear errors."""
+idempotent reruns, the init baseline, and clear errors."""
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,12 +15,20 @@ from helpers import make_module, make_trainer, read_events, refusal, shapes_data
 LAYERS = ["down_blocks.1", "mid_block"]
 
 
-@pytest.fixture
-def run(tmp_path):
+@pytest.fixture(scope="module")
+def monitored_run(tmp_path_factory) -> Path:
+    """A 4-step run (checkpoints at steps 0, 2, 4) whose ProbeMonitor saved the run's probe set."""
+    root = tmp_path_factory.mktemp("monitored")
     monitor = ProbeMonitor(every_n_steps=100, num_images=24, timesteps=[0, 50, 99], layers=LAYERS, method="ridge", heatmaps=False)
-    trainer = make_trainer(tmp_path, max_steps=4, every_n_steps=2, callbacks=[monitor])
+    trainer = make_trainer(root, max_steps=4, every_n_steps=2, callbacks=[monitor])
     trainer.fit(make_module(), datamodule=shapes_data(heldout_size=30))
-    return tmp_path / "runs/test/version_0"
+    return root / "runs/test/version_0"
+
+
+@pytest.fixture
+def run(monitored_run, tmp_path) -> Path:
+    """A private copy of the monitored run: probe.py linear writes into it."""
+    return Path(shutil.copytree(monitored_run, tmp_path / "runs/test/version_0"))
 
 
 def test_linear_on_a_run_writes_everything_and_skips_done_cells(run, capsys, monkeypatch):
@@ -91,6 +101,16 @@ def test_linear_errors_are_clear(run, tmp_path, capsys):
     (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="is not a diffprobe checkpoint"):  # a clean exit naming the file
         probe_main(["linear", "--ckpt", str(tmp_path / "foreign.ckpt"), "--device", "cpu"])
+
+
+def test_linear_on_a_run_without_step0_weights_says_which_baseline_is_missing(unconditional_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(unconditional_run, copy)
+    (copy / "checkpoints/step=000000.ckpt").unlink()
+    shutil.rmtree(copy / "probes", ignore_errors=True)
+    message = refusal(["linear", "--ckpt", str(copy), "--device", "cpu", "--method", "ridge"], capsys)
+    assert "no step-0 weights" in message and "init baseline is missing" in message and "--init none" in message
+    assert not (copy / "probes").exists()
 
 
 def test_linear_on_a_pretrained_diffusers_unet_with_a_local_data_set(tmp_path):

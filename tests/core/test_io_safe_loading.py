@@ -168,7 +168,19 @@ CHECKPOINT_COMMANDS = {
 def test_every_command_that_reads_a_checkpoint_is_covered():
     from diffprobe.commands.probe import COMMANDS
 
-    assert set(COMMANDS) == set(CHECKPOINT_COMMANDS), "a new probe.py command: add it to CHECKPOINT_COMMANDS"
+    assert set(COMMANDS) == set(CHECKPOINT_COMMANDS) | TABLE_COMMANDS, "a new probe.py command: add it to CHECKPOINT_COMMANDS"
+
+
+# Commands that read only the tables other commands wrote, never a checkpoint's weights.
+TABLE_COMMANDS = {"story"}
+
+
+def test_story_reads_no_checkpoint_of_a_crafted_run(crafted, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as error:
+        probe_main(["story", "--ckpt", str(crafted["run"]), "--out", str(out)])
+    assert "holds no measurements yet" in str(error.value.code)
+    assert not crafted["marker"].exists() and not out.exists()
 
 
 @pytest.mark.parametrize("command", sorted(CHECKPOINT_COMMANDS))

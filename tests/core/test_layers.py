@@ -8,11 +8,12 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "diffprobe"
+from helpers import REPO
+
+PACKAGE = REPO / "diffprobe"
 UPPER_LAYERS = ("diffprobe.training", "diffprobe.commands")
 
 
@@ -38,15 +39,13 @@ def test_no_core_module_imports_lightning_or_an_upper_layer_even_inside_a_functi
     assert not offenders, offenders
 
 
-def test_the_core_loads_a_probe_set_and_a_checkpoint_without_lightning(tmp_path):
+def test_the_core_loads_a_probe_set_and_a_checkpoint_without_lightning(conditional_run, tmp_path):
     from diffprobe.data.probe_set import ProbeSet
-    from helpers import make_module, make_trainer, shapes_data
+    from helpers import shapes_data
 
     data = shapes_data(heldout_size=20)
     ProbeSet.from_dataset(data.heldout_dataset(), data.concepts, size=12, timesteps=[0, 500], seed=0).save(tmp_path / "probe_set.pt")
-    trainer = make_trainer(tmp_path, max_steps=2, every_n_steps=2)
-    trainer.fit(make_module(), datamodule=data)
-    checkpoint = tmp_path / "runs/test/version_0/checkpoints/last.ckpt"
+    checkpoint = conditional_run / "checkpoints/last.ckpt"  # the shared 2-step run (conftest.py), its caption encoder too
     code = f"""
 import importlib, json, sys
 for name in {core_modules()!r}:

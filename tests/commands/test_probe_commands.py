@@ -6,15 +6,12 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from diffprobe.commands.probe import COMMANDS, command_function, probe_main
-from helpers import refusal
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, refusal
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -1,34 +1,30 @@
-"""probe.py intervene end to end on tiny runs: the table, figures and TensorBoard it writes, reruns
-that measure nothing twice, a Stable Diffusion folder (images only), the concept reader, and clear
-refusals before any sampling."""
+"""probe.py intervene end to end on the shared tiny runs (conftest.py): the table, figures and
+TensorBoard it writes, reruns that measure nothing twice, a Stable Diffusion folder (images only), and
+clear refusals before any sampling. The concept reader itself: intervene/test_reader.py."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from diffprobe.commands.probe import probe_main
-from diffprobe.data.shapes import CONCEPTS, ConceptShapes
-from diffprobe.intervene.reader import TrainedReader, train_reader
+from diffprobe.data.shapes import CONCEPTS
 from diffprobe.io.runs import checkpoint_step
-from helpers import read_events, refusal, train_tiny_run
+from helpers import READER, read_events, refusal
 
-FAST = ["--num_captions", "4", "--steps", "4", "--reader_steps", "10", "--reader_images", "64", "--batch_size", "8"]
+FAST = ["--num_captions", "4", "--steps", "4", *READER, "--batch_size", "8"]
 A = "a large red solid circle at the top left on a navy background"
 
 
 @pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("cond"), max_steps=2, conditional=True)
-
-
-@pytest.fixture(scope="module")
-def probed_run(tmp_path_factory):
-    """An unconditional run with probe.py linear's results in <run>/probes."""
-    run = train_tiny_run(tmp_path_factory.mktemp("uncond"), max_steps=1)
+def probed_run(unconditional_run, tmp_path_factory):
+    """A copy of the shared unconditional run with probe.py linear's results in <run>/probes."""
+    run = Path(shutil.copytree(unconditional_run, tmp_path_factory.mktemp("probed") / "runs/test/version_0"))
     probe_main(["linear", "--ckpt", str(run), "--num_images", "40", "--timesteps", "[10, 50, 90]", "--method", "ridge"])
     return run
 
@@ -101,13 +97,9 @@ def test_steer_uses_the_runs_probe_results_and_a_random_control(probed_run, tmp_
     assert json.loads((out / "intervene.json").read_text())["summary"]["settings"]["steer"]["probes"]["background_colour"]["t"] == steer["t"]
 
 
-def test_switch_on_stable_diffusion_writes_the_switched_images(tmp_path):
-    pytest.importorskip("transformers")
-    from tiny_sd import write_tiny_stable_diffusion
-
-    sd = write_tiny_stable_diffusion(tmp_path / "tiny-sd")
+def test_switch_on_stable_diffusion_writes_the_switched_images(tiny_sd, tmp_path):
     out = tmp_path / "sd"
-    probe_main(["intervene", "--ckpt", str(sd), "--out", str(out), "--pairs", "[[a photo of a cat, a photo of a dog], [a red car, a blue car]]",
+    probe_main(["intervene", "--ckpt", str(tiny_sd), "--out", str(out), "--pairs", "[[a photo of a cat, a photo of a dog], [a red car, a blue car]]",
                 "--steps", "3", "--switch_times", "[0, 500, 999]"])  # fmt: skip
     saved = torch.load(out / "examples" / "step000000_ema_switch_pairs.pt")
     assert saved["images"].shape[:2] == (3, 2) and saved["second"] == ["a photo of a dog", "a blue car"]
@@ -136,18 +128,3 @@ def test_bad_input_is_refused_before_anything_is_sampled(conditional_run, probed
     for expected, args in cases.items():
         assert expected in refusal(args, capsys), expected
         assert not out.exists(), expected  # refused before the reader or any image was made
-
-
-def test_reader_reads_rendered_images_and_round_trips(tmp_path):
-    train, heldout = ConceptShapes(2000, 16, "train"), ConceptShapes(300, 16, "test")
-    trained = train_reader(train, heldout, CONCEPTS, steps=150, seed=0)
-    # Coarse concepts are learnt in a few steps; the full reader (3000 steps) passes 95% on all.
-    assert trained.accuracy["background_colour"] > 0.95 and trained.accuracy["position"] > 0.8
-    path = trained.save(tmp_path / "reader.pt")
-    loaded = TrainedReader.load(path)
-    images = heldout.images[:50].float() / 127.5 - 1
-    assert torch.equal(loaded.reader.read(images), trained.reader.read(images))
-    assert loaded.accuracy == trained.accuracy
-    torch.save({"format": "something else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a diffprobe concept reader"):
-        TrainedReader.load(tmp_path / "other.pt")

@@ -1,28 +1,16 @@
-"""probe.py fidelity and the ConceptFidelity callback on tiny runs: tables, summaries, TensorBoard,
-idempotent reruns, and bad input refused before anything is sampled."""
+"""probe.py fidelity and the ConceptFidelity callback on the shared tiny runs (conftest.py): tables,
+summaries, TensorBoard, idempotent reruns, and bad input refused before anything is sampled."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import pytest
-
 from diffprobe.commands.probe import probe_main
 from diffprobe.training.callbacks import ConceptFidelity
-from helpers import make_module, make_trainer, read_events, refusal, shapes_data, train_tiny_run
+from helpers import READER, READER_SETTINGS, make_module, make_trainer, read_events, refusal, shapes_data
 
-FAST = ["--num_captions", "6", "--steps", "4", "--reader_steps", "30", "--reader_images", "300", "--device", "cpu", "--batch_size", "6"]
-
-
-@pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("conditional"), max_steps=2, conditional=True)
-
-
-@pytest.fixture(scope="module")
-def unconditional_run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("unconditional"), max_steps=2)
+FAST = ["--num_captions", "6", "--steps", "4", *READER, "--device", "cpu", "--batch_size", "6"]
 
 
 def test_fidelity_over_a_conditional_run_writes_rows_summary_and_tensorboard(conditional_run, capsys):
@@ -71,19 +59,9 @@ def test_bad_input_is_refused_before_anything_is_sampled(conditional_run, uncond
     assert "--steps 5000" in refusal(["fidelity", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "c"), *FAST, "--steps", "5000"], capsys)
 
 
-def test_linear_on_a_run_without_step0_weights_says_which_baseline_is_missing(unconditional_run, tmp_path, capsys):
-    copy = tmp_path / "run"
-    shutil.copytree(unconditional_run, copy)
-    (copy / "checkpoints/step=000000.ckpt").unlink()
-    shutil.rmtree(copy / "probes", ignore_errors=True)
-    message = refusal(["linear", "--ckpt", str(copy), "--device", "cpu", "--method", "ridge"], capsys)
-    assert "no step-0 weights" in message and "init baseline is missing" in message and "--init none" in message
-    assert not (copy / "probes").exists()
-
-
 def test_the_callback_logs_fidelity_and_rendered_at_step(tmp_path):
     data = shapes_data(heldout_size=12)
-    callback = ConceptFidelity(every_n_steps=2, num_captions=4, num_inference_steps=3, reader_steps=20, reader_images=200, batch_size=4)
+    callback = ConceptFidelity(every_n_steps=2, num_captions=4, num_inference_steps=3, **READER_SETTINGS, batch_size=4)
     trainer = make_trainer(tmp_path, max_steps=2, callbacks=[callback])
     trainer.fit(make_module(conditional=True, data=data), datamodule=data)
     events = read_events(trainer.log_dir)
