@@ -210,14 +210,15 @@ class InterventionOutput:
         if decodable is None:
             return None
         locks = [c.lock_in() for c in curves]
-        title = f"decodable (probe, step {decodable.probe_step}) vs decided (prompt switch, step {newest}); {weights} weights"
-        figure = figures.decodable_vs_decided([c.concept for c in curves], decodable.up_to_t, locks, self.T, title)
+        title = f"learned and decodable (probe, step {decodable.probe_step}) vs decided (prompt switch, step {newest})\n{weights} weights"
+        figure = figures.decodable_vs_decided([c.concept for c in curves], decodable.up_to_t, decodable.learned_up_to_t, locks, self.T, title)
         self._png(figure, f"decodable_vs_decided_{weights}.png")
         if newest in self.steps_measured:
             self.tensorboard.figure(tb.DECODABLE_VS_DECIDED, figure, newest)
         self.summary["decodable_vs_decided"] = {
-            c.concept: {"decodable_up_to_t": t, "probe_step": decodable.probe_step, "t_lock": lock.t_lock, "t_lock_low": lock.low, "t_lock_high": lock.high}
-            for c, t, lock in zip(curves, decodable.up_to_t, locks)
+            c.concept: {"decodable_up_to_t": t, "learned_up_to_t": learned, "probe_step": decodable.probe_step,
+                        "t_lock": lock.t_lock, "t_lock_low": lock.low, "t_lock_high": lock.high}
+            for c, t, learned, lock in zip(curves, decodable.up_to_t, decodable.learned_up_to_t, locks)
         }  # fmt: skip
         return decodable
 
@@ -226,9 +227,9 @@ def print_lock_in_table(curves: Sequence[InsertionCurve], decodable: Decodable |
     """The terminal summary: per concept, when it is decided (t_lock and its range), CIS when switched
     at the largest t_s, how far up it is decodable, and the reader's accuracy on it."""
     width = max(len("concept"), *(len(c.concept) for c in curves))
-    print(f"\nstep {step}: when each concept is decided (prompt switch) and decodable (linear probe)")
+    print(f"\nstep {step}: when each concept is decided (prompt switch), learned and decodable (linear probe)")
     largest = f"CIS t_s={curves[0].switch_times[-1]}"
-    print(f"{'concept':<{width}}  {'t_lock':>7}  {'95% range':>11}  {largest:>14}  {'decodable up to t':>17}  {'reader acc':>10}")
+    print(f"{'concept':<{width}}  {'t_lock':>7}  {'95% range':>11}  {largest:>14}  {'learned up to t':>15}  {'decodable up to t':>17}  {'reader acc':>10}")
     for index, curve in enumerate(curves):
         lock = curve.lock_in()
         if lock.t_lock is None:
@@ -236,9 +237,12 @@ def print_lock_in_table(curves: Sequence[InsertionCurve], decodable: Decodable |
         else:
             t_lock = f"{lock.t_lock:.0f}"
         span = "-" if lock.low is None or lock.high is None else f"{lock.low:.0f}-{lock.high:.0f}"
-        up_to = None if decodable is None else decodable.up_to_t[index]
-        seen = "-" if decodable is None else ("none" if up_to is None else str(up_to))
+        seen, learned = ("-", "-") if decodable is None else (_t_text(decodable.up_to_t[index]), _t_text(decodable.learned_up_to_t[index]))
         print(
-            f"{curve.concept:<{width}}  {t_lock:>7}  {span:>11}  {curve.rate[-1]:>14.2f}  {seen:>17}  {accuracy.get(curve.concept, float('nan')):>10.3f}"
+            f"{curve.concept:<{width}}  {t_lock:>7}  {span:>11}  {curve.rate[-1]:>14.2f}  {learned:>15}  {seen:>17}  {accuracy.get(curve.concept, float('nan')):>10.3f}"
         )
     print()
+
+
+def _t_text(t: int | None) -> str:
+    return "none" if t is None else str(t)

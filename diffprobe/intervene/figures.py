@@ -119,17 +119,25 @@ def steering_curves(rows: Sequence[dict], title: str) -> Figure:
 
 
 def decodable_vs_decided(
-    concepts: Sequence[str], decodable_t: Sequence[int | None], lock_in: Sequence[LockIn], num_train_timesteps: int, title: str
+    concepts: Sequence[str],
+    decodable_t: Sequence[int | None],
+    learned_t: Sequence[int | None],
+    lock_in: Sequence[LockIn],
+    num_train_timesteps: int,
+    title: str,
 ) -> Figure:
-    """Per concept (a row): the largest t at which a probe decodes it (circle) and its lock-in time
-    with range (diamond and bar). A concept decodable at high t but locked in at low t is readable
-    long before the model commits to it."""
+    """Per concept (a row): the largest t at which a probe decodes it (hollow circle: above chance,
+    which the noisy input alone may explain), the largest t at which it is learned (filled: above
+    both baselines), and its lock-in time with range (diamond and bar). A concept decodable at high
+    t but locked in at low t is readable long before the model commits to it."""
     figure, axes = new_figure(size=(6.6, 0.42 * len(concepts) + 1.4), dpi=110)
     axis = axes[0, 0]
     rows = np.arange(len(concepts))[::-1]
-    for row, t_dec, lock in zip(rows, decodable_t, lock_in):
+    for row, t_dec, t_learned, lock in zip(rows, decodable_t, learned_t, lock_in):
         if t_dec is not None:
-            axis.scatter([t_dec], [row + 0.12], s=40, color="tab:green", zorder=3)
+            axis.scatter([t_dec], [row + 0.12], s=40, facecolors="none", edgecolors="tab:green", zorder=3)
+        if t_learned is not None:
+            axis.scatter([t_learned], [row + 0.12], s=40, color="tab:green", zorder=4)
         if lock.t_lock is not None:
             low = lock.low if lock.low is not None else lock.t_lock
             high = lock.high if lock.high is not None else num_train_timesteps
@@ -139,7 +147,8 @@ def decodable_vs_decided(
             axis.text(2, row - 0.12, _lock_text(lock), fontsize=7, va="center", color="tab:red")
         if t_dec is not None and lock.t_lock is not None:
             axis.plot([t_dec, lock.t_lock], [row + 0.12, row - 0.12], color="grey", linewidth=0.6, linestyle=":")
-    axis.scatter([], [], s=40, color="tab:green", label="decodable up to t (linear probe, significant)")
+    axis.scatter([], [], s=40, color="tab:green", label="learned up to t (probe above both baselines)")
+    axis.scatter([], [], s=40, facecolors="none", edgecolors="tab:green", label="decodable up to t (probe above chance)")
     axis.scatter([], [], s=45, marker="D", color="tab:red", label="decided: t_lock (prompt switch; bar = 95% range)")
     axis.set_yticks(rows, list(concepts), fontsize=8)
     axis.set_xlim(0, num_train_timesteps)

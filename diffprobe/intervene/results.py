@@ -162,24 +162,28 @@ def lock_in_summary(measured: Sequence[CheckpointCurves]) -> dict:
 
 @dataclass(frozen=True)
 class Decodable:
-    """How far up in t a linear probe decodes each concept (None: at no t), at ``probe_step``."""
+    """How far up in t a linear probe decodes each concept (above chance), and how far it is learned
+    (above both baselines), at ``probe_step`` (None: at no t)."""
 
     probe_step: int
     up_to_t: list[int | None]
+    learned_up_to_t: list[int | None]
 
 
 def decodable_at(
     probe_rows: Sequence[Mapping], weights: str, num_train_timesteps: int, step: int, concepts: Sequence[str]
 ) -> Decodable | None:
     """From ``probe.py linear``'s rows: at ``step``, or the nearest probed step (the later one on a
-    tie), the largest significantly decodable t of each concept; None without rows of ``weights``."""
+    tie), the largest significantly decodable and learned t of each concept; None without rows of
+    ``weights``."""
     rows = [r for r in probe_rows if r["weights"] == weights]
     if not rows:
         return None
     curves = step_curves(rows, weights, num_train_timesteps)
     probe_step = min(curves.best, key=lambda s: (abs(s - step), -s))
-    by_concept = dict(zip(curves.concepts, curves.max_decodable_t(probe_step)))
-    return Decodable(probe_step, [by_concept.get(c) for c in concepts])
+    decodable = dict(zip(curves.concepts, curves.max_decodable_t(probe_step)))
+    learned = dict(zip(curves.concepts, curves.max_learned_t(probe_step)))
+    return Decodable(probe_step, [decodable.get(c) for c in concepts], [learned.get(c) for c in concepts])
 
 
 @dataclass(frozen=True)

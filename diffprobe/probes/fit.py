@@ -67,7 +67,7 @@ def _predict(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~mask, float("-inf")).argmax(-1)
 
 
-def _ridge_weights(x: torch.Tensor, centred: torch.Tensor, ridge: float, dual: bool | None = None) -> torch.Tensor:
+def ridge_weights(x: torch.Tensor, centred: torch.Tensor, ridge: float, dual: bool | None = None) -> torch.Tensor:
     """x (P, N, D) standardised features, centred (N, O) targets -> (P, D, O) ridge weights.
 
     Primal and dual give the same weights (push-through identity); ``dual=None`` takes the cheaper:
@@ -89,7 +89,7 @@ def _ridge_scores(xtr, ytr, xte, num_classes, ridge: float) -> torch.Tensor:
     onehot = F.one_hot(ytr, mask.shape[1]).float() * mask  # (N, K, C_max)
     targets = rearrange(onehot, "n k c -> n (k c)")  # all K concepts' classes in one solve
     target_mean = targets.mean(0)
-    weights = _ridge_weights(xtr, targets - target_mean, ridge)
+    weights = ridge_weights(xtr, targets - target_mean, ridge)
     scores = xte @ weights + target_mean  # (P, N_test, K * C_max)
     return rearrange(scores, "p n (k c) -> p n k c", k=mask.shape[0])
 
@@ -182,7 +182,7 @@ def probe_weights(
     if method == "ridge":
         onehot = F.one_hot(y[:, 0], num_classes).float()
         target_mean = onehot.mean(0)
-        weights, bias = _ridge_weights(xs, onehot - target_mean, ridge)[0], target_mean
+        weights, bias = ridge_weights(xs, onehot - target_mean, ridge)[0], target_mean
     elif method == "logistic":
         weights, bias = _logistic_fit(xs, y, [num_classes], C, max_iter)
         weights, bias = weights[0], bias[0, 0]

@@ -112,7 +112,8 @@ def story_figure(story: Mapping[str, Any], num_train_timesteps: int, title: str)
     handles = [h for a in figure.axes for h in a.get_legend_handles_labels()[0]]
     labels = [lab for a in figure.axes for lab in a.get_legend_handles_labels()[1]]
     unique = dict(zip(labels, handles))
-    figure.legend(unique.values(), unique.keys(), fontsize=7, frameon=False, loc="lower center", ncol=len(unique))
+    # "outside": the constrained layout makes room below the panels (matplotlib >= 3.7).
+    figure.legend(unique.values(), unique.keys(), fontsize=7, frameon=False, loc="outside lower center", ncol=len(unique))
     figure.suptitle(title, fontsize=10)
     return figure
 

@@ -75,6 +75,24 @@ def test_switch_over_a_run_writes_curves_lock_in_and_tensorboard_once(conditiona
     assert "other settings" in message and "switch_times" in message
 
 
+def test_switch_beside_probe_results_shows_learned_and_decodable_t(conditional_run, tmp_path, capsys):
+    run = Path(shutil.copytree(conditional_run, tmp_path / "runs/test/version_0", ignore=shutil.ignore_patterns("intervene")))
+    probe_main(["linear", "--ckpt", str(run / "checkpoints" / "step=000002.ckpt"), "--num_images", "40", "--timesteps", "[10, 50, 90]", "--method", "ridge"])
+    capsys.readouterr()
+    folder = probe_main(["intervene", "--ckpt", str(run / "checkpoints" / "step=000002.ckpt"), "--concepts", "[shape, size]", "--switch_times", "[0, 99]", *FAST])
+    compared = json.loads((folder / "intervene.json").read_text())["summary"]["decodable_vs_decided"]
+    probes = list(csv.DictReader((run / "probes" / "probes.csv").open()))
+    for concept in ("shape", "size"):
+        mine = [r for r in probes if r["concept"] == concept and r["step"] == "2" and r["weights"] == "ema"]
+        learned = [int(r["t"]) for r in mine if r["learned"] == "True"]
+        decodable = [int(r["t"]) for r in mine if r["significant"] == "True"]
+        assert compared[concept]["learned_up_to_t"] == (max(learned) if learned else None), concept
+        assert compared[concept]["decodable_up_to_t"] == (max(decodable) if decodable else None), concept
+        assert compared[concept]["probe_step"] == 2
+    assert (folder / "decodable_vs_decided_ema.png").is_file()
+    assert "learned up to t" in capsys.readouterr().out
+
+
 def test_steer_uses_the_runs_probe_results_and_a_random_control(probed_run, tmp_path):
     out = tmp_path / "steer"
     args = ["intervene", "--mode", "steer", "--ckpt", str(probed_run / "checkpoints" / "last.ckpt"), "--out", str(out), "--concepts", "background_colour",

@@ -7,7 +7,7 @@ import torch
 from diffprobe.data.probe_set import ProbeSet
 from diffprobe.diffusion.timesteps import default_timesteps
 from diffprobe.probes import binomial_p_value, chance_level, class_mask, fit_probes, wilson_interval
-from diffprobe.probes.fit import _ridge_weights, standardize
+from diffprobe.probes.fit import ridge_weights, standardize
 from diffprobe.probes.pipeline import probe_features
 from helpers import shapes_data
 
@@ -35,12 +35,12 @@ def test_dual_ridge_equals_primal_on_the_same_data():
     train, test = standardize(features[:, :40], features[:, 40:])
     targets = torch.nn.functional.one_hot(labels[:40], 3).flatten(1).float()
     targets = targets - targets.mean(0)
-    primal = _ridge_weights(train, targets, 0.1, dual=False)  # (P, D, K * C) = (4, 80, 6)
-    dual = _ridge_weights(train, targets, 0.1, dual=True)
+    primal = ridge_weights(train, targets, 0.1, dual=False)  # (P, D, K * C) = (4, 80, 6)
+    dual = ridge_weights(train, targets, 0.1, dual=True)
     assert primal.shape == dual.shape == (4, 80, 6)
     assert (primal - dual).abs().max() < 2e-5, "the push-through identity: both solves give one ridge"
     assert (test @ primal - test @ dual).abs().max() < 2e-5
-    assert torch.equal(_ridge_weights(train, targets, 0.1), dual), "80 features > 40 examples: the dual is chosen"
+    assert torch.equal(ridge_weights(train, targets, 0.1), dual), "80 features > 40 examples: the dual is chosen"
     fit = fit_probes(features[:, :40], labels[:40], features[:, 40:], labels[40:], [3, 3], method="ridge")
     assert (fit.accuracy[:, 0] > 0.8).all()
 
