@@ -25,7 +25,13 @@ from typing_extensions import override
 from diffprobe.configs import ConfigFile, bundled_names
 from diffprobe.training.datamodules import ImageDataModule
 from diffprobe.training.module import DiffusionModule
-from diffprobe.training.resume import ResumeSource, architecture_differences, inspect_resume_checkpoint, setting_changes
+from diffprobe.training.resume import (
+    ResumeSource,
+    architecture_differences,
+    inspect_resume_checkpoint,
+    newest_run_checkpoint,
+    setting_changes,
+)
 
 __all__ = ["DiffprobeCLI", "RunConfig", "build_cli", "quiet_lightning", "union_subtype_error"]
 
@@ -136,12 +142,30 @@ class DiffprobeCLI(LightningCLI):
 
     def _inspect_ckpt_path(self) -> None:
         ckpt_path = self._ckpt_path if self.config.get("subcommand") == "fit" else None
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        if ckpt_path == "last":
+            ckpt_path = self._ckpt_path = self._newest_run_checkpoint()
+        if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
             return
         try:
             self.resume = inspect_resume_checkpoint(ckpt_path)
         except (OSError, ValueError) as error:
             raise _fail(error) from None
+
+    def _newest_run_checkpoint(self) -> str | None:
+        """``--ckpt_path last``: the newest checkpoint of the newest run of the configured logger's
+        save_dir/name (so a job script uses one command for its first start and every requeue);
+        None, said, when there is none yet. Lightning's own "last" looks only in the new run's folder."""
+        logger = self.config["fit"].trainer.get("logger")
+        init = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init is None or not str(logger.get("class_path", "")).endswith(("TensorBoardLogger", "CSVLogger")):
+            raise _fail(ValueError("--ckpt_path last finds the run by the logger's save_dir and name: configure a TensorBoardLogger, or give a checkpoint file"))
+        runs = Path(init.get("save_dir") or ".") / str(init.get("name") or "lightning_logs")
+        found = newest_run_checkpoint(runs)
+        if found is None:
+            print(f"diffprobe: --ckpt_path last: no run in {runs} has a checkpoint yet; starting a new run", file=sys.stderr)
+            return None
+        print(f"diffprobe: --ckpt_path last: {found}, the newest checkpoint of the newest run in {runs}", file=sys.stderr)
+        return str(found)
 
     @override
     def before_instantiate_classes(self) -> None:

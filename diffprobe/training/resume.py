@@ -7,6 +7,8 @@ run directory is written.
   X's state; X's run is left as it is, so its later history is never overlapped.
 - The configured model must be the architecture X was trained with, at the same image size:
   otherwise the weights would not fit, or would silently train at another resolution.
+- X = ``last``: the newest checkpoint of the newest run of the config's logger name (one command
+  for a job's first start and every requeue); a new run when that name has no checkpoint yet.
 """
 
 from __future__ import annotations
@@ -64,6 +66,26 @@ def inspect_resume_checkpoint(path: str | Path) -> ResumeSource:
         unet_config=dict(stored.get("unet_config", {})),
         hyper_parameters=dict(checkpoint.get("hyper_parameters", {})),
     )
+
+
+def _version_number(folder: Path) -> int:
+    suffix = folder.name.removeprefix("version_")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def newest_run_checkpoint(runs: Path) -> Path | None:
+    """``--ckpt_path last``: in ``runs`` (``<save_dir>/<name>``), the newest checkpoint of the
+    newest run that has one (runs in order of their version number; in a run, the checkpoint of the
+    highest step, ``last.ckpt`` on a tie). None when no run there has a checkpoint."""
+    if not runs.is_dir():
+        return None
+    versions = sorted((d for d in runs.iterdir() if d.is_dir() and _version_number(d) >= 0), key=_version_number, reverse=True)
+    for run in versions:
+        steps = [(checkpoint_step(p), p.name == "last.ckpt", p) for p in (run / "checkpoints").glob("*.ckpt")]
+        readable = [entry for entry in steps if entry[0] >= 0]
+        if readable:
+            return max(readable)[2]
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,9 @@ every fit (``configure_callbacks``), so the CLI and the Python API both get it.
   observers stop between UNet batches, ``last.ckpt`` is written, the loggers are closed, and the
   process exits with 128 + the signal number (143 / 130). A second Ctrl+C quits at once.
 - Resume: TensorBoard history from the resumed step on is purged (a SessionLog START event at that
-  step, as SummaryWriter's ``purge_step`` writes), so every tag's steps stay strictly increasing; and
+  step, as SummaryWriter's ``purge_step`` writes), so every tag's steps stay strictly increasing;
+  what probe.py commands wrote into the run past that step is written again after it (their events
+  files end in ``.probe``), so an offline measurement is never hidden by a resume; and
   a run continued in its own checkpoint folder keeps its ModelCheckpoint bookkeeping even when the
   folder is now reached by another path (absolute vs relative, a moved run), so ``last.ckpt`` stays
   the newest state instead of Lightning starting ``last-v1.ckpt``.
@@ -31,6 +33,7 @@ from typing_extensions import override
 
 from diffprobe import interrupt
 from diffprobe.report import tb
+from diffprobe.report.writer import offline_events
 from diffprobe.training.checkpoint_io import AtomicCheckpointIO
 from diffprobe.training.tensorboard import tensorboard_writer
 
@@ -181,6 +184,10 @@ class RunSafety(Checkpoint):
                     restart = Event(step=step, session_log=SessionLog(status=SessionLog.START))
                     logger.experiment.file_writer.add_event(restart)
                     logger.experiment.file_writer.add_event(restart)
+                    # What probe.py commands logged at or past this step is not the run's to hide:
+                    # written again after the restart, it stays visible (their tables say it is done).
+                    for event in offline_events(logger.log_dir, step):
+                        logger.experiment.file_writer.add_event(event)
         if trainer.ckpt_path:
             _continue_checkpoint_bookkeeping(trainer, checkpoint, Path(trainer.ckpt_path))
 

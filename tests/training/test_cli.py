@@ -97,6 +97,32 @@ def test_resume_continues_in_the_same_run_directory(quickstart_run, tmp_path, mo
     assert cli.trainer.global_step == 8 and (run / "config-resume-2.yaml").exists()
 
 
+def test_ckpt_path_last_starts_a_run_then_continues_the_newest_one(quickstart_run, tmp_path, monkeypatch, capsys):
+    # One command for a job's first start and every requeue.
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs/quickstart"
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "2", "--ckpt_path", "last")))
+    assert cli.trainer.global_step == 2 and Path(cli.trainer.log_dir) == Path("runs/quickstart/version_0")
+    assert "no run in runs/quickstart has a checkpoint yet; starting a new run" in capsys.readouterr().err
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "4", "--ckpt_path", "last")))
+    assert cli.trainer.global_step == 4 and Path(cli.trainer.log_dir).resolve() == (runs / "version_0").resolve()
+    assert "runs/quickstart/version_0/checkpoints/last.ckpt, the newest checkpoint" in capsys.readouterr().err
+    assert not (runs / "version_1").exists(), "the run continued in place"
+    # Two runs: the newest version continues; the older one is left as it is.
+    shutil.copytree(quickstart_run[0] / "runs/quickstart/version_0", runs / "version_1")
+    before = {p.name: p.stat().st_mtime_ns for p in (runs / "version_0/checkpoints").iterdir()}
+    cli = train_main(_no_rich(light_quickstart("--trainer.max_steps", "6", "--ckpt_path", "last")))
+    assert cli.trainer.global_step == 6 and Path(cli.trainer.log_dir).resolve() == (runs / "version_1").resolve()
+    assert {p.name: p.stat().st_mtime_ns for p in (runs / "version_0/checkpoints").iterdir()} == before
+
+
+def test_ckpt_path_last_needs_a_logger_to_find_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--ckpt_path last finds the run by the logger's save_dir and name"):
+        train_main(_no_rich(quickstart("--trainer.logger", "false", "--ckpt_path", "last")))
+    assert not any(tmp_path.iterdir())
+
+
 def test_without_a_logger_the_observers_refuse_before_writing_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")

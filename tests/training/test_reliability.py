@@ -22,7 +22,8 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from diffprobe.commands.train import train_main
 from diffprobe.io.loading import safe_load
 from diffprobe.io.runs import find_checkpoints
-from diffprobe.training.callbacks import ExportDiffusers, SampleGrid
+from diffprobe.report.writer import LazyWriter
+from diffprobe.training.callbacks import ExportDiffusers, OnlineProbes, SampleGrid
 from diffprobe.training.run_safety import RunInterrupted
 from faults import TESTS, TINY_CONFIG_RUN, tiny_run_config, train
 from helpers import TINY_UNET, make_module, make_trainer, read_events, shapes_data
@@ -368,6 +369,24 @@ def test_checkpoints_from_before_state_keys_restore_their_callback_state(tmp_pat
     _fit(tmp_path, 3, ckpt=last, version=0, callbacks=[grid])
     steps = _tag_steps(tmp_path / "runs/test/version_0")["samples/ema"]
     assert steps == [0, 2, 3], "step 2 is re-drawn once after the purge, not twice"
+
+
+def test_a_resume_keeps_what_probe_commands_wrote_past_the_resume_step(tmp_path):
+    # probe.py linear on a run at steps 2 and 4, then the run resumed from last.ckpt (step 4): the
+    # resume hides the run's history from step 4 on, but not the command's (its table says step 4
+    # is done, so nothing would ever write that point again).
+    _fit(tmp_path, 4, callbacks=[OnlineProbes(layers=["mid_block"], num_buckets=1, log_every_n_steps=2)])
+    run = tmp_path / "runs/test/version_0"
+    offline = LazyWriter(run)
+    offline.scalars({"probe_ckpt/shape/mid_block/t0050/acc": 0.5}, 2)
+    offline.scalars({"probe_ckpt/shape/mid_block/t0050/acc": 0.7}, 4)
+    offline.close()
+    _fit(tmp_path, 6, ckpt=run / "checkpoints/last.ckpt", version=0, callbacks=[OnlineProbes(layers=["mid_block"], num_buckets=1, log_every_n_steps=2)])
+    steps = _tag_steps(run)
+    assert steps["probe_ckpt/shape/mid_block/t0050/acc"] == [2, 4]
+    # OnlineProbes logged step 4 before the checkpoint; the resume hid it, so it is written again.
+    assert steps["probe_online/shape/mid_block/t0000-0099/acc"] == [2, 4, 6]
+    assert 5 in steps["train/loss"] and not _not_increasing(steps), "the run's own tags are purged and continue"
 
 
 def test_ema_averages_stay_float32_under_half_precision():

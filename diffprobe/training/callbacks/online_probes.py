@@ -56,6 +56,7 @@ class OnlineProbes(pl.Callback):
         self.learning_rate, self.log_every_n_steps = learning_rate, log_every_n_steps
         self._layers_arg = list(layers) if layers else None  # as given: part of the state key
         self._logged_step: int | None = None  # the step last logged (once per optimizer step)
+        self._logged: dict[str, float] = {}  # what was logged then, kept in the checkpoint
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
@@ -104,9 +105,27 @@ class OnlineProbes(pl.Callback):
                         values[tag] = float(accuracy[i, b, k])
         # Written once, at the step they were measured (every rank took part in compute()). Through
         # Lightning's log they would be re-written at every log_every_n_steps until they change.
+        self._logged = values
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(values, trainer.global_step)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        # A run resumed at the step it last logged: the resume hid that point from TensorBoard (RunSafety
+        # purges from the resume step on) and the next log is a whole interval away; write it again.
+        if self._logged and self._logged_step == trainer.global_step and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(self._logged, trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"logged_step": self._logged_step, "logged": dict(self._logged)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._logged_step = state_dict.get("logged_step")
+        self._logged = dict(state_dict.get("logged", {}))
 
     @property
     @override
