@@ -10,7 +10,7 @@ Pooling: ``"mean"`` (global average, D = channels) or ``"grid2"`` / ``"grid4"`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -42,6 +42,20 @@ def capture_features(unet: nn.Module, layers: Sequence[str] | None = None, pool:
     through a captured feature.
     """
     pool_features(torch.zeros(1, 1, 4, 4), pool)  # validate before hooking anything
+    with _recording(unet, layers, lambda hidden: pool_features(hidden, pool)) as features:
+        yield features
+
+
+@contextmanager
+def capture_maps(unet: nn.Module, layers: Sequence[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Like :func:`capture_features`, unpooled: each layer's output as (B, C, H, W) float32 maps
+    (for the spatial dictionaries of ``probe.py discover``)."""
+    with _recording(unet, layers, lambda hidden: hidden.float()) as features:
+        yield features
+
+
+@contextmanager
+def _recording(unet: nn.Module, layers: Sequence[str] | None, keep: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
     targets = find_layers(unet, list(layers) if layers is not None else default_layers(unet))
     features: dict[str, torch.Tensor] = {}
     handles = []
@@ -49,7 +63,7 @@ def capture_features(unet: nn.Module, layers: Sequence[str] | None = None, pool:
     def hook_for(name: str):
         def hook(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output  # down blocks return (h, skips)
-            features[name] = pool_features(hidden.detach(), pool)
+            features[name] = keep(hidden.detach())
 
         return hook
 

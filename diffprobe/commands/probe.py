@@ -35,6 +35,7 @@ COMMANDS = {
     "correlation": "correlation",
     "intervene": "intervene",
     "story": "story",
+    "discover": "discover",
 }
 
 

@@ -206,3 +206,12 @@ INTERVENE_T_LOCK_OVER_TRAINING = "intervene/t_lock_over_training"
 def intervene_tag(concept: str, name: Literal["cis", "t_lock", "steer"]) -> str:
     """``intervene/<concept>/cis`` (figure), ``.../t_lock`` (scalar, -1: none), ``.../steer`` (figure)."""
     return f"intervene/{concept}/{name}"
+
+
+# probe.py discover: sparse dictionaries of the features (weights suffix as the probe tags: "" EMA, "_raw").
+def discover_tag(concept: str, weights: str = "ema") -> str:
+    return f"discover{'' if weights == 'ema' else '_' + weights}/{concept}/best_auroc"
+
+
+def discover_gallery_tag(layer: str, t: int, weights: str = "ema") -> str:
+    return f"discover{'' if weights == 'ema' else '_' + weights}/features/{layer}/{t_tag(t)}"

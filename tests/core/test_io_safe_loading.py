@@ -161,6 +161,7 @@ CHECKPOINT_COMMANDS = {
     "relevance": lambda ckpt, out: ["relevance", "--ckpt", ckpt, "--out", out, "--prompt", CAPTION, "--schedule.steps", "2"],
     "correlation": lambda ckpt, out: ["correlation", "--ckpt", ckpt, "--out", out, "--triple", "[[a large red solid circle, at, the top left]]", "--schedule.steps", "2"],
     "groundtruth": lambda ckpt, out: ["groundtruth", "--ckpt", ckpt, "--out", out, "--inputs", "1", "--steps", "2"],
+    "discover": lambda ckpt, out: ["discover", "--ckpt", ckpt, "--out", out, "--layers", "[mid_block]", "--timesteps", "[10]", "--sae_steps", "2", "--num_images", "10"],
     "intervene": lambda ckpt, out: ["intervene", "--ckpt", ckpt, "--out", out, "--num_captions", "1", "--steps", "2", "--reader_steps", "1"],
 }
 
