@@ -159,7 +159,7 @@ def _print_summary(plan: DiscoverPlan, found_rows: list[dict], dictionary_rows: 
             print(f"{r['layer']:<16} {r['t']:>5} {r['features']:>8} {r['explained_variance']:>10.3f} {r['mean_l0']:>8.2f} {r['dead_share']:>6.2f} {kept:>19}")
     if plan.concepts:
         summary = results.concept_summary(found_rows, {c: plan.probe_set.concepts[c] for c in plan.concepts})
-        print("\nconcepts found without labels (a majority of values with a feature at AUROC >= 0.9 that x_t's own dictionary lacks)")
+        print("\nconcepts found without labels (at least half of its values with a feature at AUROC >= 0.9 that x_t's own dictionary lacks)")
         print(f"{'concept':<18} {'first step found':>16} {'largest t (last step)':>21}  layers")
         for concept, s in summary.items():
             first = "never" if s["first_step_found"] is None else str(s["first_step_found"])

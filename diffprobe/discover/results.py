@@ -39,7 +39,7 @@ def tables(folder: Path) -> tuple[ResultTable, ResultTable]:
 
 
 def concept_summary(rows: Sequence[Mapping[str, Any]], concepts: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
-    """Per concept: at which (layer, t) of each checkpoint a majority of its values has a feature
+    """Per concept: at which (layer, t) of each checkpoint at least half of its values have a feature
     with AUROC >= FOUND_AUROC that the input's dictionary does not match at that t (``beyond_input``);
     the first such step, and at the last step the largest such t and the values found there.
     ``best_auroc``: per step the mean over values of the best AUROC over layers and t."""

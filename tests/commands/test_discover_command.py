@@ -3,12 +3,13 @@ bad input refused before any feature is collected."""
 
 import csv
 import json
+from pathlib import Path
 
-import datasets
 import pytest
 
 from diffprobe.commands.probe import probe_main
-from helpers import in_memory_dataset, read_events, refusal
+from diffprobe.training.datamodules import HFDataModule
+from helpers import make_module, make_trainer, read_events, refusal, write_imagefolder
 
 FAST = ["--layers", "[mid_block]", "--timesteps", "[1, 10]", "--sae_steps", "30", "--num_images", "40", "--device", "cpu"]
 
@@ -51,16 +52,20 @@ def test_discover_over_a_run_writes_dictionaries_concept_matches_and_tensorboard
     assert "holds an earlier discover's tables" in message
 
 
-def test_discover_on_images_without_concept_labels_shows_features_only(unconditional_run, tmp_path, capsys):
-    datasets.DatasetDict(train=in_memory_dataset(24), test=in_memory_dataset(24)).save_to_disk(str(tmp_path / "data"))
-    args = ["discover", "--ckpt", str(unconditional_run / "checkpoints/step=000001.ckpt"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
-            "--image_column", "picture", *FAST[:-4], "--num_images", "20", "--device", "cpu"]  # fmt: skip
+def test_discover_on_a_run_of_data_without_concept_labels_shows_features_only(tmp_path, capsys):
+    # A run trained on a local Hugging Face image folder with no concept columns.
+    folder = str(write_imagefolder(tmp_path / "folder"))
+    data = HFDataModule(folder, image_column="image", image_size=16, batch_size=4, num_workers=0)
+    trainer = make_trainer(tmp_path, max_steps=1, every_n_steps=1)
+    trainer.fit(make_module(), datamodule=data)
+    run = Path(trainer.log_dir)
+    args = ["discover", "--ckpt", str(run), "--data", folder, "--image_column", "image", *FAST[:-4], "--num_images", "20", "--device", "cpu"]
     out = probe_main(args)
-    assert _rows(out / "discover.csv") == [] and len(_rows(out / "dictionaries.csv")) == 4
+    assert _rows(out / "discover.csv") == [] and len(_rows(out / "dictionaries.csv")) == 2 + 2 * 2  # x_t's, then steps 0 and 1
     assert (out / "features/step000001_ema_mid_block_t0001.png").is_file()
     assert "concepts found without labels" not in capsys.readouterr().out
-    message = refusal([*args[:4], str(tmp_path / "out2"), *args[5:], "--concepts", "[colour]"], capsys)
-    assert "--concepts colour: not concepts of these images" in message and "no concept labels" in message
+    message = refusal([*args[:2], str(run), "--out", str(tmp_path / "out2"), *args[3:], "--concepts", "[label]"], capsys)
+    assert "--concepts label: not concepts of these images" in message and "no concept labels" in message
 
 
 @pytest.mark.parametrize(
