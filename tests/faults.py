@@ -80,7 +80,7 @@ TINY_CONFIG_RUN = dict(probe_images=40)
 
 
 def tiny_run_config(
-    path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0, checkpoint_every: int = 2
+    path: Path, *, max_steps: int = 8, name: str = "tiny", probe_images: int = 12, probe_batch: int = 64, seed: int = 0, checkpoint_every: int = 2, train_size: int = 40
 ) -> Path:
     """The quick start's callbacks on a tiny UNet (16x16, T = 100): checkpoints every 2 steps,
     samples every 2, ProbeMonitor / recorders every 4 (AttentionRecorder on one layer: a figure per
@@ -88,7 +88,7 @@ def tiny_run_config(
     config = {
         "seed_everything": seed,
         "model": {"preset": "tiny", "unet": dict(TINY_UNET), "num_train_timesteps": 100, "learning_rate": 1e-3, "warmup_steps": 1, "ema_decay": 0.9, "loss_buckets": 4},
-        "data": {"class_path": "diffprobe.training.ConceptShapesDataModule", "init_args": {"image_size": 16, "train_size": 64, "heldout_size": 16, "batch_size": 8}},
+        "data": {"class_path": "diffprobe.training.ConceptShapesDataModule", "init_args": {"image_size": 16, "train_size": train_size, "heldout_size": 16, "batch_size": 8}},
         "trainer": {
             "accelerator": "cpu",
             "max_steps": max_steps,

@@ -19,6 +19,7 @@ from diffprobe.choices import Split
 from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
 from diffprobe.fidelity.readers import ReaderData
+from diffprobe.training.exact_resume import ResumableSampler, data_position, run_seed
 
 
 class WholeBatches(Dataset):
@@ -61,6 +62,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.num_workers = batch_size, num_workers
+        self._sampler: ResumableSampler | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     concepts: dict[str, tuple[str, ...]]
     vocabulary: list[str]
@@ -79,16 +82,38 @@ class ImageDataModule(pl.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
+        # The order is the run seed's and the epoch's alone (not the global random stream), the same
+        # on every rank, and a resumed epoch starts where its checkpoint stood (exact_resume).
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        self._sampler = ResumableSampler(dataset, self.batch_size, num_replicas=world_size, rank=rank, seed=run_seed())
+        if self._resume_at is not None:
+            self._sampler.resume_at(*self._resume_at)
         return DataLoader(
             WholeBatches(dataset) if hasattr(dataset, "fetch_batch") else dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self._sampler,
             drop_last=True,
             num_workers=self.num_workers,
             collate_fn=collate_batches,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Worker seeds from their own generator: starting the workers draws nothing from the
+            # training stream (the data sets draw no random numbers themselves).
+            generator=torch.Generator().manual_seed(run_seed()),
         )
+
+    # ---- the data position, for an exact resume --------------------------------------------------
+    @override
+    def state_dict(self) -> dict:
+        return {"data_position": data_position(self.trainer)}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        position = state_dict.get("data_position") or {}
+        if "epoch" in position:
+            self._resume_at = (int(position["epoch"]), int(position["batches"]))
+            if self._sampler is not None:
+                self._sampler.resume_at(*self._resume_at)
 
 
 class ConceptShapesDataModule(ImageDataModule):

@@ -27,6 +27,7 @@ from diffprobe.probes.heads import ProbeHeads
 from diffprobe.report import tb
 from diffprobe.training import optimization
 from diffprobe.training.ema import AveragedWeights
+from diffprobe.training.exact_resume import ExactResume
 from diffprobe.training.finite import NonFiniteGuard
 from diffprobe.training.initial_checkpoint import InitialCheckpoint
 from diffprobe.training.observation import Observation
@@ -68,7 +69,8 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
             mode and backend; OnlineProbes' features come out of the compiled graph).
         check_finite_every_n_steps: how often to stop on a NaN/inf loss (each check syncs the GPU).
         run_safety: add the RunSafety callback to every fit (atomic checkpoints, SIGTERM / SIGINT
-            checkpoint-and-stop, TensorBoard purge on resume); off for a launcher that owns the signals.
+            checkpoint-and-stop, TensorBoard purge on resume) and ExactResume (random states in every
+            checkpoint); off for a launcher that owns the signals.
         keep_initial_weights: write ``checkpoints/step=000000.ckpt`` before the first step (the init
             baseline every probe result is compared with); needs a ModelCheckpoint.
     """
@@ -277,7 +279,7 @@ class DiffusionModule(OnlineProbeHeads, Observation, pl.LightningModule):
     def configure_callbacks(self):
         # Atomic checkpoints, a clean stop on SIGTERM / SIGINT and a clean TensorBoard history on
         # resume, for every fit (train.py and the Python API alike).
-        callbacks: list[pl.Callback] = [RunSafety()] if self.hparams["run_safety"] else []
+        callbacks: list[pl.Callback] = [RunSafety(), ExactResume()] if self.hparams["run_safety"] else []
         return callbacks + ([InitialCheckpoint()] if self.hparams["keep_initial_weights"] else [])
 
     # ---- checkpoint state ---------------------------------------------------------------------

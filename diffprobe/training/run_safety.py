@@ -6,6 +6,10 @@ every fit (``configure_callbacks``), so the CLI and the Python API both get it.
 - SIGTERM / SIGINT (a scheduler's preemption, ``timeout``, Ctrl+C): the current step finishes,
   observers stop between UNet batches, ``last.ckpt`` is written, the loggers are closed, and the
   process exits with 128 + the signal number (143 / 130). A second Ctrl+C quits at once.
+- SLURM's requeue signal (under Lightning's ``SLURMEnvironment`` with ``auto_requeue``, SIGUSR1 by
+  default): the same stop, then ``scontrol requeue`` of the job, instead of Lightning's own handler
+  (which writes an ``hpc_ckpt_<n>.ckpt`` beside the run's ``last.ckpt``). The requeued job runs the
+  same command; with ``--ckpt_path last`` it continues from that ``last.ckpt``.
 - Resume: TensorBoard history from the resumed step on is purged (a SessionLog START event at that
   step, as SummaryWriter's ``purge_step`` writes), so every tag's steps stay strictly increasing;
   what probe.py commands wrote into the run past that step is written again after it (their events
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from typing_extensions import override
@@ -56,6 +62,8 @@ class RunSafety(Checkpoint):
         self._previous_handlers: dict[int, Any] = {}
         self._handler = self._handle  # one bound method, so getsignal() can recognise it
         self._stopped: tuple[int, str] | None = None  # (signal, last.ckpt) once the stop is written
+        self._requeue_signal: int | None = None  # SLURM's, when Lightning's auto-requeue is on
+        self._requeue_job = False
 
     # ---- setup / teardown -----------------------------------------------------------------------
     @override
@@ -65,7 +73,9 @@ class RunSafety(Checkpoint):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         interrupt.clear()
-        self._active, self._stopped = True, None
+        self._active, self._stopped, self._requeue_job = True, None, False
+        self._requeue_signal = slurm_requeue_signal(trainer)
+        # Installed before Lightning registers its own: it then leaves the requeue signal to us.
         self._install_handlers()
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -91,7 +101,7 @@ class RunSafety(Checkpoint):
     def _install_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, *([self._requeue_signal] if self._requeue_signal is not None else [])):
             current = signal.getsignal(signum)
             if current is not self._handler:
                 self._previous_handlers.setdefault(signum, current)
@@ -104,6 +114,8 @@ class RunSafety(Checkpoint):
         if self._stopped is not None:
             signum, path = self._stopped
             self._stopped = None
+            if self._requeue_job and trainer.is_global_zero:
+                requeue_slurm_job()
             raise RunInterrupted(signum, path)
 
     @override
@@ -130,9 +142,11 @@ class RunSafety(Checkpoint):
         if interrupt.stop_requested() is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl+C: the user wants out now
         interrupt.request_stop(signum)
+        self._requeue_job = self._requeue_job or signum == self._requeue_signal
         # os.write, not print: a print interrupted inside another write raises "reentrant call".
         hint = " (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""
-        os.write(2, f"diffprobe: {signal.Signals(signum).name} received: finishing this step, writing last.ckpt and stopping{hint}\n".encode())
+        then = "requeueing the job" if signum == self._requeue_signal else "stopping"
+        os.write(2, f"diffprobe: {signal.Signals(signum).name} received: finishing this step, writing last.ckpt and {then}{hint}\n".encode())
 
     # ---- stop on a signal ---------------------------------------------------------------------
     @override
@@ -190,6 +204,31 @@ class RunSafety(Checkpoint):
                         logger.experiment.file_writer.add_event(event)
         if trainer.ckpt_path:
             _continue_checkpoint_bookkeeping(trainer, checkpoint, Path(trainer.ckpt_path))
+
+
+def slurm_requeue_signal(trainer: pl.Trainer) -> int | None:
+    """The signal SLURM sends before a job's time is up, when Lightning's auto-requeue is on
+    (``SLURMEnvironment(auto_requeue=True)``, its default under SLURM); None otherwise. Read where
+    Lightning's own signal connector reads it."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal is not None:
+        return int(environment.requeue_signal)
+    return None
+
+
+def requeue_slurm_job() -> None:
+    """``scontrol requeue`` this job (an array job's own task), as Lightning's auto-requeue does."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except FileNotFoundError:
+        rank_zero_info(f"diffprobe: scontrol is not on PATH: job {job} was not requeued; resubmit it with --ckpt_path last")
+        return
+    if result.returncode == 0:
+        rank_zero_info(f"diffprobe: requeued SLURM job {job}; it continues with --ckpt_path last")
+    else:
+        rank_zero_info(f"diffprobe: scontrol requeue {job} failed ({result.returncode}: {result.stderr.strip()}); resubmit it with --ckpt_path last")
 
 
 def _model_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from diffprobe import interrupt
+from diffprobe.training.exact_resume import observer_random_streams
 from diffprobe.training.tensorboard import has_tensorboard, tensorboard_writer
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ class PeriodicObserver(pl.Callback):
         if step == self.last_step and not again:
             return
         try:
-            self.observe(trainer, pl_module, step)
+            with observer_random_streams():  # observing must not move the training's random streams
+                self.observe(trainer, pl_module, step)
         except interrupt.Interrupted:
             rank_zero_info(f"diffprobe: {type(self).__name__} at step {step} was stopped by a signal; discarded")
             return
