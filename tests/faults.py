@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,16 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if os.environ.get("DIFFPROBE_TEST_KILL_AT") == str(trainer.global_step):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(Callback):
+    """At the end of step $DIFFPROBE_TEST_TERM_AT, SIGTERM this process if its global rank is in
+    $DIFFPROBE_TEST_TERM_RANKS (comma-separated; default every rank), as SLURM signals a job's tasks."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ranks = os.environ.get("DIFFPROBE_TEST_TERM_RANKS")
+        if os.environ.get("DIFFPROBE_TEST_TERM_AT") == str(trainer.global_step) and (ranks is None or str(trainer.global_rank) in ranks.split(",")):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SignalDuringEvaluation(Callback):
@@ -106,6 +117,7 @@ def tiny_run_config(
                 {"class_path": "diffprobe.training.callbacks.PredictionEvolution", "init_args": {"every_n_steps": 4, "num_images": 2, "trajectory_steps": 3, "trajectory_every": 1}},
                 {"class_path": "diffprobe.training.callbacks.ExportDiffusers"},
                 {"class_path": "faults.KillAtStep"},
+                {"class_path": "faults.SignalAtStep"},
                 {"class_path": "faults.RankChecksum"},
             ],
         },
@@ -120,3 +132,34 @@ def train(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300, 
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), "fit", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_ranks(cwd: Path, *args: str, env: dict | None = None, world_size: int = 2, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """``python train.py fit <args> --trainer.devices <world_size> --trainer.strategy ddp`` as a cluster
+    launcher (SLURM's srun, torchrun) starts it: one process per rank, started here (LOCAL_RANK set,
+    so Lightning starts none), each one's exit status seen. Returns the ranks' results."""
+    port = str(free_port())
+    ranks = []
+    for rank in range(world_size):
+        environment = {
+            **os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(env or {}),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world_size), "NODE_RANK": "0", "LOCAL_RANK": str(rank),
+        }
+        command = [sys.executable, str(REPO / "train.py"), "fit", *args, "--trainer.devices", str(world_size), "--trainer.strategy", "ddp"]
+        ranks.append(subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for process in ranks:
+            out, err = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in ranks:  # a rank left waiting in a collective must not outlive the test
+            if process.poll() is None:
+                process.kill()
+    return results

@@ -86,12 +86,20 @@ class ProbeMonitor(PeriodicObserver):
         self.input_table: ProbeTable | None = None  # the input baseline, made at the first evaluation
         self.init_tables: dict[str, ProbeTable] = {}  # the step-0 tables per weights: the init baseline
         self._layout_written = False
+        self._continues_own_run = False
 
     @override
     def identity(self) -> dict[str, Any]:
         return {"weights": self.weights, "pool": self.pool, "method": self.method, "layers": self._layers_arg}
 
     # ---- setup --------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        # Asked on every rank: trainer.log_dir is a collective under DDP, and observe() runs on rank
+        # zero alone (asking there left a resumed DDP run waiting forever).
+        self._continues_own_run = _continues_its_own_run(trainer)
+        super().on_train_start(trainer, pl_module)
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -163,7 +171,7 @@ class ProbeMonitor(PeriodicObserver):
             self.history.append(_history_entry(step, kind, learned))
             self._log(writer, learned, step, tb.PROBE_PREFIX[kind])
             self._log_summary(writer, kind, step, pl_module.num_train_timesteps)
-        if not self._layout_written and not _continues_its_own_run(trainer):
+        if not self._layout_written and not self._continues_own_run:
             # The layout is one event at step 0 of the run folder; a run continued in place has it.
             writer.add_custom_scalars(tb.probe_layout([tb.PROBE_PREFIX[kind] for kind in kinds]))
         self._layout_written = True
