@@ -12,7 +12,7 @@ import torch
 
 from diffprobe import interrupt
 from diffprobe.commands.discover import log
-from diffprobe.commands.discover_plan import DiscoverPlan
+from diffprobe.commands.discover_plan import DiscoverPlan, directions_path, settings_record
 from diffprobe.commands.source import load_model
 from diffprobe.diffusion.model import DiffusionModel
 from diffprobe.discover import results
@@ -29,6 +29,7 @@ from diffprobe.discover.dictionaries import (
 )
 from diffprobe.discover.figures import best_auroc_over_training, feature_gallery
 from diffprobe.io import atomic
+from diffprobe.io.loading import safe_load
 from diffprobe.report import tb
 from diffprobe.report.writer import LazyWriter
 
@@ -80,16 +81,22 @@ def measure_and_write(plan: DiscoverPlan, first: DiffusionModel) -> Path:
     started = time.perf_counter()
     plan.folder.mkdir(parents=True, exist_ok=True)
     discover_table, dictionary_table = results.tables(plan.folder)
-    inputs = _dictionaries(plan, first, [INPUT], -1)  # x_t noised by the model's own process; no UNet call
-    input_scored = _scored(plan, inputs)
-    input_scores = {(t, s.best.concept, s.best.value): s.best.auroc for (_, t), found in input_scored.items() for s in found}
-    found_rows, dictionary_rows = _rows(-1, "input", "input", inputs, input_scored, {}, {})
-    history: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = {}
+    found_rows, dictionary_rows = discover_table.read_rows(), dictionary_table.read_rows()
+    done = sorted({r["step"] for r in dictionary_rows if r["layer"] != INPUT})
+    if dictionary_rows:  # continuing an earlier run of the same settings (discover_plan checked them)
+        log(f"continuing {plan.folder}: step(s) {done} already measured")
+    else:
+        inputs = _dictionaries(plan, first, [INPUT], -1)  # x_t noised by the model's own process; no UNet call
+        found_rows, dictionary_rows = _rows(-1, "input", "input", inputs, _scored(plan, inputs), {}, {})
+    input_scores = {(r["t"], r["concept"], r["value"]): r["auroc"] for r in found_rows if r["layer"] == INPUT}
+    history = _history(plan, done)
     tensorboard = LazyWriter(plan.logdir)
     last: tuple[int, dict, dict] | None = None
     for number, entry in enumerate(plan.source.files, 1):
         if entry.name == "last.ckpt" and any(other.step == entry.step and other.name != entry.name for other in plan.source.files):
             log(f"{entry.name} skipped: step {entry.step} is measured as its step=N.ckpt")
+            continue
+        if entry.step in done:
             continue
         log(f"{entry.name} ({number} of {len(plan.source.files)})")
         model = first if number == 1 else load_model(entry, plan.weights, plan.device)
@@ -98,14 +105,18 @@ def measure_and_write(plan: DiscoverPlan, first: DiffusionModel) -> Path:
         rows, stats = _rows(entry.step, entry.name, plan.weights, dictionaries, scored, history, input_scores)
         for key, d in dictionaries.items():
             history.setdefault(key, []).append((entry.step, d.directions))
+        # The directions before the rows: a kill between the two leaves a step the rerun measures again.
+        atomic.save_torch(directions_path(plan.folder, entry.step, plan.weights), {f"{layer}@{t}": d.directions for (layer, t), d in dictionaries.items()})
         found_rows += rows
         dictionary_rows += stats
-        summary = {"settings": _settings(plan), "concepts": results.concept_summary(found_rows, {c: plan.probe_set.concepts[c] for c in plan.concepts})}
+        summary = {"settings": settings_record(plan), "concepts": results.concept_summary(found_rows, {c: plan.probe_set.concepts[c] for c in plan.concepts})}
         discover_table.write(found_rows, summary)
-        dictionary_table.write(dictionary_rows, {"settings": _settings(plan)})
+        dictionary_table.write(dictionary_rows, {"settings": settings_record(plan)})
         for concept, entry_summary in summary["concepts"].items():
             tensorboard.scalars({tb.discover_tag(concept, plan.weights): entry_summary["best_auroc"][entry.step]}, entry.step)
         last = (entry.step, dictionaries, scored)
+    if last is None and done:
+        last = _last_measured_again(plan, first, done[-1])
     if last is not None:
         _figures(plan, found_rows, last, tensorboard)
     tensorboard.close()
@@ -113,10 +124,24 @@ def measure_and_write(plan: DiscoverPlan, first: DiffusionModel) -> Path:
     return plan.folder
 
 
-def _settings(plan: DiscoverPlan) -> dict:
-    s = plan.settings
-    return {"layers": plan.layers, "timesteps": plan.timesteps, "expansion": s.expansion, "k": s.k, "sae_steps": s.steps,
-            "learning_rate": s.learning_rate, "seed": s.seed, "images": len(plan.probe_set), "weights": plan.weights}  # fmt: skip
+def _history(plan: DiscoverPlan, steps: list[int]) -> dict[tuple[str, int], list[tuple[int, torch.Tensor]]]:
+    """Every finished checkpoint's directions per (layer, t), in step order, from ``directions/``."""
+    history: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = {}
+    for step in steps:
+        for key, directions in safe_load(directions_path(plan.folder, step, plan.weights), what="discover directions").items():
+            layer, t = key.rsplit("@", 1)
+            history.setdefault((layer, int(t)), []).append((step, directions))
+    return history
+
+
+def _last_measured_again(plan: DiscoverPlan, first: DiffusionModel, step: int) -> tuple[int, dict, dict]:
+    """The newest finished checkpoint's dictionaries learned again for its figures (a rerun with
+    nothing left to measure, or one stopped before the figures): each (step, t) has its own seed,
+    so they are the dictionaries the tables describe."""
+    entry = next(e for e in plan.source.files if e.step == step)
+    model = first if entry == plan.source.files[0] else load_model(entry, plan.weights, plan.device)
+    dictionaries = _dictionaries(plan, model, plan.layers, step)
+    return step, dictionaries, _scored(plan, dictionaries)
 
 
 def _figures(plan: DiscoverPlan, found_rows: list[dict], last: tuple[int, dict, dict], tensorboard: LazyWriter) -> None:

@@ -82,8 +82,6 @@ def plan_discover(ckpt, out, layers, timesteps, concepts, expansion, k, sae_step
 
     source = resolve(ckpt)
     folder = source.output_folder(out, "discover", "discover")
-    if (folder / "discover.csv").exists():
-        raise CommandError(f"{folder} holds an earlier discover's tables; give a new --out, or remove that folder to measure again")
     device = resolve_device(device)
     first = load_model(source.files[0], weights, device)
     with flag("--layers"):
@@ -106,7 +104,39 @@ def plan_discover(ckpt, out, layers, timesteps, concepts, expansion, k, sae_step
     settings = SAESettings(expansion=expansion, k=k, steps=sae_steps, seed=seed)
     plan = DiscoverPlan(source, folder, source.logdir(logdir), images, chosen_layers, sorted(set(timesteps)), list(concepts or images.concepts),
                         settings, weights, device, batch_size, top_features)  # fmt: skip
+    _check_continuation(plan)
     return plan, first
+
+
+def settings_record(plan: DiscoverPlan) -> dict:
+    """What makes two discovers the same measurement (kept in discover.json / dictionaries.json)."""
+    s = plan.settings
+    return {"layers": plan.layers, "timesteps": plan.timesteps, "expansion": s.expansion, "k": s.k, "sae_steps": s.steps,
+            "learning_rate": s.learning_rate, "seed": s.seed, "images": len(plan.probe_set), "weights": plan.weights}  # fmt: skip
+
+
+def directions_path(folder: Path, step: int, weights: str) -> Path:
+    """One checkpoint's dictionaries' decoder directions: what a rerun follows features back through."""
+    return folder / "directions" / f"step{step:06d}_{weights}.pt"
+
+
+def _check_continuation(plan: DiscoverPlan) -> None:
+    """An earlier discover in the folder is continued only when it is the same measurement and kept
+    the directions of every checkpoint it finished; otherwise it is refused, untouched."""
+    from diffprobe.discover import results
+
+    table, dictionaries = results.tables(plan.folder)
+    if not table.csv_path.exists():
+        return
+    earlier = dictionaries.read_summary().get("settings")
+    mine = settings_record(plan)
+    if earlier != mine:
+        changed = ", ".join(f"{k} {earlier.get(k)!r} -> {v!r}" for k, v in mine.items() if earlier and earlier.get(k) != v) or "unknown earlier settings"
+        raise CommandError(f"{plan.folder} holds a discover with other settings ({changed}); give a new --out, or the earlier flags to continue it")
+    steps = sorted({int(r["step"]) for r in dictionaries.read_rows() if r["layer"] != "input"})
+    missing = [step for step in steps if not directions_path(plan.folder, step, plan.weights).is_file()]
+    if missing:
+        raise CommandError(f"{plan.folder} holds a discover without the directions of step(s) {missing} (an older version's); give a new --out")
 
 
 def _channels(model, images, layers: list[str]) -> dict[str, int]:

@@ -48,8 +48,38 @@ def test_discover_over_a_run_writes_dictionaries_concept_matches_and_tensorboard
     assert "discover/features/mid_block/t0010" in events.Tags()["images"]
     printed = capsys.readouterr().out
     assert "concepts found without labels" in printed and "expl. var." in printed
-    message = refusal(["discover", "--ckpt", str(run), *FAST], capsys)
-    assert "holds an earlier discover's tables" in message
+    # The same command again: nothing left to measure, the tables as they were.
+    before = _rows(out / "discover.csv")
+    probe_main(["discover", "--ckpt", str(run), *FAST])
+    assert _rows(out / "discover.csv") == before
+    message = refusal(["discover", "--ckpt", str(run), *FAST, "--k", "4"], capsys)
+    assert "holds a discover with other settings (k 8 -> 4)" in message and _rows(out / "discover.csv") == before
+
+
+def test_sigterm_during_discover_keeps_whole_checkpoints_and_the_same_command_continues(unconditional_run, tmp_path, monkeypatch):
+    import signal
+
+    import diffprobe.commands.discover_output as work
+    from diffprobe import interrupt
+
+    reference = probe_main(["discover", "--ckpt", str(unconditional_run), "--out", str(tmp_path / "reference"), *FAST])
+    out = tmp_path / "stopped"
+    real_load = work.load_model
+
+    def signalled_before_the_second_checkpoint(*args, **kwargs):
+        interrupt.request_stop(signal.SIGTERM)  # as RunSafety's handler would on a SIGTERM
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(work, "load_model", signalled_before_the_second_checkpoint)
+    with pytest.raises(SystemExit) as stopped:
+        probe_main(["discover", "--ckpt", str(unconditional_run), "--out", str(out), *FAST])
+    assert stopped.value.code == 143
+    assert {r["step"] for r in _rows(out / "dictionaries.csv")} == {"-1", "0"}, "only the finished checkpoint"
+    monkeypatch.setattr(work, "load_model", real_load)
+    probe_main(["discover", "--ckpt", str(unconditional_run), "--out", str(out), *FAST])
+    for table in ("discover.csv", "dictionaries.csv"):
+        assert _rows(out / table) == _rows(reference / table), f"{table}: no row lost, none twice, the same numbers"
+    assert (out / "features/step000001_ema_mid_block_t0010.png").is_file()
 
 
 def test_discover_on_a_run_of_data_without_concept_labels_shows_features_only(tmp_path, capsys):
