@@ -15,6 +15,7 @@ import pytest
 from diffprobe.commands.probe import probe_main
 from diffprobe.commands.train import train_main
 from diffprobe.data.probe_set import ProbeSet
+from diffprobe.io.loading import safe_load
 from helpers import REPO, TINY_UNET, in_memory_dataset, refusal, shapes_data, write_imagefolder
 
 FAST = ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "true", "--model.unet", json.dumps(TINY_UNET)]
@@ -198,3 +199,12 @@ def test_export_defaults_stay_in_the_run_or_the_working_directory(run, tmp_path,
     shutil.copy(run / "checkpoints/last.ckpt", loose)
     assert probe_main(["export", "--ckpt", str(loose)]).resolve() == work / "export-model"
     assert (work / "export-model/diffprobe.json").exists() and not (tmp_path / "downloads/export-model").exists()
+
+
+def test_sample_refuses_more_steps_than_the_model_has_timesteps(run, tmp_path):
+    T = safe_load(run / "checkpoints/last.ckpt")["hyper_parameters"]["num_train_timesteps"]
+    with pytest.raises(SystemExit) as refused:
+        probe_main(["sample", "--ckpt", str(run), "--out", str(tmp_path / "s.png"), "--num", "1", "--steps", str(T + 1)])
+    message = str(refused.value.code)
+    assert f"--steps {T + 1}: this model has {T} training timesteps" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "s.png").exists()

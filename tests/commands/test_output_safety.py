@@ -78,6 +78,20 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_complete_table(run, tmp_p
     assert not list(out.glob(".*.partial")) and not (out / LOCK_FILE).exists()
 
 
+def test_an_unwritable_output_folder_is_one_line_naming_the_file(run, tmp_path, monkeypatch):
+    # Simulated (the tests may run as root, whom a chmod does not stop): the folder refuses new files.
+    import diffprobe.io.atomic
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(diffprobe.io.atomic, "open", refused, raising=False)  # the writer's open()
+    with pytest.raises(SystemExit) as stopped:
+        probe_main(["linear", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "probes"), *LINEAR])
+    message = str(stopped.value.code)
+    assert "Permission denied" in message and str(tmp_path / "probes" / "probes.csv") in message and len(message.splitlines()) == 1, message
+
+
 def test_sigterm_during_linear_keeps_whole_checkpoints_and_a_rerun_continues(run, tmp_path):
     reference = probe_main(["linear", "--ckpt", str(run), "--out", str(tmp_path / "reference"), *LINEAR])
     out = tmp_path / "stopped"
