@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from diffprobe.capture import capture_features, record_attention
     from diffprobe.data.probe_set import ProbeSet
-    from diffprobe.data.shapes import CONCEPTS, ConceptShapes
+    from diffprobe.data.shapes import CONCEPTS, ConceptShapes, ShapesDesign
     from diffprobe.diffusion.captions import CaptionEncoder, CaptionTokenizer
     from diffprobe.diffusion.folders import load_exported, load_pretrained, save_exported
     from diffprobe.diffusion.model import DiffusionModel, load_checkpoint
@@ -45,6 +45,7 @@ _PUBLIC = {
     "ProbeSet": "diffprobe.data.probe_set",
     "CONCEPTS": "diffprobe.data.shapes",
     "ConceptShapes": "diffprobe.data.shapes",
+    "ShapesDesign": "diffprobe.data.shapes",
     "CaptionEncoder": "diffprobe.diffusion.captions",
     "CaptionTokenizer": "diffprobe.diffusion.captions",
     "load_exported": "diffprobe.diffusion.folders",
@@ -101,6 +102,7 @@ __all__ = [
     "ProbeSet",
     "ProbeTable",
     "SampleGrid",
+    "ShapesDesign",
     "StepProgressBar",
     "StepRecord",
     "UNCONDITIONAL_PRESETS",

@@ -16,11 +16,23 @@ texture               solid, stripes, dots, checker                high
 Sample ``i`` of a split is a pure function of ``(seed, split, i)``: its labels and jitter come
 from ``numpy.random.default_rng([seed, split_id, i])``. Rendering is vectorised over the data set
 (supersampled for smooth edges), so 10,000 images at 32x32 take seconds.
+
+A :class:`ShapesDesign` changes what the data set holds and how strongly two concepts show, for
+studies of compositional generalisation and concept signal (Park et al., NeurIPS 2024):
+
+- ``heldout_combinations``: combinations of concept values (``("small", "blue")``) that never occur
+  in the training split (a training sample that draws one draws its labels again from its own
+  generator); the test split keeps them. Every other sample is the default data set's.
+- ``colour_contrast`` c: object colour v renders as m + c (rgb(v) - m), m the mean of the six
+  object colours: at 1 the default palette, towards 0 all objects the same grey.
+- ``size_difference`` d: size v's half-extent is r_medium + d (r(v) - r_medium) of the image side
+  (r = 0.14, 0.20, 0.26 at d = 1): towards 0 all objects medium-sized.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 import torch
@@ -54,6 +66,87 @@ TEXTURE_SHADE = 0.55  # how much darker the pattern's "on" pixels are
 CAPTION_TEMPLATE = "a {size} {colour} {texture} {shape} at the {position} on a {background} background"
 SPLIT_IDS = {"train": 0, "test": 1}
 SUPPORTED_SIZES = (16, 32, 64)
+
+
+MAX_SIZE_DIFFERENCE = 3.0  # a small object keeps a positive size and a large one stays inside the image
+
+
+@dataclass(frozen=True)
+class ShapesDesign:
+    """Held-out combinations and concept signal (see the module docstring); the default is the
+    plain data set. Checked when made: a ValueError names the problem and the fix."""
+
+    heldout_combinations: tuple[tuple[str, ...], ...] = ()
+    colour_contrast: float = 1.0
+    size_difference: float = 1.0
+    _heldout_labels: tuple[dict[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.colour_contrast <= 1:
+            raise ValueError(f"colour_contrast must be in (0, 1] (1: the default palette), got {self.colour_contrast}")
+        if not 0 < self.size_difference <= MAX_SIZE_DIFFERENCE:
+            raise ValueError(f"size_difference must be in (0, {MAX_SIZE_DIFFERENCE}] (1: the default sizes), got {self.size_difference}")
+        combinations = tuple(tuple(c) for c in self.heldout_combinations)
+        object.__setattr__(self, "heldout_combinations", combinations)
+        object.__setattr__(self, "_heldout_labels", tuple(combination_labels(c) for c in combinations))
+        _check_every_value_trains(self._heldout_labels)
+
+    def is_heldout(self, labels: np.ndarray | list[int]) -> bool:
+        """Whether one sample's label indices (CONCEPT_NAMES order) hold a held-out combination."""
+        return any(all(labels[concept] == value for concept, value in held.items()) for held in self._heldout_labels)
+
+    def object_rgb(self) -> torch.Tensor:
+        """(6, 3) object colours in CONCEPTS order, at this colour contrast."""
+        rgb = torch.tensor([OBJECT_RGB[c] for c in CONCEPTS["object_colour"]])
+        if self.colour_contrast == 1:
+            return rgb  # exactly the default palette (the formula would round its last bits)
+        mean = rgb.mean(dim=0, keepdim=True)
+        return mean + self.colour_contrast * (rgb - mean)
+
+    def size_radius(self) -> torch.Tensor:
+        """(3,) half-extents as fractions of the image side, in CONCEPTS order, at this size difference."""
+        radius = torch.tensor([SIZE_RADIUS[s] for s in CONCEPTS["size"]], dtype=torch.float64)
+        if self.size_difference == 1:
+            return radius
+        medium = SIZE_RADIUS["medium"]
+        return medium + self.size_difference * (radius - medium)
+
+
+def value_concept(value: str) -> str:
+    """The concept a value name belongs to (value names are unique across concepts)."""
+    for concept, values in CONCEPTS.items():
+        if value in values:
+            return concept
+    known = "; ".join(f"{c}: {', '.join(v)}" for c, v in CONCEPTS.items())
+    raise ValueError(f"held-out combination value {value!r} is not a ConceptShapes value; the values are {known}")
+
+
+def combination_labels(combination: tuple[str, ...]) -> dict[int, int]:
+    """{concept index: value index} of a combination of value names, e.g. ("small", "blue")."""
+    if len(combination) < 2:
+        raise ValueError(f"a held-out combination names at least two values of different concepts, got {list(combination)} (one value alone would never be trained)")
+    labels: dict[int, int] = {}
+    for value in combination:
+        concept = value_concept(value)
+        index = CONCEPT_NAMES.index(concept)
+        if index in labels:
+            raise ValueError(f"held-out combination {list(combination)} names two values of {concept}; a combination takes one value per concept")
+        labels[index] = CONCEPTS[concept].index(value)
+    return labels
+
+
+def _check_every_value_trains(heldout: tuple[dict[int, int], ...]) -> None:
+    """Refuse held-out combinations that together remove every training image of some value."""
+    if not heldout:
+        return
+    involved = sorted({concept for held in heldout for concept in held})
+    allowed = [assignment for assignment in product(*(range(len(CONCEPTS[CONCEPT_NAMES[c]])) for c in involved))
+               if not any(all(assignment[involved.index(c)] == v for c, v in held.items()) for held in heldout)]  # fmt: skip
+    for position, concept in enumerate(involved):
+        name = CONCEPT_NAMES[concept]
+        for value in range(len(CONCEPTS[name])):
+            if not any(assignment[position] == value for assignment in allowed):
+                raise ValueError(f"the held-out combinations leave {name} {CONCEPTS[name][value]!r} with no training image; hold out fewer combinations with it")
 
 
 def vocabulary() -> list[str]:
@@ -125,17 +218,21 @@ class ShapeParams:
     centre: torch.Tensor
 
 
-def draw_params(indices: np.ndarray, *, seed: int, split: str, image_size: int) -> ShapeParams:
+def draw_params(indices: np.ndarray, *, seed: int, split: str, image_size: int, design: ShapesDesign | None = None) -> ShapeParams:
     """Labels and object centres of the samples ``indices``, each from its own seeded generator."""
+    design = design or ShapesDesign()
+    radii = design.size_radius().tolist()
     labels = np.empty((len(indices), len(CONCEPTS)), dtype=np.int64)
     centre = np.empty((len(indices), 2), dtype=np.float64)
     cell = image_size / 3
     for row, index in enumerate(indices):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], int(index)])
         labels[row] = [rng.integers(len(values)) for values in CONCEPTS.values()]
+        while split == "train" and design.is_heldout(labels[row]):  # drawn again from its own generator
+            labels[row] = [rng.integers(len(values)) for values in CONCEPTS.values()]
         jitter = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2) * image_size
         position = labels[row, CONCEPT_NAMES.index("position")]
-        radius = SIZE_RADIUS[CONCEPTS["size"][labels[row, CONCEPT_NAMES.index("size")]]] * image_size
+        radius = radii[labels[row, CONCEPT_NAMES.index("size")]] * image_size
         # Keep the whole object inside the image; the cell centre stays inside its cell, so the
         # position label remains true.
         xy = np.array([(position % 3 + 0.5) * cell, (position // 3 + 0.5) * cell]) + jitter
@@ -164,7 +261,7 @@ def _texture_on(texture: torch.Tensor, x: torch.Tensor, y: torch.Tensor, period:
     return torch.gather(by_texture, 0, texture.view(1, -1, 1, 1).expand(1, *solid.shape)).squeeze(0)
 
 
-def render(params: ShapeParams, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def render(params: ShapeParams, image_size: int, design: ShapesDesign | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, S, S) float in [-1, 1] and object masks (N, 1, S, S) bool.
 
     Rendered at ``supersample`` x the resolution and box-filtered down, so edges are anti-aliased;
@@ -176,7 +273,8 @@ def render(params: ShapeParams, image_size: int) -> tuple[torch.Tensor, torch.Te
     y, x = coords.view(1, fine, 1), coords.view(1, 1, fine)
     labels = params.labels
     column = {name: labels[:, i] for i, name in enumerate(CONCEPT_NAMES)}
-    radius = torch.tensor([SIZE_RADIUS[s] for s in CONCEPTS["size"]])[column["size"]] * image_size
+    design = design or ShapesDesign()
+    radius = design.size_radius()[column["size"]] * image_size
     dx = (x - params.centre[:, 0].view(-1, 1, 1)) / radius.view(-1, 1, 1)
     dy = (y - params.centre[:, 1].view(-1, 1, 1)) / radius.view(-1, 1, 1)
     dx, dy = torch.broadcast_tensors(dx, dy)  # (N, fine, fine)
@@ -184,7 +282,7 @@ def render(params: ShapeParams, image_size: int) -> tuple[torch.Tensor, torch.Te
     period = max(4.0, image_size / 8)
     shade = 1.0 - TEXTURE_SHADE * _texture_on(column["texture"], x.expand_as(dx), y.expand_as(dx), period).float()
 
-    object_rgb = torch.tensor([OBJECT_RGB[c] for c in CONCEPTS["object_colour"]])[column["object_colour"]]
+    object_rgb = design.object_rgb()[column["object_colour"]]
     background_rgb = torch.tensor([BACKGROUND_RGB[c] for c in CONCEPTS["background_colour"]])[column["background_colour"]]
     obj = object_rgb.view(-1, 3, 1, 1) * shade.unsqueeze(1)
     image = background_rgb.view(-1, 3, 1, 1) + inside.unsqueeze(1) * (obj - background_rgb.view(-1, 3, 1, 1))
@@ -204,7 +302,7 @@ class ConceptShapes(Dataset):
     concept_names = CONCEPT_NAMES
 
     def __init__(
-        self, size: int = 10_000, image_size: int = 32, split: Split = "train", seed: int = 0, chunk: int = 2048
+        self, size: int = 10_000, image_size: int = 32, split: Split = "train", seed: int = 0, chunk: int = 2048, design: ShapesDesign | None = None
     ):
         if image_size not in SUPPORTED_SIZES:
             raise ValueError(f"ConceptShapes image_size must be one of {SUPPORTED_SIZES}, got {image_size}")
@@ -213,11 +311,12 @@ class ConceptShapes(Dataset):
         if size < 1:
             raise ValueError(f"ConceptShapes size must be positive, got {size}")
         self.size, self.image_size, self.split, self.seed = size, image_size, split, seed
-        params = draw_params(np.arange(size), seed=seed, split=split, image_size=image_size)
+        self.design = design or ShapesDesign()
+        params = draw_params(np.arange(size), seed=seed, split=split, image_size=image_size, design=self.design)
         images, masks = [], []
         for start in range(0, size, chunk):
             part = ShapeParams(params.labels[start : start + chunk], params.centre[start : start + chunk])
-            image, mask = render(part, image_size)
+            image, mask = render(part, image_size, self.design)
             images.append(((image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
             masks.append(mask)
         self.images = torch.cat(images)

@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from diffprobe.choices import Split
 from diffprobe.data import hf
-from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, vocabulary
+from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, ShapesDesign, vocabulary
 from diffprobe.fidelity.readers import ReaderData
 from diffprobe.training.exact_resume import ResumableSampler, data_position, run_seed
 
@@ -126,6 +126,12 @@ class ConceptShapesDataModule(ImageDataModule):
         seed: the data set's seed; sample i is a pure function of (seed, split, i).
         batch_size: per device.
         num_workers: DataLoader workers (0 is fastest on a laptop: the images are in memory).
+        heldout_combinations: combinations of concept values never shown in training, e.g.
+            ``[[small, blue]]``; the held-out split keeps them (compositional generalisation).
+        colour_contrast: how far apart the object colours are, in (0, 1] (1: the default palette;
+            colour v renders as m + c (rgb(v) - m), m the palette's mean).
+        size_difference: how far apart the sizes are, in (0, 3] (1: half-extents 0.14, 0.20, 0.26 of
+            the image side; size v's is 0.20 + d (r(v) - 0.20)).
     """
 
     def __init__(
@@ -136,6 +142,9 @@ class ConceptShapesDataModule(ImageDataModule):
         seed: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
+        heldout_combinations: list[list[str]] | None = None,
+        colour_contrast: float = 1.0,
+        size_difference: float = 1.0,
     ):
         super().__init__(image_size=image_size, channels=3, batch_size=batch_size, num_workers=num_workers)
         if image_size not in SUPPORTED_SIZES:
@@ -143,13 +152,16 @@ class ConceptShapesDataModule(ImageDataModule):
         if train_size < batch_size:
             raise ValueError(f"train_size ({train_size}) must be at least batch_size ({batch_size})")
         self.train_size, self.heldout_size, self.seed = train_size, heldout_size, seed
+        # Checked now: a bad combination or signal fails before a model is built.
+        combinations = tuple(tuple(c) for c in heldout_combinations or ())
+        self.design = ShapesDesign(combinations, colour_contrast=colour_contrast, size_difference=size_difference)
         self.concepts = dict(CONCEPTS)
         self.vocabulary = vocabulary()
         self._datasets: dict[str, ConceptShapes] = {}
 
     def _split(self, split: Split, size: int) -> ConceptShapes:
         if split not in self._datasets:
-            self._datasets[split] = ConceptShapes(size=size, image_size=self.image_size, split=split, seed=self.seed)
+            self._datasets[split] = ConceptShapes(size=size, image_size=self.image_size, split=split, seed=self.seed, design=self.design)
         return self._datasets[split]
 
     def train_dataset(self) -> ConceptShapes:
@@ -162,8 +174,13 @@ class ConceptShapesDataModule(ImageDataModule):
     def reader_data(self, max_train_images: int) -> ReaderData:
         # Rendered anew at the reader's own size: sample i depends on (seed, split, i) only, so every
         # run of this data and image size shares one reader whatever its train_size.
-        train = ConceptShapes(size=max_train_images, image_size=self.image_size, split="train", seed=self.seed)
+        # The reader is the judge of every combination: it sees the same concept signal and no
+        # held-out combinations, so it can say whether a held-out combination was generated.
+        signal = ShapesDesign(colour_contrast=self.design.colour_contrast, size_difference=self.design.size_difference)
+        train = ConceptShapes(size=max_train_images, image_size=self.image_size, split="train", seed=self.seed, design=signal)
         description = {"data": "ConceptShapes", "image_size": self.image_size, "seed": self.seed, "train_images": max_train_images}
+        if signal != ShapesDesign():
+            description.update(colour_contrast=signal.colour_contrast, size_difference=signal.size_difference)
         return ReaderData(description, train, self.heldout_dataset(), self.concepts)
 
 

@@ -67,6 +67,10 @@ def _data_case(case: str, root: Path) -> tuple[list[str], str]:
     dataset = in_memory_dataset()
     if case == "conceptshapes image_size 24":
         return ["--data.init_args.image_size", "24"], "error: ConceptShapes image_size must be one of (16, 32, 64), got 24"
+    if case == "held-out combination of an unknown value":
+        return ["--data.init_args.heldout_combinations", "[[small, purple]]"], "error: held-out combination value 'purple' is not a ConceptShapes value"
+    if case == "held-out combinations removing a value":
+        return ["--data.init_args.heldout_combinations", "[[small, blue], [medium, blue], [large, blue]]"], "error: the held-out combinations leave object_colour 'blue' with no training image"
     if case == "batch_size 0":
         return ["--data.init_args.batch_size", "0"], "error: batch_size must be positive, got 0"
     if case == "channels 2":
@@ -88,7 +92,7 @@ def _data_case(case: str, root: Path) -> tuple[list[str], str]:
 
 
 DATA_CASES = [
-    "conceptshapes image_size 24", "batch_size 0", "channels 2", "missing source", "parquet without the image column",
+    "conceptshapes image_size 24", "held-out combination of an unknown value", "held-out combinations removing a value", "batch_size 0", "channels 2", "missing source", "parquet without the image column",
     "float concept column", "empty image folder", "unknown concept column",
 ]
 
