@@ -32,13 +32,14 @@ class KillAtStep(Callback):
 
 
 class SignalAtStep(Callback):
-    """At the end of step $DIFFPROBE_TEST_TERM_AT, SIGTERM this process if its global rank is in
-    $DIFFPROBE_TEST_TERM_RANKS (comma-separated; default every rank), as SLURM signals a job's tasks."""
+    """At the end of step $DIFFPROBE_TEST_TERM_AT, send $DIFFPROBE_TEST_TERM_SIGNAL (default SIGTERM)
+    to this process if its global rank is in $DIFFPROBE_TEST_TERM_RANKS (comma-separated; default
+    every rank), as SLURM signals a job's tasks."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         ranks = os.environ.get("DIFFPROBE_TEST_TERM_RANKS")
         if os.environ.get("DIFFPROBE_TEST_TERM_AT") == str(trainer.global_step) and (ranks is None or str(trainer.global_rank) in ranks.split(",")):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, os.environ.get("DIFFPROBE_TEST_TERM_SIGNAL", "SIGTERM")))
 
 
 class SignalDuringEvaluation(Callback):

@@ -49,7 +49,8 @@ def set_random_states(states: dict[str, Any]) -> None:
     kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
+    # A checkpoint of another machine (other GPUs, or none) keeps the CUDA streams as they are.
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
@@ -112,6 +113,9 @@ class ResumableSampler(DistributedSampler):
 
     def resume_at(self, epoch: int, batches: int) -> None:
         self._resume_at = (epoch, batches)
+        # Lightning makes a resumed fit's first iterator before it sets the sampler's epoch, and
+        # DataLoader workers draw their first indices right then: the epoch must be known already.
+        self.set_epoch(epoch)
 
     @override
     def __iter__(self) -> Iterator[int]:

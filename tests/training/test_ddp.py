@@ -57,6 +57,7 @@ def test_two_process_ddp_writes_one_clean_run(ddp_run, tiny_config_run):
     assert difference < 0.1
 
 
+@pytest.mark.slow  # three 2-process runs: about 40 s alone, and it takes both cores from the other worker
 def test_sigterm_to_every_rank_or_rank_0_alone_stops_both_and_resumes_bit_for_bit(ddp_run, tmp_path):
     # Ranks started as a cluster launcher starts them (one process each), so each exit status is seen.
     # Checkpoints every 2 steps: the last.ckpt of step 5 and of step 3 are RunSafety's.

@@ -103,13 +103,19 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_config_run, tmp_pa
     assert torch.equal(accuracy, _state(reference, "ProbeMonitor")["history"][-1]["accuracy"])
 
 
-def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(tiny_config_run, tmp_path, monkeypatch):
-    # 15 t x 15 UNet batches per evaluation; checkpoints every 3 steps, so step 4's is RunSafety's.
-    # A DataLoader worker, and other ProbeMonitor settings than the uninterrupted reference's: the
-    # weights must still come out the same (observers never draw from the training's random streams).
+def test_sigterm_then_slurm_requeue_stop_within_the_step_and_the_run_ends_bit_for_bit(tiny_config_run, tmp_path, monkeypatch):
+    # One run stopped twice, as a preempted and then requeued SLURM job would be, resumed each time
+    # with the job script's one command (train.py fit --config tiny.yaml --ckpt_path last), and in
+    # the end equal to the uninterrupted reference bit for bit. A DataLoader worker throughout, and
+    # other ProbeMonitor and checkpoint settings than the reference's: observers never draw from the
+    # training's random streams. 15 t x 15 UNet batches per evaluation; checkpoints every 3 steps.
     tiny_run_config(tmp_path / "tiny.yaml", probe_images=60, probe_batch=4, checkpoint_every=3)
-    report, one_worker = tmp_path / "report.json", ["--data.init_args.num_workers", "1"]
-    stopped = train(tmp_path, "--config", "tiny.yaml", *one_worker, env={"DIFFPROBE_TEST_SIGNAL_AT": "4", "DIFFPROBE_TEST_REPORT": str(report)})
+    command = ["fit", "--config", "tiny.yaml", "--data.init_args.num_workers", "1", "--ckpt_path", "last"]
+    run = tmp_path / "runs/tiny/version_0"
+
+    # 1. SIGTERM from inside the step-4 evaluation (a subprocess, as a scheduler sends it).
+    report = tmp_path / "report.json"
+    stopped = train(tmp_path, *command[1:], env={"DIFFPROBE_TEST_SIGNAL_AT": "4", "DIFFPROBE_TEST_REPORT": str(report)})
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     assert "stopped by SIGTERM at step 4" in stopped.stderr
     # The evaluation gave up at its next UNet batch instead of running its remaining ~220 calls.
@@ -117,49 +123,40 @@ def test_sigterm_during_an_evaluation_checkpoints_within_the_step_and_resumes(ti
     checkpoint = safe_load(tmp_path / LAST)
     assert checkpoint["global_step"] == 4
     assert [h["step"] for h in _state(checkpoint, "ProbeMonitor")["history"]] == [0], "the interrupted evaluation is discarded"
-    run = tmp_path / "runs/tiny/version_0"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=000000.ckpt", "step=000003.ckpt"]
     assert not (run / "export").exists(), "an interrupted run is not exported"
     # The stop step's own loss (batch 4, logged at step 3) reached TensorBoard before the exit.
     assert [e.step for e in read_events(run).Scalars("train/loss")] == [0, 1, 2, 3]
 
+    # 2. The resumed job runs under SLURM (its variables; Lightning's auto-requeue is on by default)
+    # with a stand-in scontrol, and gets SLURM's requeue signal at step 6.
+    stand_ins, calls = tmp_path / "bin", tmp_path / "scontrol.log"
+    stand_ins.mkdir()
+    (stand_ins / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (stand_ins / "scontrol").chmod(0o755)
     monkeypatch.chdir(tmp_path)
-    train_main(["fit", "--config", "tiny.yaml", *one_worker, "--ckpt_path", LAST])  # the resume: raises if it fails
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "diffprobe", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "DIFFPROBE_TEST_TERM_AT": "6", "DIFFPROBE_TEST_TERM_SIGNAL": "SIGUSR1"}  # fmt: skip
+    with monkeypatch.context() as job:
+        for name, value in slurm.items():
+            job.setenv(name, value)
+        job.setenv("PATH", f"{stand_ins}{os.pathsep}{os.environ['PATH']}")
+        with pytest.raises(RunInterrupted) as requeued:
+            train_main(command)
+    assert requeued.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text().split() == ["requeue", "4242"], "the job requeued itself once"
+    assert safe_load(tmp_path / LAST)["global_step"] == 6, "last.ckpt written through the SIGTERM path"
+    assert not list(tmp_path.rglob("hpc_ckpt*")), "no Lightning hpc checkpoint beside the run's last.ckpt"
+
+    # 3. The requeued job: the same command, to the end.
+    train_main(command)
+    assert not (tmp_path / "runs/tiny/version_1").exists(), "every start continued the one run"
     final = safe_load(run / "checkpoints/last.ckpt")
     assert final["global_step"] == 8 and final["optimizer_states"][0]["state"][0]["step"] == 8, "no step lost"
     _assert_trained_the_same(final, safe_load(tiny_config_run / "checkpoints/last.ckpt"))
     assert [h["step"] for h in _state(final, "ProbeMonitor")["history"]] == [0, 4, 8], "the discarded evaluation runs on resume"
     steps = _tag_steps(run)
     assert not _not_increasing(steps) and steps["train/loss"] == list(range(8))
-
-
-def test_slurm_requeue_signal_stops_like_sigterm_requeues_and_the_same_command_continues(tmp_path, monkeypatch):
-    # Under SLURM (its environment variables; Lightning's auto-requeue is on by default) with a
-    # stand-in scontrol that records its arguments. The job script's one command, first start and
-    # requeue alike: train.py fit --config tiny.yaml --ckpt_path last.
-    stand_ins, calls = tmp_path / "bin", tmp_path / "scontrol.log"
-    stand_ins.mkdir()
-    (stand_ins / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (stand_ins / "scontrol").chmod(0o755)
-    tiny_run_config(tmp_path / "tiny.yaml", probe_images=60, probe_batch=4, checkpoint_every=3)
-    command = ["--config", "tiny.yaml", "--ckpt_path", "last"]
-    slurm = {
-        "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "diffprobe", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}",
-    }
-    report = tmp_path / "report.json"
-    signals = {"DIFFPROBE_TEST_SIGNAL_AT": "4", "DIFFPROBE_TEST_SIGNAL": "SIGUSR1", "DIFFPROBE_TEST_REPORT": str(report)}
-    stopped = train(tmp_path, *command, env={**slurm, **signals})
-    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
-    assert "SIGUSR1 received: finishing this step, writing last.ckpt and requeueing the job" in stopped.stderr
-    assert calls.read_text().split() == ["requeue", "4242"], "the job requeued itself once"
-    assert safe_load(tmp_path / LAST)["global_step"] == 4, "last.ckpt written through the SIGTERM path"
-    assert not list(tmp_path.rglob("hpc_ckpt*")), "no Lightning hpc checkpoint beside the run's last.ckpt"
-
-    monkeypatch.chdir(tmp_path)
-    train_main(["fit", *command])  # the requeued job: the same command
-    assert safe_load(tmp_path / LAST)["global_step"] == 8
-    assert not (tmp_path / "runs/tiny/version_1").exists(), "the requeued job continued its run"
 
 
 KILL_DURING_SECOND_WRITE = """
