@@ -82,7 +82,10 @@ def measure_and_write(plan: DiscoverPlan, first: DiffusionModel) -> Path:
     plan.folder.mkdir(parents=True, exist_ok=True)
     discover_table, dictionary_table = results.tables(plan.folder)
     found_rows, dictionary_rows = discover_table.read_rows(), dictionary_table.read_rows()
+    # A step is done when dictionaries.csv (written last) has it; rows of a step a kill cut short
+    # between the two tables are measured again, not kept twice.
     done = sorted({r["step"] for r in dictionary_rows if r["layer"] != INPUT})
+    found_rows = [r for r in found_rows if r["step"] == -1 or r["step"] in done]
     if dictionary_rows:  # continuing an earlier run of the same settings (discover_plan checked them)
         log(f"continuing {plan.folder}: step(s) {done} already measured")
     else:

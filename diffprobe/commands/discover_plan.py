@@ -111,8 +111,8 @@ def plan_discover(ckpt, out, layers, timesteps, concepts, expansion, k, sae_step
 def settings_record(plan: DiscoverPlan) -> dict:
     """What makes two discovers the same measurement (kept in discover.json / dictionaries.json)."""
     s = plan.settings
-    return {"layers": plan.layers, "timesteps": plan.timesteps, "expansion": s.expansion, "k": s.k, "sae_steps": s.steps,
-            "learning_rate": s.learning_rate, "seed": s.seed, "images": len(plan.probe_set), "weights": plan.weights}  # fmt: skip
+    return {"layers": plan.layers, "timesteps": plan.timesteps, "concepts": plan.concepts, "expansion": s.expansion, "k": s.k,
+            "sae_steps": s.steps, "learning_rate": s.learning_rate, "seed": s.seed, "images": len(plan.probe_set), "weights": plan.weights}  # fmt: skip
 
 
 def directions_path(folder: Path, step: int, weights: str) -> Path:
@@ -128,7 +128,9 @@ def _check_continuation(plan: DiscoverPlan) -> None:
     table, dictionaries = results.tables(plan.folder)
     if not table.csv_path.exists():
         return
-    earlier = dictionaries.read_summary().get("settings")
+    # discover.json is written first after each checkpoint: it has the settings even when a kill
+    # came before dictionaries.json.
+    earlier = table.read_summary().get("settings") or dictionaries.read_summary().get("settings")
     mine = settings_record(plan)
     if earlier != mine:
         changed = ", ".join(f"{k} {earlier.get(k)!r} -> {v!r}" for k, v in mine.items() if earlier and earlier.get(k) != v) or "unknown earlier settings"

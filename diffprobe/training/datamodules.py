@@ -19,7 +19,7 @@ from diffprobe.choices import Split
 from diffprobe.data import hf
 from diffprobe.data.shapes import CONCEPTS, SUPPORTED_SIZES, ConceptShapes, ShapesDesign, vocabulary
 from diffprobe.fidelity.readers import ReaderData
-from diffprobe.training.exact_resume import ResumableSampler, data_position, run_seed
+from diffprobe.training.exact_resume import ResumableSampler, data_position, resume_position, run_seed
 
 
 class WholeBatches(Dataset):
@@ -88,6 +88,7 @@ class ImageDataModule(pl.LightningDataModule):
         self._sampler = ResumableSampler(dataset, self.batch_size, num_replicas=world_size, rank=rank, seed=run_seed())
         if self._resume_at is not None:
             self._sampler.resume_at(*self._resume_at)
+            self._resume_at = None  # once: a later fit of this DataModule starts at the beginning
         return DataLoader(
             WholeBatches(dataset) if hasattr(dataset, "fetch_batch") else dataset,
             batch_size=self.batch_size,
@@ -105,15 +106,14 @@ class ImageDataModule(pl.LightningDataModule):
     # ---- the data position, for an exact resume --------------------------------------------------
     @override
     def state_dict(self) -> dict:
-        return {"data_position": data_position(self.trainer)}
+        return {"data_position": data_position(self.trainer, self.batch_size)}
 
     @override
     def load_state_dict(self, state_dict: dict) -> None:
-        position = state_dict.get("data_position") or {}
-        if "epoch" in position:
-            self._resume_at = (int(position["epoch"]), int(position["batches"]))
-            if self._sampler is not None:
-                self._sampler.resume_at(*self._resume_at)
+        self._resume_at = resume_position(state_dict.get("data_position") or {}, self.trainer, self.batch_size)
+        if self._resume_at is not None and self._sampler is not None:  # the loader was made already
+            self._sampler.resume_at(*self._resume_at)
+            self._resume_at = None
 
 
 class ConceptShapesDataModule(ImageDataModule):

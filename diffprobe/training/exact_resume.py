@@ -126,13 +126,31 @@ class ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
-def data_position(trainer: pl.Trainer | None) -> dict[str, int]:
+def data_position(trainer: pl.Trainer | None, batch_size: int) -> dict[str, int]:
     """Where a checkpoint taken now stands in the data: the epoch and the batches trained in it
-    (Lightning's progress counters, so batches a DataLoader prefetched are not counted)."""
+    (Lightning's progress counters, so batches a DataLoader prefetched are not counted), and what
+    that position means (seed, world size, per-process batch size)."""
     if trainer is None:
         return {}
     loop = trainer.fit_loop
-    batches = loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker
+    epoch = loop.epoch_progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker
+    batches = loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
     if batches >= trainer.num_training_batches:
-        batches = 0  # a whole epoch is done (a save at its end): the next step starts a fresh epoch
-    return {"epoch": loop.epoch_progress.current.processed, "batches": batches}  # type: ignore[attr-defined]
+        # A whole epoch is done (a save on its last batch or at its end): the resume starts the
+        # next epoch, whose number Lightning has already counted as started.
+        epoch, batches = loop.epoch_progress.current.started, 0  # type: ignore[attr-defined]
+    return {"epoch": epoch, "batches": batches, "seed": run_seed(), "world_size": trainer.world_size, "batch_size": batch_size}
+
+
+def resume_position(position: dict[str, int], trainer: pl.Trainer | None, batch_size: int) -> tuple[int, int] | None:
+    """(epoch, batches) to resume the data at, or None with a message when the position was taken
+    under another seed, world size or batch size (the order or the batches would not be the same)."""
+    if "epoch" not in position:
+        return None
+    now = {"seed": run_seed(), "world_size": trainer.world_size if trainer is not None else 1, "batch_size": batch_size}
+    changed = {k: (position[k], v) for k, v in now.items() if k in position and position[k] != v}
+    if changed:
+        said = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+        rank_zero_info(f"diffprobe: the checkpoint's data position was taken with other settings ({said}): the rest of its epoch is not the uninterrupted run's")
+        return None
+    return int(position["epoch"]), int(position["batches"])

@@ -115,6 +115,10 @@ class RunSafety(Checkpoint):
             signum, path = self._stopped
             self._stopped = None
             if self._requeue_job and trainer.is_global_zero:
+                # Lightning closes the loggers after this hook; a requeued job may get SLURM's
+                # SIGTERM before that, so TensorBoard is flushed first.
+                for logger in trainer.loggers:
+                    logger.finalize("success")
                 requeue_slurm_job()
             raise RunInterrupted(signum, path)
 
@@ -153,6 +157,8 @@ class RunSafety(Checkpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._stopped is not None:  # should_stop was not honoured (min_steps): stop now
             raise RunInterrupted(*self._stopped)
+        if trainer.fit_loop._should_accumulate():
+            return  # inside a gradient-accumulation window (the same on every rank): stop at its end, or its gradients are lost
         if self._stop_requested(trainer):
             # The step's own logging (loss, lr) still happens after this hook; the observers skip
             # on_train_end and ExportDiffusers skips the export; teardown raises RunInterrupted.
@@ -181,6 +187,8 @@ class RunSafety(Checkpoint):
         interrupt.request_stop(signum)  # every rank: observers and the export stand down
         path = save_last_checkpoint(trainer)
         self._stopped = (signum, path)
+        if trainer.world_size > 1:  # SLURM signals every task; the job is requeued if any got it
+            self._requeue_job = trainer.strategy.reduce_boolean_decision(self._requeue_job, all=False)
         rank_zero_info(f"diffprobe: stopped by {signal.Signals(signum).name} at step {trainer.global_step}; resume with --ckpt_path {path}")
 
     # ---- resume ---------------------------------------------------------------------------------

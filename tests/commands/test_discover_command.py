@@ -56,7 +56,7 @@ def test_discover_over_a_run_writes_dictionaries_concept_matches_and_tensorboard
     assert "holds a discover with other settings (k 8 -> 4)" in message and _rows(out / "discover.csv") == before
 
 
-def test_sigterm_during_discover_keeps_whole_checkpoints_and_the_same_command_continues(unconditional_run, tmp_path, monkeypatch):
+def test_sigterm_during_discover_keeps_whole_checkpoints_and_the_same_command_continues(unconditional_run, tmp_path, monkeypatch, capsys):
     import signal
 
     import diffprobe.commands.discover_output as work
@@ -80,6 +80,18 @@ def test_sigterm_during_discover_keeps_whole_checkpoints_and_the_same_command_co
     for table in ("discover.csv", "dictionaries.csv"):
         assert _rows(out / table) == _rows(reference / table), f"{table}: no row lost, none twice, the same numbers"
     assert (out / "features/step000001_ema_mid_block_t0010.png").is_file()
+
+    # A kill between the two tables of step 1 (discover.csv is written first): dictionaries.csv
+    # lacks the step, so it is measured again, and its discover rows are not kept twice.
+    from diffprobe.discover import results
+
+    _, dictionaries = results.tables(out)
+    dictionaries.write([r for r in dictionaries.read_rows() if r["step"] != 1], {"settings": dictionaries.read_summary()["settings"]})
+    probe_main(["discover", "--ckpt", str(unconditional_run), "--out", str(out), *FAST])
+    for table in ("discover.csv", "dictionaries.csv"):
+        assert _rows(out / table) == _rows(reference / table), f"{table} after a kill between the tables"
+    message = refusal(["discover", "--ckpt", str(unconditional_run), "--out", str(out), *FAST, "--concepts", "[shape]"], capsys)
+    assert "other settings (concepts" in message, "a rerun with other concepts would mix two sets of rows"
 
 
 def test_discover_on_a_run_of_data_without_concept_labels_shows_features_only(tmp_path, capsys):

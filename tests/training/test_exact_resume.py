@@ -13,7 +13,8 @@ import torch
 
 from diffprobe.io.loading import safe_load
 from diffprobe.training.callbacks.periodic import PeriodicObserver
-from diffprobe.training.exact_resume import ExactResume, ResumableSampler, data_position, random_states, set_random_states
+from diffprobe.training.datamodules import ConceptShapesDataModule
+from diffprobe.training.exact_resume import ExactResume, ResumableSampler, data_position, random_states, resume_position, run_seed, set_random_states
 
 
 def _draws() -> tuple:
@@ -86,17 +87,36 @@ def test_two_ranks_share_one_order_and_split_it():
     assert first == list(whole)[0::2] and second == list(whole)[1::2]
 
 
-def test_data_position_counts_trained_batches_and_a_finished_epoch_as_a_new_one():
+def test_data_position_counts_trained_batches_and_a_finished_epoch_as_the_next_one(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+
     def trainer(epoch, batches):
         loop = SimpleNamespace(
-            epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epoch)),
+            # During epoch e Lightning has started e + 1 epochs and processed e.
+            epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epoch, started=epoch + 1)),
             epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=batches))),
         )
-        return SimpleNamespace(fit_loop=loop, num_training_batches=5)
+        return SimpleNamespace(fit_loop=loop, num_training_batches=5, world_size=1)
 
-    assert data_position(trainer(1, 2)) == {"epoch": 1, "batches": 2}
-    assert data_position(trainer(1, 5)) == {"epoch": 1, "batches": 0}
-    assert data_position(None) == {}
+    assert data_position(trainer(1, 2), 8) == {"epoch": 1, "batches": 2, "seed": 7, "world_size": 1, "batch_size": 8}
+    # Saved on an epoch's last batch: the resume starts the next epoch at its beginning (its order, not
+    # the finished epoch's: DataLoader workers draw indices before Lightning sets the epoch).
+    assert data_position(trainer(1, 5), 8)["epoch"] == 2 and data_position(trainer(1, 5), 8)["batches"] == 0
+    assert data_position(None, 8) == {}
+
+    position = data_position(trainer(1, 2), 8)
+    assert resume_position(position, trainer(1, 2), 8) == (1, 2)
+    assert resume_position(position, trainer(1, 2), 16) is None, "another batch size: other batches"
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")
+    assert resume_position(position, trainer(1, 2), 8) is None, "another seed: another order"
+    assert resume_position({}, trainer(1, 2), 8) is None
+
+
+def test_a_datamodule_resumes_its_position_once():
+    data = ConceptShapesDataModule(image_size=16, train_size=40, heldout_size=8, batch_size=8)
+    data.load_state_dict({"data_position": {"epoch": 0, "batches": 2, "seed": run_seed(), "world_size": 1, "batch_size": 8}})
+    assert len(list(data.train_dataloader())) == 3, "the resumed epoch: 5 batches, 2 already trained"
+    assert len(list(data.train_dataloader())) == 5, "a later fit of the same DataModule starts at the beginning"
 
 
 class DrawingObserver(PeriodicObserver):

@@ -226,6 +226,23 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before, "after fit, Ctrl+C does what it did before"
 
 
+def test_a_signal_inside_a_gradient_accumulation_window_stops_at_its_end(tmp_path):
+    class TermInsideAWindow(SampleGrid):  # SIGTERM after batch 2, the first of the window 2-3
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    callback = TermInsideAWindow(every_n_steps=100, num_images=1, num_inference_steps=1)
+    trainer = make_trainer(tmp_path, max_steps=10, every_n_steps=100, callbacks=[callback], accumulate_grad_batches=2)
+    with pytest.raises(RunInterrupted) as stopped:
+        trainer.fit(make_module(), datamodule=shapes_data())
+    assert stopped.value.code == 128 + signal.SIGTERM
+    checkpoint = safe_load(tmp_path / "runs/test/version_0/checkpoints/last.ckpt")
+    # The window's gradients were not dropped: batch 3 ran and the optimizer stepped on both.
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["ConceptShapesDataModule"]["data_position"]["batches"] == 4
+
+
 # ---- resume rules --------------------------------------------------------------------------------
 
 def _fit(tmp_path, max_steps, ckpt=None, version=None, callbacks=()):
