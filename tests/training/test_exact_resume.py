@@ -14,7 +14,15 @@ import torch
 from diffprobe.io.loading import safe_load
 from diffprobe.training.callbacks.periodic import PeriodicObserver
 from diffprobe.training.datamodules import ConceptShapesDataModule
-from diffprobe.training.exact_resume import ExactResume, ResumableSampler, data_position, random_states, resume_position, run_seed, set_random_states
+from diffprobe.training.exact_resume import (
+    ExactResume,
+    ResumableSampler,
+    data_position,
+    random_states,
+    resume_position,
+    run_seed,
+    set_random_states,
+)
 
 
 def _draws() -> tuple:
