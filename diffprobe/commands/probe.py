@@ -36,6 +36,7 @@ COMMANDS = {
     "intervene": "intervene",
     "story": "story",
     "discover": "discover",
+    "hidden": "hidden",
 }
 
 

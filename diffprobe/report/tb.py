@@ -215,3 +215,7 @@ def discover_tag(concept: str, weights: str = "ema") -> str:
 
 def discover_gallery_tag(layer: str, t: int, weights: str = "ema") -> str:
     return f"discover{'' if weights == 'ema' else '_' + weights}/features/{layer}/{t_tag(t)}"
+
+
+# probe.py hidden: the held-out combination's rate under each variant (plain, over_prompting, ...).
+HIDDEN = "hidden"
