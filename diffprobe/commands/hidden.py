@@ -93,7 +93,8 @@ def hidden(
     ckpt: str | list[str], out: str = "hidden_capabilities", num_images: PositiveInt = 64, steps: PositiveInt = 50, lock_in_images: PositiveInt = 32,
     switch_times: tuple[NonNegativeInt, ...] = (10, 25, 50, 100, 200, 300, 500, 700),
     layers: tuple[str, ...] = ("down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"),
-    timesteps: tuple[NonNegativeInt, ...] = (10, 50, 100, 200, 300, 500, 700), over_prompt_scale: PositiveFloat = 2.0,
+    timesteps: tuple[NonNegativeInt, ...] = (10, 50, 100, 200, 300, 500, 700), probe_images: PositiveInt = 600, heldout_probe_images: PositiveInt = 96,
+    over_prompt_scale: PositiveFloat = 2.0,
     embedding_length: PositiveFloat = 1.0, steer_alpha: PositiveFloat = 8.0, steer_layer: str = "up_blocks.1", steer_t: NonNegativeInt = 100,
     seed: int = 0, reader_steps: PositiveInt = 3000, reader_images: PositiveInt = 20_000, weights: Weights = "ema", device: Device = "auto",
     batch_size: PositiveInt = 64,
@@ -109,6 +110,8 @@ def hidden(
         switch_times: prompt-switch times t_s (ascending)
         layers: UNet layers probed on held-out images
         timesteps: t grid of the probes
+        probe_images: training-split images the probes are fitted on (two thirds) and checked on (a third)
+        heldout_probe_images: images of the held-out combination the probes are scored on
         over_prompt_scale: over-prompting multiplies the held-out words' caption-embedding rows by it
         embedding_length: the linear intervention moves each held-out word's row this many times along (its row - the mean of its concept's other values' rows)
         steer_alpha: steering shift, in spreads of the probe features per held-out value
@@ -130,7 +133,7 @@ def hidden(
     runs = study_runs(as_list(ckpt))
     interventions = InterventionSettings(over_prompt_scale, embedding_length, steer_alpha, steer_layer, steer_t)
     with flag("--steer_t/--steer_layer"):
-        settings = StudySettings(num_images, steps, lock_in_images, tuple(switch_times), tuple(layers), tuple(timesteps), seed=seed, interventions=interventions)
+        settings = StudySettings(num_images, steps, lock_in_images, tuple(switch_times), tuple(layers), tuple(timesteps), probe_images, heldout_probe_images, seed, interventions)
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"--out {folder} is a file; give a folder (new, or one an earlier probe.py hidden wrote)")

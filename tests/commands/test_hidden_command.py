@@ -16,7 +16,7 @@ from helpers import READER, TINY_CONDITIONAL_UNET, read_events, refusal
 
 SMALL = [
     "--num_images", "4", "--steps", "4", "--lock_in_images", "2", "--switch_times", "[10, 50]", "--layers", "[mid_block]",
-    "--timesteps", "[10, 50]", "--steer_layer", "mid_block", "--steer_t", "50", "--batch_size", "4", *READER,
+    "--timesteps", "[10, 50]", "--probe_images", "60", "--heldout_probe_images", "12", "--steer_layer", "mid_block", "--steer_t", "50", "--batch_size", "4", *READER,
 ]  # fmt: skip
 
 
