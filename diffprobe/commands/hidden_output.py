@@ -58,6 +58,22 @@ def _reader(run: StudyRun, reader: tuple[int, int], seed: int, device: str):
     return trained.reader.to(device)
 
 
+def _design(run: StudyRun):
+    from diffprobe.data.shapes import ShapesDesign
+
+    design = run.design
+    return ShapesDesign(tuple(tuple(c) for c in design["heldout_combinations"]), design["colour_contrast"], design["size_difference"])
+
+
+def example_step(summary: dict) -> int:
+    """The checkpoint the examples show: where the hidden window opens, else where plain prompting
+    first makes the combination, else the last."""
+    window = summary["hidden_window"]
+    if window["hidden"]:
+        return window["opens"]
+    return summary["reaches_80"].get("plain") or summary["steps"][-1]["step"]
+
+
 def _check_model(model, settings) -> None:
     from diffprobe.capture.layers import find_layers
 
@@ -71,7 +87,6 @@ def _check_model(model, settings) -> None:
 
 
 def _measure_run(run: StudyRun, settings, folder: Path, *, weights: Weights, device: str, batch_size: int, reader: tuple[int, int]) -> list[dict]:
-    from diffprobe.data.shapes import ShapesDesign
     from diffprobe.hidden.prompts import heldout_prompts
     from diffprobe.hidden.study import baselines, measure_checkpoint
 
@@ -85,7 +100,7 @@ def _measure_run(run: StudyRun, settings, folder: Path, *, weights: Weights, dev
     combination = run.design["heldout_combinations"][0]
     with flag("heldout_combinations of the run"):
         prompts = heldout_prompts(combination, settings.num_images, settings.seed)
-        design = ShapesDesign(tuple(tuple(c) for c in run.design["heldout_combinations"]), run.design["colour_contrast"], run.design["size_difference"])
+        design = _design(run)
     judge = _reader(run, reader, settings.seed, device)
     base = baselines(init, design, prompts, settings)
     tensorboard = LazyWriter(run.source.run_dir)
@@ -105,6 +120,8 @@ def _measure_run(run: StudyRun, settings, folder: Path, *, weights: Weights, dev
 def measure_and_write(runs: list[StudyRun], settings, folder: Path, *, weights: Weights, device: str, batch_size: int, reader: tuple[int, int]) -> Path:
     """Measure what each run's record lacks, then write results.json and the figures."""
     from diffprobe.hidden import figures
+    from diffprobe.hidden.prompts import heldout_prompts
+    from diffprobe.hidden.study import examples
     from diffprobe.hidden.summary import summarise_run
 
     for run in runs:  # every run's earlier settings are checked before anything is measured
@@ -122,6 +139,11 @@ def measure_and_write(runs: list[StudyRun], settings, folder: Path, *, weights: 
     ]  # fmt: skip
     for figure, name in zip(made, FIGURES):
         atomic.save_figure(figure, folder / name)
+    for run, summary in zip(runs, summaries):
+        step = example_step(summary)
+        model = load_model(next(e for e in _checkpoints(run) if e.step == step), weights, device)
+        shown = examples(model, _design(run), heldout_prompts(run.design["heldout_combinations"][0], settings.num_images, settings.seed), settings)
+        atomic.save_figure(figures.variant_examples(shown, summary, step), folder / f"examples_{run.name}.png")
     _print_summary(summaries)
     print(f"probe.py hidden: {len(summaries)} runs ({RESULTS}, {', '.join(FIGURES)}) -> {folder}")
     return folder

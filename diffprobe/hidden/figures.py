@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from diffprobe.hidden.generate import VARIANTS
-from diffprobe.report.viz import new_figure
+from diffprobe.report.viz import image_grid, new_figure
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.figure import Figure
 
 VARIANT_LABELS = {
@@ -138,4 +139,17 @@ def represented_and_decided(runs: Sequence[Mapping]) -> Figure:
     axes[1][0].set_ylabel("t_lock", fontsize=8)
     axes[0][0].legend(fontsize=6.5, frameon=False)
     axes[1][0].legend(fontsize=6.5, frameon=False)
+    return figure
+
+
+def variant_examples(images: Mapping[str, torch.Tensor], run: Mapping, step: int) -> Figure:
+    """One row of samples per variant at ``step``: the same held-out prompts and noise in every
+    row, so a row differs from the plain one only through its intervention."""
+    rates = next(s for s in run["steps"] if s["step"] == step)
+    figure, axes = new_figure(len(images), 1, size=(1.0 * len(next(iter(images.values()))) + 1.5, 1.25 * len(images) + 0.6), dpi=100)
+    for axis, (variant, shown) in zip(axes[:, 0], images.items()):
+        axis.imshow(image_grid(shown, columns=len(shown)).permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_title(f"{VARIANT_LABELS[variant]}: {rates[variant]:.0%} of the measured samples show it", fontsize=7)
+        axis.axis("off")
+    figure.suptitle(f"{_signal(run)}, step {step}: held-out prompt '{_combination(run)}' (other concepts vary)", fontsize=8)
     return figure

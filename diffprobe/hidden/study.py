@@ -20,6 +20,7 @@ from diffprobe.hidden.prompts import HeldoutPrompts
 from diffprobe.hidden.scores import score_variant
 from diffprobe.intervene.steer import probe_direction
 from diffprobe.intervene.switch import CaptionPairs, concept_pairs, insertion_curve, switched_images
+from diffprobe.probes.pipeline import extract_features
 
 
 @dataclass(frozen=True)
@@ -94,24 +95,30 @@ def baselines(init_model, design, prompts: HeldoutPrompts, settings: StudySettin
     return Baselines(images, represented.input_accuracy(init_model.scheduler, images), init)
 
 
+def steering_for(model, prompts: HeldoutPrompts, images: represented.CombinationImages, features: torch.Tensor, settings: StudySettings) -> torch.Tensor:
+    """The steering shift at this checkpoint: each held-out value's probe direction, fitted on the
+    fit images' ``features`` (N, D) at the steered layer and t."""
+    chosen = settings.interventions
+    labels = images.probe_set.labels
+    directions = [
+        probe_direction(
+            features[images.fit], labels[images.fit, k], CONCEPTS[CONCEPT_NAMES[k]], layer=chosen.steer_layer, t=chosen.steer_t,
+            concept=CONCEPT_NAMES[k], target=prompts.combination[CONCEPT_NAMES[k]], method="ridge",
+        )  # fmt: skip
+        for k in prompts.concept_indices
+    ]
+    return steering_shift(directions, chosen.steer_alpha)
+
+
 def measure_checkpoint(model, reader, prompts: HeldoutPrompts, base: Baselines, settings: StudySettings, batch_size: int = 64) -> dict:
     """The record of one checkpoint (``model.step``)."""
     images = base.images
     features = represented.unet_features(model, images, settings.layers, max(batch_size, 128))
     accuracy = represented.heldout_accuracy(features, images)
-    chosen = settings.interventions
-    j = images.probe_set.timesteps.tolist().index(chosen.steer_t)
-    labels = images.probe_set.labels
-    directions = [
-        probe_direction(
-            features[chosen.steer_layer][j][images.fit], labels[images.fit, k], CONCEPTS[CONCEPT_NAMES[k]], layer=chosen.steer_layer,
-            t=chosen.steer_t, concept=CONCEPT_NAMES[k], target=prompts.combination[CONCEPT_NAMES[k]], method="ridge",
-        )  # fmt: skip
-        for k in prompts.concept_indices
-    ]
+    j = images.probe_set.timesteps.tolist().index(settings.interventions.steer_t)
+    shift = steering_for(model, prompts, images, features[settings.interventions.steer_layer][j], settings)
     timesteps = sampler_timesteps(model.scheduler, settings.sampling_steps)
-    shift = steering_shift(directions, chosen.steer_alpha)
-    variants = variant_images(model, prompts, chosen, shift, timesteps, seed=settings.seed, batch_size=batch_size)
+    variants = variant_images(model, prompts, settings.interventions, shift, timesteps, seed=settings.seed, batch_size=batch_size)
     return {
         "step": int(model.step),
         "combination": prompts.combination,
@@ -119,3 +126,19 @@ def measure_checkpoint(model, reader, prompts: HeldoutPrompts, base: Baselines, 
         "lock_in": lock_in(model, prompts, settings, reader, timesteps, batch_size),
         "represented": represented.gain_rows(int(model.step), accuracy, base.input_accuracy, base.init_accuracy, images),
     }
+
+
+def examples(model, design, prompts: HeldoutPrompts, settings: StudySettings, count: int = 8) -> dict[str, torch.Tensor]:
+    """The first ``count`` held-out prompts' images under every variant, as the checkpoint's record
+    measured them (same seeds, same steering shift)."""
+    size = model.unet.config.sample_size
+    images = represented.combination_images(
+        design, list(prompts.combination.values()), size, settings.timesteps, trained=settings.trained_images, heldout=settings.heldout_images,
+        seed=settings.seed,
+    )  # fmt: skip
+    chosen = settings.interventions
+    features = extract_features(model.unet, model.scheduler, images.probe_set, [chosen.steer_layer], "mean", 256, model.empty_caption(), only=[chosen.steer_t])
+    shift = steering_for(model, prompts, images, features[chosen.steer_layer][0], settings)
+    first = HeldoutPrompts(prompts.combination, prompts.captions[:count], prompts.labels[:count])
+    timesteps = sampler_timesteps(model.scheduler, settings.sampling_steps)
+    return variant_images(model, first, chosen, shift, timesteps, seed=settings.seed, batch_size=count)

@@ -63,7 +63,7 @@ def test_hidden_writes_results_figures_and_tensorboard_and_a_rerun_measures_noth
     assert set(run["reaches_80"]) == set(variants)
     assert set(run["learning_speed"]["plain"]) == {"combination", "object_colour", "size"}
     assert set(run["hidden_window"]) == {"opens", "closes", "first_intervention", "hidden"}
-    for name in ("hidden_capability.png", "concept_space.png", "learning_speed.png", "represented_and_decided.png"):
+    for name in ("hidden_capability.png", "concept_space.png", "learning_speed.png", "represented_and_decided.png", "examples_contrast_0.5-version_0.png"):
         assert (out / name).stat().st_size > 1000
     assert first.err.count("step=0000") == 3
     scalars = read_events(heldout_run).Tags()["scalars"]
