@@ -52,7 +52,7 @@ def hidden_capability(runs: Sequence[Mapping]) -> Figure:
         axis.tick_params(labelsize=7)
     axes[0][0].set_ylabel("samples showing the held-out combination", fontsize=8)
     axes[0][0].legend(fontsize=6.5, frameon=False, loc="upper left")
-    figure.suptitle("Hidden capability: held-out combination generated under intervention before plain prompting (rendered, by the reader)", fontsize=9)
+    figure.suptitle("Hidden capability: is the held-out combination made under intervention before plain prompting? (rendered)", fontsize=9)
     return figure
 
 
@@ -68,9 +68,11 @@ def concept_space(runs: Sequence[Mapping]) -> Figure:
         xs = [s["probability"][x_concept] for s in run["steps"]]
         ys = [s["probability"][y_concept] for s in run["steps"]]
         (line,) = axis.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=_signal(run))
-        for s, x, y in zip(run["steps"], xs, ys):
-            if s["step"] % 500 == 0:
-                axis.annotate(str(s["step"]), (x, y), fontsize=6, color=line.get_color(), xytext=(3, 3), textcoords="offset points")
+        labelled: list[tuple[float, float]] = []
+        for s, x, y in zip(run["steps"], xs, ys):  # a step is labelled unless it sits on a labelled one
+            if all(abs(x - a) + abs(y - b) > 0.06 for a, b in labelled):
+                axis.annotate(str(s["step"]), (x, y), fontsize=6, color=line.get_color(), xytext=(3, -8), textcoords="offset points")
+                labelled.append((x, y))
     combination = runs[0].get("heldout_combination") or {}
     axis.set_xlabel(f"P({x_concept} = {combination.get(x_concept)})", fontsize=8)
     axis.set_ylabel(f"P({y_concept} = {combination.get(y_concept)})", fontsize=8)

@@ -6,14 +6,21 @@ It trains configs/hidden_capabilities.yaml once per colour contrast (same seed a
 else; runs/hidden_capabilities/contrast_<c>/version_0), one training at a time on one thread each,
 resuming a run that was stopped (``--ckpt_path last``) and skipping one that is finished; then runs
 ``probe.py hidden`` on all of them, writing docs/hidden_capabilities/ (results.json, runs/*.json,
-the figures). Stopped at any point, the same command goes on where it stopped.
+the figures). The contrast-1.0 run's turn (steps 500-1,250) is then trained again from its step-500
+checkpoint with a checkpoint every 50 steps (bit-exact resume: the same run, seen closer) and
+measured into docs/hidden_capabilities/fine_contrast_1.0/. Stopped at any point, the same command
+goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -27,7 +34,42 @@ def finished(run: Path, max_steps: int) -> bool:
     return (run / "checkpoints" / f"step={max_steps:06d}.ckpt").is_file()
 
 
-def study(contrasts: list[float] = [1.0, 0.5, 0.25], runs: str = "runs", out: str = "docs/hidden_capabilities", measure_only: bool = False) -> None:  # noqa: B006
+def fine_run(source: Path, target: Path, contrast: float, first: int, last: int, every: int, environment: dict) -> None:
+    """The stretch [first, last] of ``source`` again with a checkpoint every ``every`` steps: resumed
+    from its step-``first`` checkpoint (bit-exact resume: the same weights the run had), with the
+    same max_steps (the learning-rate schedule depends on it) and stopped by SIGTERM once step
+    ``last`` is saved. ``target`` gets copies of the source's step-0 (the probes' baseline) and
+    step-``first`` checkpoints."""
+    if (target / "checkpoints" / f"step={last:06d}.ckpt").is_file():
+        return
+    config = yaml.safe_load(CONFIG.read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = every
+    config["trainer"]["logger"]["init_args"].update(save_dir=str(target.parents[1]), name=target.parent.name, version=target.name)
+    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for step in (0, first):  # the same files as the source's (the probes' baseline, the stretch's start)
+        shutil.copy2(source / "checkpoints" / f"step={step:06d}.ckpt", target / "checkpoints" / f"step={step:06d}.ckpt")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        yaml.safe_dump(config, file)
+    resume_from = target / "checkpoints" / "last.ckpt"
+    start = str(resume_from) if resume_from.is_file() else str(source / "checkpoints" / f"step={first:06d}.ckpt")
+    print(f"run_study: steps {first}-{last} of {source} again, a checkpoint every {every} steps -> {target}", flush=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "fit", "--config", file.name, "--data.init_args.colour_contrast", str(contrast), "--ckpt_path", start],
+        cwd=REPO, env=environment,
+    )  # fmt: skip
+    while process.poll() is None and not (target / "checkpoints" / f"step={last:06d}.ckpt").is_file():
+        time.sleep(2)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # RunSafety: last.ckpt written, clean exit
+    process.wait()
+    (target / "checkpoints" / "last.ckpt").unlink(missing_ok=True)  # a few steps past `last`: not part of the stretch
+    Path(file.name).unlink()
+
+
+def study(
+    contrasts: list[float] = [1.0, 0.5, 0.25], runs: str = "runs", out: str = "docs/hidden_capabilities", measure_only: bool = False,  # noqa: B006
+    fine_contrast: float | None = 1.0, fine_steps: tuple[int, int, int] = (500, 1250, 50),
+) -> None:  # fmt: skip
     """Train the sweep (one run per colour contrast), then measure every run with probe.py hidden.
 
     Args:
@@ -35,6 +77,8 @@ def study(contrasts: list[float] = [1.0, 0.5, 0.25], runs: str = "runs", out: st
         runs: TensorBoard save_dir of the runs
         out: the study's output folder
         measure_only: skip training (measure the runs already there)
+        fine_contrast: the run whose turn is measured again on a finer grid (None: none)
+        fine_steps: (first, last, every) of that finer grid
     """
     max_steps = int(yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"])
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -52,7 +96,13 @@ def study(contrasts: list[float] = [1.0, 0.5, 0.25], runs: str = "runs", out: st
             cwd=REPO, env=environment, check=True,
         )  # fmt: skip
     folders = [str(REPO / runs / name / "version_0") for name in names]
-    subprocess.run([sys.executable, str(REPO / "probe.py"), "hidden", "--ckpt", yaml.safe_dump(folders, default_flow_style=True).strip(), "--out", out], cwd=REPO, env=environment, check=True)
+    fine = REPO / runs / f"hidden_capabilities_fine/contrast_{fine_contrast}" / "version_0"
+    if fine_contrast is not None and not measure_only:
+        fine_run(REPO / runs / f"hidden_capabilities/contrast_{fine_contrast}" / "version_0", fine, fine_contrast, *fine_steps, environment)
+    measure = [sys.executable, str(REPO / "probe.py"), "hidden", "--ckpt"]
+    subprocess.run([*measure, yaml.safe_dump(folders, default_flow_style=True).strip(), "--out", out], cwd=REPO, env=environment, check=True)
+    if fine_contrast is not None:  # its own folder: one run of the sweep, seen closer
+        subprocess.run([*measure, str(fine), "--out", f"{out}/fine_contrast_{fine_contrast}"], cwd=REPO, env=environment, check=True)
 
 
 if __name__ == "__main__":
