@@ -22,16 +22,16 @@ def _record_path(folder: Path, run: StudyRun) -> Path:
     return folder / "runs" / f"{run.name}.json"
 
 
-def _earlier(folder: Path, run: StudyRun, settings: dict) -> list[dict]:
-    """The run's records an earlier call wrote (same settings and design), else a CommandError."""
+def _earlier(folder: Path, run: StudyRun, settings: dict, weights: Weights) -> list[dict]:
+    """The run's records an earlier call wrote (same settings, weights and design), else a CommandError."""
     path = _record_path(folder, run)
     if not path.is_file():
         return []
     with flag(f"--out {folder}"):
         stored = json.loads(path.read_text())
     as_stored = json.loads(json.dumps(settings))  # tuples come back as lists
-    if stored.get("settings") != as_stored or stored.get("design") != run.design:
-        raise CommandError(f"{path} was measured with other settings or another run design; give a new --out (diffprobe does not overwrite results)")
+    if stored.get("settings") != as_stored or stored.get("design") != run.design or stored.get("weights", "ema") != weights:
+        raise CommandError(f"{path} was measured with other settings, weights or run design; give a new --out (diffprobe does not overwrite results)")
     return list(stored.get("records", []))
 
 
@@ -90,7 +90,7 @@ def _measure_run(run: StudyRun, settings, folder: Path, *, weights: Weights, dev
     from diffprobe.hidden.prompts import heldout_prompts
     from diffprobe.hidden.study import baselines, measure_checkpoint
 
-    records = _earlier(folder, run, settings.record())
+    records = _earlier(folder, run, settings.record(), weights)
     done = {r["step"] for r in records}
     todo = [e for e in _checkpoints(run) if e.step not in done]
     if not todo:
@@ -111,7 +111,7 @@ def _measure_run(run: StudyRun, settings, folder: Path, *, weights: Weights, dev
         record = measure_checkpoint(model, judge, prompts, base, settings, batch_size)
         record["step"] = entry.step
         records = sorted([*records, record], key=lambda r: r["step"])
-        atomic.write_json(_record_path(folder, run), {"settings": settings.record(), "design": run.design, "records": records})
+        atomic.write_json(_record_path(folder, run), {"settings": settings.record(), "weights": weights, "design": run.design, "records": records})
         tensorboard.scalars({f"{tb.HIDDEN}/{name}": score["combination"] for name, score in record["variants"].items()}, entry.step)
     tensorboard.close()
     return records
@@ -125,7 +125,7 @@ def measure_and_write(runs: list[StudyRun], settings, folder: Path, *, weights: 
     from diffprobe.hidden.summary import summarise_run
 
     for run in runs:  # every run's earlier settings are checked before anything is measured
-        _earlier(folder, run, settings.record())
+        _earlier(folder, run, settings.record(), weights)
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     summaries = []
     for run in runs:

@@ -76,7 +76,8 @@ def test_hidden_writes_results_figures_and_tensorboard_and_a_rerun_measures_noth
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
 
     message = refusal(["hidden", "--ckpt", str(heldout_run), "--out", str(out), *SMALL, "--num_images", "5"], capsys)
-    assert "measured with other settings" in message and "give a new --out" in message
+    assert "measured with other settings, weights or run design" in message and "give a new --out" in message
+    assert "give a new --out" in refusal(["hidden", "--ckpt", str(heldout_run), "--out", str(out), *SMALL, "--weights", "raw"], capsys)
 
 
 def test_hidden_refuses_bad_input_before_measuring(heldout_run, tmp_path, capsys):
