@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from diffprobe.hidden.generate import VARIANTS
-from diffprobe.hidden.represented import COMBINATION
 from diffprobe.hidden.timeline import LEVEL, first_reach, hidden_window
 from diffprobe.probes.stats import wilson_interval
 
@@ -77,5 +76,3 @@ def summarise_run(name: str, design: Mapping, records: Sequence[Mapping]) -> dic
         "steps": steps,
     }
 
-
-__all__ = ["COMBINATION", "best_gain", "summarise_run"]

@@ -4,7 +4,8 @@ Park et al. define a concept's learning speed as 1 / the first training step at 
 combination is generated at 80% or more. Measured at checkpoints with a finite number of images,
 that step has two uncertainties, both kept: the Wilson interval of each rate (the first step whose
 upper bound reaches the level, and the first whose lower bound does) and the checkpoint grid (the
-true crossing lies after the previous checkpoint).
+true crossing lies after the previous checkpoint; ``interpolated`` is where the straight line
+between the two checkpoints crosses the level, a finer estimate than the grid).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class FirstReach:
     latest: int | None
     previous: int | None
     last: int
+    interpolated: float | None = None  # where the line between ``previous`` and ``step`` crosses the level
 
     @property
     def speed(self) -> float | None:
@@ -36,7 +38,7 @@ class FirstReach:
         return {
             "step": self.step, "speed": self.speed, "step_interval": [self.earliest, self.latest], "previous_checkpoint": self.previous,
             "speed_interval": [None if not self.latest else 1.0 / self.latest, None if not self.earliest else 1.0 / self.earliest],
-            "reached": self.step is not None, "last_step": self.last,
+            "reached": self.step is not None, "last_step": self.last, "interpolated_step": self.interpolated,
         }  # fmt: skip
 
 
@@ -51,7 +53,13 @@ def first_reach(rates: Mapping[int, tuple[float, float, float]], level: float = 
     steps = sorted(rates)
     step = _first(steps, [rates[s][0] for s in steps], level)
     previous = steps[steps.index(step) - 1] if step is not None and steps.index(step) > 0 else None
-    return FirstReach(step, _first(steps, [rates[s][2] for s in steps], level), _first(steps, [rates[s][1] for s in steps], level), previous, steps[-1])
+    interpolated: float | None = None if step is None else float(step)
+    if step is not None and previous is not None:
+        before, after = rates[previous][0], rates[step][0]
+        interpolated = previous + (step - previous) * (level - before) / (after - before)
+    return FirstReach(
+        step, _first(steps, [rates[s][2] for s in steps], level), _first(steps, [rates[s][1] for s in steps], level), previous, steps[-1], interpolated
+    )
 
 
 @dataclass(frozen=True)

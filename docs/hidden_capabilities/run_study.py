@@ -38,20 +38,24 @@ def fine_run(source: Path, target: Path, contrast: float, first: int, last: int,
     """The stretch [first, last] of ``source`` again with a checkpoint every ``every`` steps: resumed
     from its step-``first`` checkpoint (bit-exact resume: the same weights the run had), with the
     same max_steps (the learning-rate schedule depends on it) and stopped by SIGTERM once step
-    ``last`` is saved. ``target`` gets copies of the source's step-0 (the probes' baseline) and
-    step-``first`` checkpoints."""
-    if (target / "checkpoints" / f"step={last:06d}.ckpt").is_file():
-        return
+    ``last`` is saved. ``target`` then gets copies of the source's step-0 (the probes' baseline)
+    and step-``first`` checkpoints."""
+    if not (target / "checkpoints" / f"step={last:06d}.ckpt").is_file():
+        _train_stretch(source, target, contrast, first, last, every, environment)
+    for step in (0, first):
+        copy = target / "checkpoints" / f"step={step:06d}.ckpt"
+        if not copy.is_file():
+            shutil.copy2(source / "checkpoints" / copy.name, copy)
+
+
+def _train_stretch(source: Path, target: Path, contrast: float, first: int, last: int, every: int, environment: dict) -> None:
     config = yaml.safe_load(CONFIG.read_text())
     config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = every
     config["trainer"]["logger"]["init_args"].update(save_dir=str(target.parents[1]), name=target.parent.name, version=target.name)
-    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for step in (0, first):  # the same files as the source's (the probes' baseline, the stretch's start)
-        shutil.copy2(source / "checkpoints" / f"step={step:06d}.ckpt", target / "checkpoints" / f"step={step:06d}.ckpt")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(config, file)
-    resume_from = target / "checkpoints" / "last.ckpt"
-    start = str(resume_from) if resume_from.is_file() else str(source / "checkpoints" / f"step={first:06d}.ckpt")
+    stopped = target / "checkpoints" / "last.ckpt"  # a stretch stopped early resumes from it
+    start = str(stopped) if stopped.is_file() else str(source / "checkpoints" / f"step={first:06d}.ckpt")
     print(f"run_study: steps {first}-{last} of {source} again, a checkpoint every {every} steps -> {target}", flush=True)
     process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), "fit", "--config", file.name, "--data.init_args.colour_contrast", str(contrast), "--ckpt_path", start],

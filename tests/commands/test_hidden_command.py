@@ -98,3 +98,27 @@ def test_hidden_refuses_bad_input_before_measuring(heldout_run, tmp_path, capsys
         args = ["hidden", *SMALL, "--out", out, *flags]
         assert expected in refusal(args, capsys), flags
     assert not (tmp_path / "never" / "results.json").exists()
+
+
+class RunsAShellCommand:
+    """Unpickling it would run a shell command that creates ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch '{self.path}'",))
+
+
+def test_hidden_refuses_a_crafted_checkpoint_in_a_study_run(heldout_run, tmp_path, capsys):
+    import torch
+
+    run = Path(shutil.copytree(heldout_run, tmp_path / "runs/evil/version_0"))
+    marker = tmp_path / "pwned"
+    real = torch.load(run / "checkpoints/step=000000.ckpt", weights_only=True)
+    torch.save({**real, "hyper_parameters": {**real["hyper_parameters"], "note": RunsAShellCommand(marker)}}, run / "checkpoints/step=000000.ckpt")
+    message = refusal(["hidden", "--ckpt", str(run), "--out", str(tmp_path / "out"), *SMALL], capsys)
+    assert "refusing to load" in message and "step=000000.ckpt" in message
+    assert not marker.exists()

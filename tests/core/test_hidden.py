@@ -82,6 +82,7 @@ def test_learning_speed_is_one_over_the_first_step_at_80_percent_with_its_interv
     record = reach.record()
     assert record["speed"] == pytest.approx(1 / 200)
     assert record["speed_interval"] == pytest.approx([1 / 400, 1 / 100])
+    assert reach.interpolated == pytest.approx(100 + 100 * (0.8 - 0.7) / (0.84 - 0.7))
     never = first_reach({0: (0.1, 0.0, 0.3), 500: (0.79, 0.65, 0.88)})
     assert never.step is None and never.speed is None and never.record()["reached"] is False and never.earliest == 500
 

@@ -169,11 +169,14 @@ CHECKPOINT_COMMANDS = {
 def test_every_command_that_reads_a_checkpoint_is_covered():
     from diffprobe.commands.probe import COMMANDS
 
-    assert set(COMMANDS) == set(CHECKPOINT_COMMANDS) | TABLE_COMMANDS, "a new probe.py command: add it to CHECKPOINT_COMMANDS"
+    assert set(COMMANDS) == set(CHECKPOINT_COMMANDS) | TABLE_COMMANDS | STUDY_COMMANDS, "a new probe.py command: add it to CHECKPOINT_COMMANDS"
 
 
 # Commands that read only the tables other commands wrote, never a checkpoint's weights.
 TABLE_COMMANDS = {"story"}
+# Commands that take only whole study runs (config.yaml, a step-0 checkpoint): each refuses a crafted
+# checkpoint inside such a run in its own test (tests/commands/test_hidden_command.py).
+STUDY_COMMANDS = {"hidden"}
 
 
 def test_story_reads_no_checkpoint_of_a_crafted_run(crafted, tmp_path):

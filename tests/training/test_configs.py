@@ -10,7 +10,7 @@ from diffprobe.training.cli import DiffprobeCLI
 from helpers import REPO, in_memory_dataset, write_ddpm_cifar10_folder
 
 # Each has a build test above; test_every_config_is_covered fails for a config added without one.
-SHIPPED_CONFIGS = ["quickstart.yaml", "shapes_conditional.yaml", "shapes_reference.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml", "shapes_gpu.yaml"]
+SHIPPED_CONFIGS = ["quickstart.yaml", "shapes_conditional.yaml", "shapes_reference.yaml", "cifar10_ddpm.yaml", "finetune_ddpm_cifar10.yaml", "shapes_gpu.yaml", "hidden_capabilities.yaml"]
 
 
 def build(config: str, *overrides: str):
@@ -65,6 +65,14 @@ def test_reference_config_builds_the_conditional_tiny_model_with_live_fidelity()
     assert cli.datamodule.image_size == 16 and cli.model.hparams.learning_rate == 2.0e-3
     names = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"ConceptFidelity", "OnlineProbes", "ProbeMonitor", "SampleGrid"} <= names
+
+
+def test_hidden_capabilities_config_holds_small_blue_out_and_checkpoints_every_250_steps():
+    cli = build("hidden_capabilities.yaml", "--data.init_args.train_size", "64", "--data.init_args.heldout_size", "16", "--data.init_args.colour_contrast", "0.5")
+    assert cli.datamodule.design.heldout_combinations == (("small", "blue"),) and cli.datamodule.design.colour_contrast == 0.5
+    assert not any(cli.datamodule.design.is_heldout(row) for row in cli.datamodule.train_dataset().labels.tolist())
+    checkpoint = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ModelCheckpoint")
+    assert checkpoint._every_n_train_steps == 250 and checkpoint.save_top_k == -1
 
 
 def test_finetune_config_loads_the_pretrained_folder(tmp_path):
